@@ -1,0 +1,182 @@
+"""The one validated configuration layer.
+
+Settings come from, highest priority first:
+  1. environment variables ``PRICING_<SECTION>__<FIELD>`` (e.g. ``PRICING_JOB__PARALLELISM=4``);
+  2. a TOML file: ``--config PATH`` on the CLI, else ``PRICING_CONFIG``, else ``./pricing.toml`` if present;
+  3. the defaults below, which run everything on this machine.
+
+Nothing else in the project reads ``os.environ``: code receives a ``Settings`` object.
+Unknown keys are errors (``extra="forbid"``), so a typo fails at start-up, not in production.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DeliveryGuarantee = Literal["exactly-once", "at-least-once"]
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_CONFIG_FILE", default=None)
+_DEFAULT_FILE = Path("pricing.toml")
+# Kafka brokers reject producers whose transaction.timeout.ms exceeds this (broker default).
+BROKER_MAX_TRANSACTION_TIMEOUT_MS = 900_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Topic(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=2, ge=1, le=1024)
+
+
+class TopicsSettings(_Section):
+    """Names and partition counts; ``pricing topics create`` makes them idempotently."""
+
+    behaviour: Topic = Topic(name="behaviour-events", partitions=2)
+    market: Topic = Topic(name="market-events", partitions=2)
+    requests: Topic = Topic(name="price-requests", partitions=2)
+    priced: Topic = Topic(name="priced-events", partitions=2)
+    dead_letters: Topic = Topic(name="dead-letters", partitions=1)
+
+    def all(self) -> list[Topic]:
+        return [self.behaviour, self.market, self.requests, self.priced, self.dead_letters]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "TopicsSettings":
+        names = [t.name for t in self.all()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic names must be distinct, got {names}")
+        return self
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    topics: TopicsSettings = TopicsSettings()
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings for admin, producers and consumers."""
+        conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class BrokerSettings(_Section):
+    """The local single-node KRaft broker of ``pricing kafka start``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9092, ge=1, le=65535)
+    controller_port: int | None = Field(default=None, ge=1, le=65535, description="None: port + 1")
+    heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$")
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class JobSettings(_Section):
+    """The streaming job's runtime knobs."""
+
+    name: str = "pricing-engine"
+    parallelism: int = Field(default=1, ge=1, le=1024)
+    delivery_guarantee: DeliveryGuarantee = "exactly-once"
+    checkpoint_interval_ms: int = Field(default=5_000, ge=100)
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    checkpoint_dir: str | None = Field(default=None, description="URI; None keeps checkpoints in memory (local runs)")
+    transactional_id_prefix: str = Field(default="pricing-engine", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    transaction_timeout_ms: int = Field(default=600_000, ge=1_000)
+    consumer_group: str = "pricing-engine"
+    startup_mode: Literal["group-offsets", "earliest-offset", "latest-offset"] = "group-offsets"
+    bounded: bool = Field(default=False, description="stop after the offsets that were latest at start (tests, backfills)")
+    watermark_out_of_orderness_ms: int = Field(default=2_000, ge=0)
+    idle_timeout_ms: int = Field(default=5_000, ge=0)
+    default_price_minor: int = Field(default=1_999, gt=0)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
+    python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
+
+    @field_validator("transaction_timeout_ms")
+    @classmethod
+    def _below_broker_max(cls, v: int) -> int:
+        if v > BROKER_MAX_TRANSACTION_TIMEOUT_MS:
+            raise ValueError(
+                f"must not exceed the broker's transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _checkpoints_fit_transactions(self) -> "JobSettings":
+        if self.delivery_guarantee == "exactly-once" and self.checkpoint_interval_ms * 2 > self.transaction_timeout_ms:
+            raise ValueError("exactly-once needs transaction_timeout_ms >= 2 * checkpoint_interval_ms")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PRICING_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Field(default=Path(".pricing"), description="broker data, logs, jars, artefacts")
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    job: JobSettings = JobSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` win over everything (used by tests and the CLI)."""
+    path = _resolve_config_file(config_file)
+    token = _CONFIG_FILE.set(path)
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def _resolve_config_file(config_file: Path | str | None) -> Path | None:
+    if config_file is None:
+        env = os.environ.get("PRICING_CONFIG")
+        if env:
+            config_file = env
+        elif _DEFAULT_FILE.is_file():
+            return _DEFAULT_FILE
+        else:
+            return None
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    return path

@@ -1,0 +1,55 @@
+"""Where the JVM jars fetched by ``deploy/jvm/pom.xml`` live, and how to ask for them.
+
+The jars are not committed: ``make`` (or ``pricing jars fetch``) runs Maven once and
+copies them into ``<state_dir>/jars/{flink,kafka}``. Everything that needs a jar asks
+this module, so nobody passes jar paths by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POM = PROJECT_ROOT / "deploy" / "jvm" / "pom.xml"
+
+
+class JarsMissingError(RuntimeError):
+    """The jars are not there; the message says the command that fetches them."""
+
+
+def jars_dir(state_dir: Path) -> Path:
+    return state_dir / "jars"
+
+
+def flink_jars(state_dir: Path) -> list[Path]:
+    """Jars for ``pipeline.jars``: the Kafka connector and the metrics reporter."""
+    return _require(jars_dir(state_dir) / "flink", "flink-sql-connector-kafka-")
+
+
+def kafka_classpath(state_dir: Path) -> list[Path]:
+    """The class path of a standalone Kafka broker."""
+    return _require(jars_dir(state_dir) / "kafka", "kafka_2.13-")
+
+
+def fetch(state_dir: Path, *, quiet: bool = True) -> Path:
+    """Run Maven to copy the pinned jars into ``state_dir/jars`` (idempotent)."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise JarsMissingError("Maven ('mvn') is needed to fetch the JVM jars; install it first")
+    target = jars_dir(state_dir).resolve()
+    cmd = [mvn, "-B", "-f", str(POM), "package", f"-Djars.dir={target}"]
+    if quiet:
+        cmd.insert(1, "-q")
+    subprocess.run(cmd, check=True)
+    return target
+
+
+def _require(folder: Path, marker: str) -> list[Path]:
+    jars = sorted(folder.glob("*.jar")) if folder.is_dir() else []
+    if not any(j.name.startswith(marker) for j in jars):
+        raise JarsMissingError(
+            f"no {marker}*.jar in {folder}; run 'make jars' or 'pricing jars fetch' first"
+        )
+    return jars
