@@ -54,7 +54,7 @@ class BrokerStatus:
 
 
 class LocalBroker:
-    """Manage one broker whose files live under ``state_dir/kafka``."""
+    """Manage one broker whose files live under ``state_dir/<name>`` (default ``kafka``)."""
 
     def __init__(
         self,
@@ -65,9 +65,10 @@ class LocalBroker:
         controller_port: int | None = None,
         heap: str = "512m",
         java: str = "java",
+        name: str = "kafka",
     ) -> None:
         self.state_dir = state_dir
-        self.home = state_dir / "kafka"
+        self.home = state_dir / name
         self.host = host
         self.port = port
         self.controller_port = controller_port or port + 1
@@ -203,7 +204,8 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms=0",
             "transaction.max.timeout.ms=900000",
             "auto.create.topics.enable=false",
-            "log.retention.hours=168",
+            # Simulated histories carry old event times; time-based retention would delete them at once.
+            "log.retention.ms=-1",
             "",
         ])
 

@@ -79,6 +79,22 @@ class KafkaSettings(_Section):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         return conf
 
+    def java_client_properties(self) -> dict[str, str]:
+        """The same settings for the Java client inside Flink's Kafka connector."""
+        props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+            props["sasl.mechanism"] = self.sasl_mechanism
+            props["sasl.jaas.config"] = (
+                f'{module} required username="{self.sasl_username or ""}" password="{password}";'
+            )
+        return props
+
 
 class BrokerSettings(_Section):
     """The local single-node KRaft broker of ``pricing kafka start``."""

@@ -1,0 +1,201 @@
+"""``pricing``: the single command-line entry point.
+
+Every sub-command takes the global ``--config FILE`` (TOML) and reads its settings
+through ``pricing.config``; flags only override individual settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pricing.config import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        if getattr(args, "needs_settings", True):
+            settings = _with_local_broker(load_settings(args.config))
+            return args.func(args, settings)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        print(f"pricing: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from pricing.broker import BrokerError
+    from pricing.jars import JarsMissingError
+
+    return (BrokerError, JarsMissingError, FileNotFoundError, ValidationError, ValueError)
+
+
+_USER_ERRORS = _user_errors()
+
+
+def _with_local_broker(settings: Settings) -> Settings:
+    """Point at the local broker of ``state_dir`` unless bootstrap servers were set explicitly."""
+    if "bootstrap_servers" in settings.kafka.model_fields_set:
+        return settings
+    status = _broker(settings).status()
+    if status.running and status.bootstrap:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": status.bootstrap})
+        return settings.model_copy(update={"kafka": kafka})
+    return settings
+
+
+def _broker(settings: Settings, *, port: int | None = None):  # noqa: ANN202 - local import keeps start-up fast
+    from pricing.broker import LocalBroker
+
+    b = settings.broker
+    return LocalBroker(
+        state_dir=settings.state_dir,
+        host=b.host,
+        port=port or b.port,
+        controller_port=b.controller_port if port is None else None,
+        heap=b.heap,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pricing", description="Real-time personalised pricing engine")
+    p.add_argument("--config", type=Path, default=None, help="TOML settings file (default: ./pricing.toml if present)")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    jars = sub.add_parser("jars", help="the JVM jars (Kafka connector, broker)").add_subparsers(metavar="ACTION")
+    jars.add_parser("fetch", help="fetch pinned jars from Maven Central").set_defaults(func=_jars_fetch)
+
+    kafka = sub.add_parser("kafka", help="the local single-node KRaft broker").add_subparsers(metavar="ACTION")
+    start = kafka.add_parser("start", help="start it and wait until it serves metadata")
+    start.add_argument("--port", type=int, default=None, help="listener port (default 9092; controller uses port+1)")
+    start.add_argument("--fresh", action="store_true", help="wipe its data first")
+    start.set_defaults(func=_kafka_start)
+    kafka.add_parser("stop", help="stop it; no process is left").set_defaults(func=_kafka_stop)
+    kafka.add_parser("status", help="print whether it runs and its bootstrap address").set_defaults(func=_kafka_status)
+
+    topics = sub.add_parser("topics", help="the engine's topics").add_subparsers(metavar="ACTION")
+    topics.add_parser("create", help="create missing topics (idempotent)").set_defaults(func=_topics_create)
+
+    job = sub.add_parser("job", help="the streaming job").add_subparsers(metavar="ACTION")
+    run = job.add_parser("run", help="run the job (local MiniCluster unless --jobmanager)")
+    run.add_argument("--bounded", action="store_true", help="stop after the offsets that are latest now")
+    run.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
+    run.add_argument("--at-least-once", action="store_true", help="low-latency mode: no Kafka transactions")
+    run.set_defaults(func=_job_run)
+
+    schemas = sub.add_parser("schemas", help="the Avro contracts").add_subparsers(metavar="ACTION")
+    schemas.add_parser("check", help="check every schema against its frozen versions").set_defaults(func=_schemas_check)
+    freeze = schemas.add_parser("freeze", help="freeze the current schemas as new versions (after a release)")
+    freeze.set_defaults(func=_schemas_freeze)
+
+    demo = sub.add_parser("demo", help="start Kafka and the job, send requests, print prices, stop")
+    demo.add_argument("--requests", type=int, default=200, help="sample price requests to send")
+    demo.add_argument("--port", type=int, default=None, help="broker port (default from settings: 9092)")
+    demo.set_defaults(func=_demo)
+
+    try:
+        from pricing.sim.cli import register as register_sim
+    except ImportError:
+        pass
+    else:
+        register_sim(sub)
+    return p
+
+
+def _jars_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.jars import fetch
+
+    print(f"jars in {fetch(settings.state_dir)}")
+    return 0
+
+
+def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
+    broker = _broker(settings, port=args.port)
+    print(f"starting Kafka (KRaft) at {broker.bootstrap}, data in {broker.home} ...", file=sys.stderr)
+    status = broker.start(fresh=args.fresh, timeout_s=settings.broker.start_timeout_s)
+    print(f"Kafka is up at {status.bootstrap} (pid {status.pid})")
+    return 0
+
+
+def _kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
+    stopped = _broker(settings).stop()
+    print("Kafka stopped" if stopped else "Kafka was not running")
+    return 0
+
+
+def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = _broker(settings).status()
+    if status.running:
+        print(f"running at {status.bootstrap} (pid {status.pid})")
+        return 0
+    print("not running")
+    return 3
+
+
+def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.topics import create_topics
+
+    for name, state in create_topics(settings.kafka).items():
+        print(f"{name}: {state}")
+    return 0
+
+
+def _job_run(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.pricing_job import run
+
+    job = settings.job.model_copy(
+        update={
+            "bounded": args.bounded or settings.job.bounded,
+            **({"delivery_guarantee": "at-least-once"} if args.at_least_once else {}),
+        }
+    )
+    settings = settings.model_copy(update={"job": job})
+    print(
+        f"running {job.name} against {settings.kafka.bootstrap_servers} "
+        f"({job.delivery_guarantee}, {'bounded' if job.bounded else 'unbounded: Ctrl-C to stop'})",
+        file=sys.stderr,
+    )
+    run(settings, jobmanager=args.jobmanager, wait=True)
+    return 0
+
+
+def _schemas_check(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.contracts import check_all
+
+    problems = check_all()
+    for p in problems:
+        print(p, file=sys.stderr)
+    print("schemas compatible" if not problems else f"{len(problems)} incompatibilities")
+    return 1 if problems else 0
+
+
+def _schemas_freeze(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.contracts import freeze
+
+    for path in freeze():
+        print(f"froze {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.demo import run_demo
+
+    return run_demo(settings, requests=args.requests, port=args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Create the engine's topics (idempotent) with confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pricing.config import KafkaSettings
+
+
+def create_topics(kafka: KafkaSettings, *, replication_factor: int = 1, timeout_s: float = 30.0) -> dict[str, str]:
+    """Create every configured topic that is missing; returns ``{name: "created" | "exists"}``.
+
+    An existing topic with fewer partitions than configured is an error (Kafka can
+    only add partitions, and that reshuffles keys), reported with the numbers.
+    """
+    admin = AdminClient(kafka.client_config())
+    existing = admin.list_topics(timeout=timeout_s).topics
+    status: dict[str, str] = {}
+    wanted = []
+    for topic in kafka.topics.all():
+        if topic.name in existing:
+            have = len(existing[topic.name].partitions)
+            if have < topic.partitions:
+                raise ValueError(
+                    f"topic {topic.name} has {have} partitions, configured {topic.partitions}; "
+                    "raise them deliberately with kafka-topics --alter"
+                )
+            status[topic.name] = "exists"
+        else:
+            wanted.append(NewTopic(topic.name, num_partitions=topic.partitions, replication_factor=replication_factor))
+    if wanted:
+        for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+                status[name] = "created"
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    status[name] = "exists"
+                else:
+                    raise
+    return status

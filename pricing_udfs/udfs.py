@@ -1,0 +1,235 @@
+"""Flink SQL adapters: thin vectorized (pandas/Arrow) UDFs around serde and policy.
+
+Every function here works on whole Arrow batches: one Python call per batch, not
+per row. They hold no state, so they add nothing to the job's delivery guarantee:
+what Flink replays after a restart is decoded and priced again, identically.
+
+Bad input is data: the decoders return ``ok = FALSE`` with an error kind and
+message instead of raising, and the job routes those rows to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyflink.table import DataTypes
+from pyflink.table.udf import ScalarFunction, udf
+
+from pricing_udfs import serde
+from pricing_udfs.policy import Policy
+from pricing_udfs.serde import Contract
+
+_STATUS = [
+    DataTypes.FIELD("ok", DataTypes.BOOLEAN()),
+    DataTypes.FIELD("error_kind", DataTypes.STRING()),
+    DataTypes.FIELD("error_message", DataTypes.STRING()),
+    # Set on rejected rows only, so the dead-letter branch needs nothing else from the source.
+    DataTypes.FIELD("source_topic", DataTypes.STRING()),
+    DataTypes.FIELD("source_partition", DataTypes.INT()),
+    DataTypes.FIELD("source_offset", DataTypes.BIGINT()),
+    DataTypes.FIELD("raw_value", DataTypes.BYTES()),
+]
+# Decoded columns per contract, in schema order; (name, Flink type, pandas dtype).
+_FIELDS: dict[Contract, list[tuple[str, Any, str]]] = {
+    Contract.PRICE_REQUEST: [
+        ("request_id", DataTypes.STRING(), "object"),
+        ("user_id", DataTypes.STRING(), "object"),
+        ("product_id", DataTypes.STRING(), "object"),
+        ("channel", DataTypes.STRING(), "object"),
+        ("event_time", DataTypes.BIGINT(), "object"),
+    ],
+    Contract.MARKET_EVENT: [
+        ("product_id", DataTypes.STRING(), "object"),
+        ("kind", DataTypes.STRING(), "object"),
+        ("competitor_id", DataTypes.STRING(), "object"),
+        ("value", DataTypes.BIGINT(), "object"),
+        ("currency", DataTypes.STRING(), "object"),
+        ("event_time", DataTypes.BIGINT(), "object"),
+    ],
+    Contract.BEHAVIOUR_EVENT: [
+        ("event_id", DataTypes.STRING(), "object"),
+        ("user_id", DataTypes.STRING(), "object"),
+        ("product_id", DataTypes.STRING(), "object"),
+        ("type", DataTypes.STRING(), "object"),
+        ("price_seen_minor", DataTypes.BIGINT(), "object"),
+        ("currency", DataTypes.STRING(), "object"),
+        ("quantity", DataTypes.INT(), "object"),
+        ("session_id", DataTypes.STRING(), "object"),
+        ("event_time", DataTypes.BIGINT(), "object"),
+    ],
+}
+
+
+def decoded_field_names(contract: Contract) -> list[str]:
+    """Names of the decoder's ROW fields, for SQL projections (Flink SQL has no ``row.*``)."""
+    return [f.name for f in decoded_type(contract).fields]
+
+
+def decoded_type(contract: Contract) -> Any:
+    """The Flink ROW type a decoder returns: status fields, then the record's fields."""
+    return DataTypes.ROW(_STATUS + [DataTypes.FIELD(n, t) for n, t, _ in _FIELDS[contract]])
+
+
+def decode_batch(
+    contract: Contract,
+    values: pd.Series,
+    *,
+    topics: pd.Series,
+    partitions: pd.Series,
+    offsets: pd.Series,
+    timestamps: pd.Series,
+) -> pd.DataFrame:
+    """Decode a batch of framed records into columns; rejects become ok=False rows.
+
+    ``timestamps`` are the Kafka record timestamps (tz-aware datetimes): the engine's
+    event time. A record whose payload ``event_time`` differs is rejected, because
+    watermarks and joins would otherwise disagree with the payload.
+    """
+    fields = _FIELDS[contract]
+    names = [n for n, _, _ in fields]
+    n_rows = len(values)
+    ts_ms = _epoch_millis(timestamps)
+    ok = np.zeros(n_rows, dtype=bool)
+    kinds: list[str | None] = [None] * n_rows
+    messages: list[str | None] = [None] * n_rows
+    cols: dict[str, list[Any]] = {n: [None] * n_rows for n in names}
+    for i, raw in enumerate(values):
+        result = serde.decode(contract, raw)
+        if result.ok and result.record["event_time"] != ts_ms[i]:
+            kinds[i] = serde.ErrorKind.INVALID_VALUE.value
+            messages[i] = (
+                f"{contract.value}: event_time {result.record['event_time']} differs from the Kafka record "
+                f"timestamp {ts_ms[i]}; producers must set the record timestamp to event_time"
+            )
+        elif result.ok:
+            ok[i] = True
+            rec = result.record
+            for n in names:
+                cols[n][i] = rec[n]
+        else:
+            kinds[i] = result.kind.value
+            messages[i] = result.message
+    rejected = ~ok
+    out = pd.DataFrame({"ok": ok, "error_kind": kinds, "error_message": messages})
+    out["source_topic"] = pd.Series(np.where(rejected, topics.to_numpy(dtype=object), None), dtype=object)
+    out["source_partition"] = pd.Series(np.where(rejected, partitions.to_numpy(dtype=object), None), dtype=object)
+    out["source_offset"] = pd.Series(np.where(rejected, offsets.to_numpy(dtype=object), None), dtype=object)
+    out["raw_value"] = pd.Series(np.where(rejected, values.to_numpy(dtype=object), None), dtype=object)
+    for n, _, dtype in fields:
+        out[n] = pd.Series(cols[n], dtype=dtype)
+    return out
+
+
+def _epoch_millis(timestamps: pd.Series) -> np.ndarray:
+    """Epoch millis of tz-aware (or UTC-naive) datetimes, independent of the session time zone."""
+    ts = pd.to_datetime(timestamps, utc=True)
+    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")).to_numpy(dtype=np.int64)
+
+
+class _Decode(ScalarFunction):
+    def __init__(self, contract: Contract) -> None:
+        self._contract = contract
+
+    def eval(
+        self, values: pd.Series, topics: pd.Series, partitions: pd.Series, offsets: pd.Series, timestamps: pd.Series
+    ) -> pd.DataFrame:
+        return decode_batch(
+            self._contract, values, topics=topics, partitions=partitions, offsets=offsets, timestamps=timestamps
+        )
+
+
+def decoder(contract: Contract) -> Any:
+    """A pandas UDF ``(value, topic, partition, offset, timestamp) -> ROW<status..., fields...>``."""
+    return udf(_Decode(contract), result_type=decoded_type(contract), func_type="pandas")
+
+
+_REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_price_minor", "list_currency")
+
+
+class _PriceAndEncode(ScalarFunction):
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def eval(self, *columns: pd.Series) -> pd.Series:
+        batch = pd.DataFrame(dict(zip(_REQUEST_COLUMNS, columns)))
+        return price_and_encode(self._policy, batch, priced_time_ms=int(time.time() * 1000))
+
+
+def price_and_encode(policy: Policy, batch: pd.DataFrame, *, priced_time_ms: int) -> pd.Series:
+    """Decide prices for a batch and encode each as a framed PricedEvent."""
+    decisions = policy.decide(batch)
+    out = []
+    for req, dec in zip(batch.itertuples(index=False), decisions.itertuples(index=False)):
+        out.append(
+            serde.encode(
+                Contract.PRICED_EVENT,
+                {
+                    "request_id": req.request_id,
+                    "user_id": req.user_id,
+                    "product_id": req.product_id,
+                    "price_minor": int(dec.price_minor),
+                    "reference_price_minor": int(dec.reference_price_minor),
+                    "currency": dec.currency,
+                    "model_version": dec.model_version,
+                    "expected_conversion": float(dec.expected_conversion),
+                    "expected_profit_minor": int(dec.expected_profit_minor),
+                    "reason_codes": list(dec.reason_codes),
+                    "fallback_used": bool(dec.fallback_used),
+                    "request_time": int(req.event_time),
+                    "priced_time": priced_time_ms,
+                },
+            )
+        )
+    return pd.Series(out, dtype=object)
+
+
+def pricer(policy: Policy) -> Any:
+    """A pandas UDF over the request and its context columns (``_REQUEST_COLUMNS``) -> framed PricedEvent."""
+    return udf(
+        _PriceAndEncode(policy),
+        result_type=DataTypes.BYTES(),
+        func_type="pandas",
+    )
+
+
+class _EncodeDeadLetter(ScalarFunction):
+    def eval(
+        self,
+        topic: pd.Series,
+        partition: pd.Series,
+        offset: pd.Series,
+        raw: pd.Series,
+        kind: pd.Series,
+        message: pd.Series,
+        record_time: pd.Series,
+    ) -> pd.Series:
+        now = int(time.time() * 1000)
+        record_ms = _epoch_millis(record_time)
+        kinds = {k.value for k in serde.ErrorKind}
+        return pd.Series(
+            [
+                serde.encode(
+                    Contract.DEAD_LETTER,
+                    {
+                        "source_topic": t,
+                        "partition": int(p),
+                        "offset": int(o),
+                        "record_time": int(rt),
+                        "raw": bytes(r) if r is not None else b"",
+                        "error_kind": k if k in kinds else "other",
+                        "error_message": m or "",
+                        "time": now,
+                    },
+                )
+                for t, p, o, r, k, m, rt in zip(topic, partition, offset, raw, kind, message, record_ms)
+            ],
+            dtype=object,
+        )
+
+
+def dead_letter_encoder() -> Any:
+    """A pandas UDF ``(topic, partition, offset, raw, kind, message, record_time) -> framed DeadLetter``."""
+    return udf(_EncodeDeadLetter(), result_type=DataTypes.BYTES(), func_type="pandas")
