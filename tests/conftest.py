@@ -1,0 +1,59 @@
+"""Shared fixtures. Integration tests share one real KRaft broker per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pricing.broker import LocalBroker, free_port
+from pricing.config import Settings, load_settings
+from pricing.jars import PROJECT_ROOT
+
+JARS_STATE_DIR = PROJECT_ROOT / ".pricing"
+
+
+@pytest.fixture(scope="session")
+def broker_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh state folder whose ``jars`` link to the project's fetched jars."""
+    state = tmp_path_factory.mktemp("pricing-state")
+    (state / "jars").symlink_to(JARS_STATE_DIR / "jars", target_is_directory=True)
+    return state
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(broker_state_dir: Path) -> Iterator[LocalBroker]:
+    broker = LocalBroker(state_dir=broker_state_dir, port=free_port())
+    broker.start(fresh=True, timeout_s=90)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic names and groups, so tests never share data."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker: LocalBroker, broker_state_dir: Path, unique: str) -> Settings:
+    """Settings pointing at the session broker, with topics private to this test."""
+    topics = {
+        key: {"name": f"{name}-{unique}", "partitions": parts}
+        for key, name, parts in (
+            ("behaviour", "behaviour-events", 2),
+            ("market", "market-events", 2),
+            ("requests", "price-requests", 2),
+            ("priced", "priced-events", 2),
+            ("dead_letters", "dead-letters", 1),
+        )
+    }
+    return load_settings(
+        state_dir=broker_state_dir,
+        kafka={"bootstrap_servers": kafka_broker.bootstrap, "topics": topics},
+        job={"consumer_group": f"pricing-test-{unique}", "transactional_id_prefix": f"pricing-test-{unique}"},
+    )

@@ -1,0 +1,121 @@
+"""End to end: real Kafka, the real job on the Flink MiniCluster, exactly-once output."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from jobs import pricing_job
+from pricing.config import Settings
+from pricing.topics import create_topics
+from pricing_udfs import serde
+from pricing_udfs.serde import Contract
+
+pytestmark = pytest.mark.integration
+
+N_REQUESTS = 300
+N_PRODUCTS = 12  # products 10 and 11 never get a list price: fallback
+
+
+def _consume_all(settings: Settings, topic: str, *, expect: int, timeout_s: float = 60.0) -> list:
+    consumer = Consumer(
+        settings.kafka.client_config()
+        | {"group.id": f"check-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
+    )
+    consumer.subscribe([topic])
+    out, deadline, quiet_until = [], time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            if len(out) >= expect:
+                quiet_until = quiet_until or time.monotonic() + 3  # keep reading a little: catch duplicates
+                if time.monotonic() > quiet_until:
+                    break
+            continue
+        assert not msg.error(), msg.error()
+        out.append(msg)
+    consumer.close()
+    return out
+
+
+def _market_header() -> bytes:
+    rec = {"product_id": "p", "kind": "cost", "competitor_id": None, "value": 1, "currency": "EUR", "event_time": 1}
+    return serde.encode(Contract.MARKET_EVENT, rec)[: serde.HEADER_LEN]
+
+
+def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(kafka_settings: Settings) -> None:
+    settings = kafka_settings.model_copy(
+        update={"job": kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000})}
+    )
+    topics = settings.kafka.topics
+    create_topics(settings.kafka)
+    rng = random.Random(7)
+    t0 = int(time.time() * 1000) - 600_000
+    producer = Producer(settings.kafka.client_config())
+
+    # List prices change over time; the job must use the one in force at each request's time.
+    list_prices: dict[str, list[tuple[int, int]]] = {}
+    for p in range(N_PRODUCTS - 2):
+        pid = f"p{p}"
+        for k, ts in enumerate((t0, t0 + 200_000)):
+            price = 1000 + 100 * p + 7 * k
+            list_prices.setdefault(pid, []).append((ts, price))
+            rec = {"product_id": pid, "kind": "list_price", "competitor_id": None, "value": price, "currency": "EUR", "event_time": ts}
+            producer.produce(topics.market.name, serde.encode(Contract.MARKET_EVENT, rec), key=pid.encode(), timestamp=ts)
+    producer.flush()
+
+    requests = {}
+    for i in range(N_REQUESTS):
+        ts = t0 + 1_000 + i * 1_000  # spans both list-price versions
+        rec = {"request_id": f"r{i}", "user_id": f"u{rng.randrange(50)}", "product_id": f"p{i % N_PRODUCTS}",
+               "channel": rng.choice(["web", "app"]), "event_time": ts}
+        requests[rec["request_id"]] = rec
+        producer.produce(topics.requests.name, serde.encode(Contract.PRICE_REQUEST, rec), key=rec["product_id"].encode(), timestamp=ts)
+    good = serde.encode(Contract.PRICE_REQUEST, {"request_id": "x", "user_id": "u", "product_id": "p1", "channel": "web", "event_time": t0})
+    malformed = {
+        "bad_framing": (topics.requests.name, b"{\"request_id\": \"json?\"}", t0 + 5),
+        "unknown_schema": (topics.requests.name, serde.MAGIC + b"\x01" * 8 + good[10:], t0 + 6),
+        "bad_payload": (topics.requests.name, good[:-4], t0 + 7),
+        "invalid_value": (topics.requests.name, good, t0 + 8),  # payload time != record timestamp
+        "market_bad_payload": (topics.market.name, _market_header() + b"\xff\xff", t0 + 9),
+    }
+    for topic, value, ts in malformed.values():
+        producer.produce(topic, value, timestamp=ts)
+    producer.flush()
+
+    pricing_job.run(settings, wait=True)  # bounded: returns after the final checkpoint commits
+
+    priced = _consume_all(settings, topics.priced.name, expect=N_REQUESTS)
+    dead = _consume_all(settings, topics.dead_letters.name, expect=len(malformed))
+
+    decoded = [serde.decode(Contract.PRICED_EVENT, m.value()) for m in priced]
+    assert all(d.ok for d in decoded)
+    ids = [d.record["request_id"] for d in decoded]
+    assert len(ids) == len(set(ids)), "a request was priced more than once"
+    assert set(ids) == set(requests), f"missing {sorted(set(requests) - set(ids))[:5]}"
+    for msg, d in zip(priced, decoded):
+        r, req = d.record, requests[d.record["request_id"]]
+        assert msg.key() == req["request_id"].encode()
+        assert (r["user_id"], r["product_id"], r["request_time"]) == (req["user_id"], req["product_id"], req["event_time"])
+        history = list_prices.get(req["product_id"])
+        if history:
+            expected = max((ts, price) for ts, price in history if ts <= req["event_time"])[1]
+            assert (r["price_minor"], r["reference_price_minor"], r["fallback_used"]) == (expected, expected, False)
+            assert r["reason_codes"] == ["list_price"]
+        else:
+            assert (r["price_minor"], r["fallback_used"]) == (settings.job.default_price_minor, True)
+        assert r["currency"] == "EUR" and r["model_version"] == "baseline-list-price/1"
+        assert r["priced_time"] >= r["request_time"]
+
+    letters = [serde.decode(Contract.DEAD_LETTER, m.value()) for m in dead]
+    assert all(d.ok for d in letters)
+    by_raw = {(d.record["source_topic"], bytes(d.record["raw"])): d.record for d in letters}
+    assert len(letters) == len(malformed) == len(by_raw), "each bad record must appear exactly once"
+    for name, (topic, value, ts) in malformed.items():
+        letter = by_raw[(topic, value)]
+        assert letter["error_kind"] == name.removeprefix("market_"), letter
+        assert letter["record_time"] == ts and letter["error_message"]

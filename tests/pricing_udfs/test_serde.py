@@ -1,0 +1,121 @@
+import io
+import json
+import struct
+
+import fastavro
+import pytest
+
+from pricing_udfs import serde
+from pricing_udfs.serde import Contract, ErrorKind, Ok, Rejected
+
+T = 1_764_000_000_123
+
+SAMPLES = {
+    Contract.PRICE_REQUEST: {"request_id": "r-1", "user_id": "u-1", "product_id": "p-1", "channel": "app", "event_time": T},
+    Contract.BEHAVIOUR_EVENT: {
+        "event_id": "e-1", "user_id": "u-1", "product_id": "p-1", "type": "purchase", "price_seen_minor": 1999,
+        "currency": "EUR", "quantity": 2, "session_id": "s-1", "event_time": T,
+    },
+    Contract.MARKET_EVENT: {
+        "product_id": "p-1", "kind": "competitor_price", "competitor_id": "c-9", "value": 1849, "currency": "EUR",
+        "event_time": T,
+    },
+    Contract.PRICED_EVENT: {
+        "request_id": "r-1", "user_id": "u-1", "product_id": "p-1", "price_minor": 2149, "reference_price_minor": 1999,
+        "currency": "EUR", "model_version": "m/1", "expected_conversion": 0.25, "expected_profit_minor": 123,
+        "reason_codes": ["a", "b"], "fallback_used": False, "request_time": T, "priced_time": T + 7,
+    },
+    Contract.DEAD_LETTER: {
+        "source_topic": "t", "partition": 3, "offset": 99, "record_time": T, "raw": b"\x00\xff", "error_kind": "bad_payload",
+        "error_message": "boom", "time": T,
+    },
+}
+
+
+@pytest.mark.parametrize("contract", list(Contract))
+def test_round_trip_is_exact(contract: Contract) -> None:
+    decoded = serde.decode(contract, serde.encode(contract, SAMPLES[contract]))
+    assert decoded == Ok(SAMPLES[contract])
+
+
+@pytest.mark.parametrize("contract", list(Contract))
+def test_stock_fastavro_decodes_the_wire_with_only_the_avsc(contract: Contract) -> None:
+    """What a downstream service does: skip the 10-byte header, check the fingerprint, read the datum."""
+    data = serde.encode(contract, SAMPLES[contract])
+    schema = json.loads((serde.SCHEMA_DIR / f"{contract.value}.avsc").read_text())
+    parsed = fastavro.parse_schema(schema)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    expected_fp = struct.pack("<Q", int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16))
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == expected_fp
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), parsed)
+    for key, value in SAMPLES[contract].items():
+        got = record[key]
+        if hasattr(got, "timestamp"):  # stock readers apply timestamp-millis
+            got = round(got.timestamp() * 1000)
+        assert got == value, key
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "fragment"),
+    [
+        (None, ErrorKind.BAD_FRAMING, "null"),
+        (b"", ErrorKind.BAD_FRAMING, "0 bytes"),
+        (b'{"json": true}', ErrorKind.BAD_FRAMING, "marker"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"x", ErrorKind.UNKNOWN_SCHEMA, "fingerprint 0000000000000000"),
+    ],
+)
+def test_bad_framing_is_rejected_with_a_reason(data: bytes | None, kind: ErrorKind, fragment: str) -> None:
+    result = serde.decode(Contract.PRICE_REQUEST, data)
+    assert isinstance(result, Rejected)
+    assert result.kind is kind
+    assert fragment in result.message
+
+
+def test_truncated_and_padded_payloads_are_rejected() -> None:
+    good = serde.encode(Contract.PRICE_REQUEST, SAMPLES[Contract.PRICE_REQUEST])
+    truncated = serde.decode(Contract.PRICE_REQUEST, good[:-3])
+    padded = serde.decode(Contract.PRICE_REQUEST, good + b"\x00")
+    assert isinstance(truncated, Rejected) and truncated.kind is ErrorKind.BAD_PAYLOAD
+    assert isinstance(padded, Rejected) and "trailing" in padded.message
+
+
+def test_record_of_another_contract_is_unknown_schema() -> None:
+    data = serde.encode(Contract.MARKET_EVENT, SAMPLES[Contract.MARKET_EVENT])
+    result = serde.decode(Contract.PRICE_REQUEST, data)
+    assert isinstance(result, Rejected) and result.kind is ErrorKind.UNKNOWN_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("contract", "change", "fragment"),
+    [
+        (Contract.PRICE_REQUEST, {"product_id": ""}, "product_id is empty"),
+        (Contract.PRICE_REQUEST, {"event_time": 0}, "event_time"),
+        (Contract.BEHAVIOUR_EVENT, {"price_seen_minor": -1}, "negative"),
+        (Contract.MARKET_EVENT, {"currency": "euro"}, "ISO-4217"),
+    ],
+)
+def test_invalid_values_are_rejected(contract: Contract, change: dict, fragment: str) -> None:
+    data = serde.encode(contract, SAMPLES[contract] | change)
+    result = serde.decode(contract, data)
+    assert isinstance(result, Rejected) and result.kind is ErrorKind.INVALID_VALUE
+    assert fragment in result.message
+
+
+def test_encoding_a_wrong_record_is_a_bug_and_raises() -> None:
+    with pytest.raises(Exception):
+        serde.encode(Contract.PRICE_REQUEST, {"request_id": "x"})
+
+
+def test_money_is_integer_minor_units_on_the_wire() -> None:
+    schema = serde.published_schema(Contract.PRICED_EVENT)
+    types = {f["name"]: f["type"] for f in schema["fields"]}
+    assert types["price_minor"] == "long" and types["reference_price_minor"] == "long"
+    assert types["currency"] == "string"
+
+
+def test_container_files_round_trip(tmp_path) -> None:
+    path = tmp_path / "requests.avro"
+    rows = [SAMPLES[Contract.PRICE_REQUEST] | {"request_id": f"r-{i}"} for i in range(100)]
+    serde.write_container(path, Contract.PRICE_REQUEST, rows)
+    assert serde.read_container(path, Contract.PRICE_REQUEST) == rows

@@ -1,0 +1,60 @@
+"""The Flink adapters' batch logic, without Flink."""
+
+import pandas as pd
+
+from pricing_udfs import serde, udfs
+from pricing_udfs.policy import BaselineListPrice
+from pricing_udfs.serde import Contract
+
+T = 1_764_000_000_000
+
+
+def _request(i: int, ts: int = T) -> bytes:
+    return serde.encode(
+        Contract.PRICE_REQUEST,
+        {"request_id": f"r{i}", "user_id": "u", "product_id": "p", "channel": "web", "event_time": ts},
+    )
+
+
+def _decode(values: list, timestamps: list[int]) -> pd.DataFrame:
+    n = len(values)
+    return udfs.decode_batch(
+        Contract.PRICE_REQUEST,
+        pd.Series(values, dtype=object),
+        topics=pd.Series(["req"] * n),
+        partitions=pd.Series(range(n)),
+        offsets=pd.Series([100 + i for i in range(n)]),
+        timestamps=pd.Series(pd.to_datetime(timestamps, unit="ms", utc=True)).dt.tz_convert("Asia/Kolkata"),
+    )
+
+
+def test_decode_batch_splits_good_and_bad_rows_and_keeps_bad_bytes() -> None:
+    out = _decode([_request(0), b"junk", _request(2, ts=T + 5)], [T, T, T])
+    assert out["ok"].tolist() == [True, False, False]
+    assert out.loc[0, "request_id"] == "r0" and out.loc[0, "event_time"] == T
+    assert out.loc[0, "raw_value"] is None  # good rows do not carry their bytes onward
+    assert out.loc[1, "error_kind"] == "bad_framing" and out.loc[1, "raw_value"] == b"junk"
+    assert (out.loc[1, "source_topic"], out.loc[1, "source_partition"], out.loc[1, "source_offset"]) == ("req", 1, 101)
+    assert out.loc[2, "error_kind"] == "invalid_value"
+    assert "differs from the Kafka record timestamp" in out.loc[2, "error_message"]
+
+
+def test_decoded_columns_match_the_declared_row_type() -> None:
+    out = _decode([_request(0)], [T])
+    assert list(out.columns) == udfs.decoded_field_names(Contract.PRICE_REQUEST)
+
+
+def test_price_and_encode_produces_decodable_priced_events() -> None:
+    policy = BaselineListPrice(default_price_minor=500, currency="EUR")
+    batch = pd.DataFrame(
+        {
+            "request_id": ["a", "b"], "user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "channel": ["web", "app"],
+            "event_time": [T, T + 1], "list_price_minor": [1234, None], "list_currency": ["EUR", None],
+        }
+    )
+    encoded = udfs.price_and_encode(policy, batch, priced_time_ms=T + 10)
+    records = [serde.decode(Contract.PRICED_EVENT, b).record for b in encoded]
+    assert [(r["request_id"], r["price_minor"], r["fallback_used"]) for r in records] == [
+        ("a", 1234, False), ("b", 500, True),
+    ]
+    assert records[1]["request_time"] == T + 1 and records[1]["priced_time"] == T + 10
