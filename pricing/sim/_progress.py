@@ -19,7 +19,7 @@ class Progress:
         self._clock = clock
         self._tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
         self._every = every_s if self._tty else max(every_s, 5.0)
-        self._last = float("-inf")
+        self._last = clock()  # short runs stay quiet: the first unforced update waits one interval
         self._width = 0
 
     def update(self, text: str, *, force: bool = False) -> None:

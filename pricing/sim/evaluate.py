@@ -15,12 +15,14 @@ differences come from prices alone (common random numbers). Baselines:
   the guardrails, which the report shows).
 
 Any object implementing ``PricingPolicy`` can be added. Metrics: revenue, profit,
-conversion, guardrail violations, and the fairness spread of personalised prices
-(for the same product in the same time bucket: (max - min) / list price).
+conversion, guardrail violations, the fairness spread of personalised prices
+(for the same product in the same time bucket: (max - min) / list price), and the
+share of views that found the product out of stock (the oracle is myopic about stock).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
@@ -58,6 +60,7 @@ class PolicyResult:
     violation_rate: float
     price_spread_mean: float  # over (product, bucket) groups with >= 2 offers
     price_spread_p95: float
+    stockout_rate: float  # share of views that found the product out of stock
     cumulative_profit_minor: np.ndarray = field(repr=False)  # per time step
 
 
@@ -95,6 +98,7 @@ class Evaluation:
                     "violation_rate": r.violation_rate,
                     "price_spread_mean": r.price_spread_mean,
                     "price_spread_p95": r.price_spread_p95,
+                    "stockout_rate": r.stockout_rate,
                 }
                 for r in self.results
             ]
@@ -110,14 +114,14 @@ class Evaluation:
             f"max change {self.guardrails.max_change if self.guardrails.max_change is not None else 'none'}.",
             "",
             f"| policy | revenue ({cur}) | profit ({cur}) | conversion | purchases | price index "
-            "| guardrail violations | price spread mean / p95 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| guardrail violations | price spread mean / p95 | stock-outs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in self.results:
             lines.append(
                 f"| {r.name} | {r.revenue_minor / 100:,.0f} | {r.profit_minor / 100:,.0f} | {r.conversion:.2%} "
                 f"| {r.purchases:,} | {r.price_index:.3f} | {r.guardrail_violations:,} ({r.violation_rate:.1%}) "
-                f"| {r.price_spread_mean:.1%} / {r.price_spread_p95:.1%} |"
+                f"| {r.price_spread_mean:.1%} / {r.price_spread_p95:.1%} | {r.stockout_rate:.1%} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -135,10 +139,16 @@ class Evaluation:
         return paths
 
     def _plot(self, path: Path) -> None:
+        with warnings.catch_warnings():  # matplotlib 3.9 calls pyparsing APIs that pyparsing 3.3 deprecates
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._draw(path)
+
+    def _draw(self, path: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import StrMethodFormatter
 
         times = pd.to_datetime(self.step_start_ms, unit="ms", utc=True)
         fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
@@ -147,6 +157,7 @@ class Evaluation:
                 ax.plot(times, r.cumulative_profit_minor / 100, label=r.name, linewidth=1.6)
             ax.set_title(f"Cumulative profit, scenario {self.scenario.name}")
             ax.set_ylabel(f"profit ({self.scenario.currency})")
+            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
             ax.set_xlabel("simulated time (UTC)")
             ax.grid(alpha=0.3)
             ax.legend(loc="upper left", fontsize=8)
@@ -171,7 +182,7 @@ def evaluate_policies(
     guardrails = guardrails if guardrails is not None else Guardrails()
     market = market or build_market(scenario)
     world = build_world(market, days=days, progress=progress)
-    extra = dict(policies) if isinstance(policies, Mapping) else {policy_name(p): p for p in policies}
+    extra = dict(policies) if isinstance(policies, Mapping) else _unique_names(policies)
     for name, p in extra.items():
         if not isinstance(p, PricingPolicy):
             raise TypeError(f"policy {name!r} has no price(batch) method")
@@ -182,7 +193,7 @@ def evaluate_policies(
     def run(name: str, policy: PricingPolicy) -> Outcome:
         nonlocal done
         done += 1
-        status.update(f"evaluating {name} ({done}/{total})", force=True)
+        status.update(f"evaluating {name} ({done}/{total})")
         return replay(world, policy.price, label=name)
 
     best_m, best_profit, best_outcome = 1.0, -np.inf, None
@@ -205,6 +216,20 @@ def evaluate_policies(
         scenario=scenario, days=days, guardrails=guardrails, step_start_ms=step_start, results=tuple(results),
         best_static_multiplier=best_m,
     )  # fmt: skip
+
+
+def _unique_names(policies: Sequence[PricingPolicy]) -> dict[str, PricingPolicy]:
+    """Name policies by ``policy_name``; clashes (with each other or a baseline) get ``#2``, ``#3``..."""
+    taken = {"static-reference", "best-static", "competitor-match", "oracle", "always-2x"}
+    out: dict[str, PricingPolicy] = {}
+    for p in policies:
+        base = name = policy_name(p)
+        k = 2
+        while name in taken:
+            name, k = f"{base}#{k}", k + 1
+        taken.add(name)
+        out[name] = p
+    return out
 
 
 def _profit(world: World, outcome: Outcome) -> np.ndarray:
@@ -233,6 +258,7 @@ def _measure(world: World, name: str, outcome: Outcome | None, guardrails: Guard
         violation_rate=float(violations.mean()) if n else 0.0,
         price_spread_mean=float(spread.mean()) if spread.size else 0.0,
         price_spread_p95=float(np.quantile(spread, 0.95)) if spread.size else 0.0,
+        stockout_rate=float((outcome.inventory_at_view == 0).mean()) if n else 0.0,
         cumulative_profit_minor=np.cumsum(np.bincount(v.step, weights=profit, minlength=world.n_steps)),
     )
 

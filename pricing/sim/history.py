@@ -184,14 +184,16 @@ def _assemble(world: World, outcome: Any) -> History:
     )
 
     req_time = v.time_ms - v.request_lead_ms
+    req_order = np.argsort(req_time, kind="stable")  # leads vary, so view order is not request order
+    channel = np.asarray(CHANNELS, dtype=object)[v.channel]
     requests = pd.DataFrame(
         {
-            "request_id": request_ids,
-            "user_id": m.user_ids[v.user],
-            "product_id": m.product_ids[v.product],
-            "channel": np.asarray(CHANNELS, dtype=object)[v.channel],
-            "event_time": req_time,
-            "arrival_time": req_time,
+            "request_id": request_ids[req_order],
+            "user_id": m.user_ids[v.user[req_order]],
+            "product_id": m.product_ids[v.product[req_order]],
+            "channel": channel[req_order],
+            "event_time": req_time[req_order],
+            "arrival_time": req_time[req_order],
         }
     )
 
@@ -205,7 +207,7 @@ def _assemble(world: World, outcome: Any) -> History:
             "product_index": v.product,
             "segment": np.asarray(m.segment_names, dtype=object)[m.user_segment[v.user]],
             "category": np.asarray(m.category_names, dtype=object)[m.product_category[v.product]],
-            "channel": requests["channel"].to_numpy(),
+            "channel": channel,
             "price_minor": outcome.price,
             "reference_price_minor": ref,
             "competitor_min_minor": world.at_views(world.competitor_min),

@@ -346,7 +346,12 @@ def build_market(scenario: Scenario) -> MarketState:
     base_conversion = 1.0 / (1.0 + np.exp(-(scenario.demand.intercept + appeal)))
     daily_sales = views_per_day * view_share * base_conversion
     inv = scenario.inventory
-    cover = rng.uniform(inv.cover_days.low, inv.cover_days.high, n)
+    short = rng.random(n) < inv.short_supply_share
+    cover = np.where(
+        short,
+        rng.uniform(inv.short_supply_cover_days.low, inv.short_supply_cover_days.high, n),
+        rng.uniform(inv.cover_days.low, inv.cover_days.high, n),
+    )
     capacity = np.maximum(inv.min_units, np.ceil(daily_sales * cover)).astype(np.int64)
     period = rng.uniform(inv.restock_every_days.low, inv.restock_every_days.high, n)
     phase = rng.uniform(0, period)
@@ -380,7 +385,7 @@ def build_market(scenario: Scenario) -> MarketState:
     )
 
 
-def sample_products(market: MarketState, user_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_products(market: MarketState, user_idx: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
     """Which product each viewing user looks at: category by taste, then product by popularity."""
     cdf = market.user_category_cdf[user_idx]
     cat = np.minimum((cdf < rng.random(user_idx.size)[:, None]).sum(axis=1), cdf.shape[1] - 1)

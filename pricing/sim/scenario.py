@@ -87,16 +87,22 @@ class CatalogueSpec(_Frozen):
 
 
 class InventorySpec(_Frozen):
-    """Stock: capacity covers a few days of expected sales; periodic restocks top it up."""
+    """Stock: capacity covers days of expected sales at list price; periodic restocks top it up.
 
-    cover_days: Span = Span(low=6.0, high=12.0)
+    Most products are stocked generously (stock-outs are not what pricing is about), but a
+    ``short_supply_share`` of them run out regularly, so zero stock occurs in the data.
+    """
+
+    cover_days: Span = Span(low=10.0, high=20.0)
+    short_supply_share: float = Field(default=0.05, ge=0, le=1)
+    short_supply_cover_days: Span = Span(low=0.5, high=2.0)
     restock_every_days: Span = Span(low=2.0, high=5.0)
     min_units: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
     def _positive(self) -> "InventorySpec":
-        if self.cover_days.low <= 0 or self.restock_every_days.low <= 0:
-            raise ValueError("cover_days and restock_every_days must be positive")
+        if min(self.cover_days.low, self.short_supply_cover_days.low, self.restock_every_days.low) <= 0:
+            raise ValueError("cover days and restock_every_days must be positive")
         return self
 
 

@@ -283,7 +283,7 @@ def _views(market: MarketState, *, n_steps: int, step_ms: int, change_offset_ms:
     csum = np.cumsum(gaps)
     time_ms = sess_start[view_sess] + np.rint(csum - csum[first][view_sess]).astype(np.int64)
     user = sess_user[view_sess]
-    product = sample_products(market, user, rng)
+    product = sample_products(market, user, rng=rng)
 
     keep = time_ms < start + n_steps * step_ms
     order = np.flatnonzero(keep)[np.argsort(time_ms[keep], kind="stable")]
@@ -396,7 +396,8 @@ def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, labe
             last_t = np.zeros(m.n_products, np.int64)
             np.maximum.at(last_t, sold_prod, purchase_time[a:b][buy])
             changed = np.unique(sold_prod)
-            st_t.append(last_t[changed])
+            step_end = world.start_ms + (s + 1) * world.step_ms
+            st_t.append(np.minimum(last_t[changed], step_end - 1))  # before the next step's restock
             st_p.append(changed)
             st_v.append(stock[changed].copy())
         rev_prod, rev_idx = np.unique(prod[::-1], return_index=True)

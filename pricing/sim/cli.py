@@ -1,0 +1,246 @@
+"""The ``simulate`` and ``evaluate`` commands, attached to the ``pricing`` CLI by ``register()``.
+
+Handlers take the parsed ``argparse.Namespace`` and, optionally, the project
+``Settings`` (``pricing.cli`` passes them): when given, live mode takes its Kafka
+client config and topic names from them (``--bootstrap`` still wins) and evaluate
+writes under their ``state_dir``. Without settings, the defaults are the local
+broker 127.0.0.1:9092, the standard topic names and ``.pricing/``.
+
+Handlers return an exit code and turn expected failures (unknown scenario, broker
+unreachable, bad arguments) into one ``error: ...`` line on stderr, not a traceback:
+0 = success, 1 = the run failed, 2 = bad input, 130 = interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import ValidationError
+
+from pricing.sim.scenario import SCENARIOS, Scenario, UnknownScenarioError, get_scenario
+
+if TYPE_CHECKING:
+    from pricing.config import Settings
+
+Handler = Callable[..., int]  # (args) or (args, settings) -> exit code
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class _UsageError(ValueError):
+    """Bad input from the command line (exit code 2)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate history``, ``simulate live`` and ``evaluate`` to the ``pricing`` command."""
+    names = ", ".join(SCENARIOS)
+    simulate = subparsers.add_parser(
+        "simulate", help="generate simulated market traffic", description="Simulate the market with a known ground truth."
+    )
+    sim_sub = simulate.add_subparsers(dest="simulate_command", metavar="{history,live}", required=True)
+
+    hist = sim_sub.add_parser(
+        "history",
+        help="write N days of historical logs as Avro files",
+        description="Write behaviour_events.avro, market_events.avro and price_requests.avro into --out.",
+    )
+    hist.add_argument("--days", type=_positive_int, required=True, help="days of history to simulate")
+    hist.add_argument("--out", type=Path, required=True, help="folder for the Avro files (created if missing)")
+    _scenario_args(hist, names)
+    hist.set_defaults(func=_guarded(_cmd_history))
+
+    live = sim_sub.add_parser(
+        "live",
+        help="produce paced traffic to Kafka and close the loop on priced answers",
+        description="Produce behaviour, market and price-request events at a target rate; shoppers react to "
+        "the engine's priced answers with the true purchase probability.",
+    )
+    live.add_argument("--rate", type=_positive_float, default=100.0, metavar="EVENTS_PER_S", help="target events per second (default 100)")
+    live.add_argument("--duration", type=_positive_float, default=60.0, metavar="S", help="seconds of paced traffic (default 60)")
+    live.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
+                      help=f"Kafka bootstrap servers (default: from the settings, else {DEFAULT_BOOTSTRAP})")  # fmt: skip
+    live.add_argument("--no-loop", action="store_true", help="open loop: do not read priced answers")
+    live.add_argument("--answer-timeout", type=_non_negative_float, default=30.0, metavar="S", help="seconds to wait for a priced answer (default 30)")
+    live.add_argument("--late-share", type=_share, default=None, help="share of behaviour/market events produced late (default: the scenario's)")
+    _scenario_args(live, names)
+    live.set_defaults(func=_guarded(_cmd_live))
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="offline policy evaluation against the ground truth",
+        description="Replay baseline policies (and --policy ones) through the same simulated market; "
+        "write evaluation.md, evaluation.csv and cumulative_profit.png.",
+    )
+    evaluate.add_argument("--days", type=_positive_int, default=7, help="days to simulate (default 7)")
+    evaluate.add_argument("--out", type=Path, default=None, help="output folder (default <state_dir>/eval/<scenario>, state_dir .pricing)")
+    evaluate.add_argument("--policy", action="append", default=[], metavar="MODULE:ATTR",
+                          help="extra PricingPolicy object or no-argument class to evaluate (repeatable)")  # fmt: skip
+    _scenario_args(evaluate, names)
+    evaluate.set_defaults(func=_guarded(_cmd_evaluate))
+
+
+def _scenario_args(parser: argparse.ArgumentParser, names: str) -> None:
+    parser.add_argument("--scenario", default="default", metavar="NAME", help=f"one of: {names} (default: default)")
+    parser.add_argument("--seed", type=_non_negative_int, default=None, help="override the scenario's seed")
+    parser.add_argument("--users", type=_positive_int, default=None, help="override the number of users")
+    parser.add_argument("--products", type=_positive_int, default=None, help="override the number of products")
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Expected failures become one line on stderr and an exit code."""
+
+    def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+        from pricing.sim.live import LiveError
+
+        try:
+            return handler(args, settings)
+        except (UnknownScenarioError, _UsageError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            print(f"error: invalid scenario override {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+            return 2
+        except LiveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    scenario = get_scenario(args.scenario)
+    overrides: dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.users is not None:
+        overrides["n_users"] = args.users
+    if args.products is not None:
+        overrides["n_products"] = args.products
+    return scenario.with_overrides(**overrides) if overrides else scenario
+
+
+def _cmd_history(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Write the Avro logs and print what was written, with the throughput."""
+    from pricing.sim.history import simulate_history
+
+    scenario = _scenario(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise _UsageError(f"--out {args.out} exists and is not a folder")
+    args.out.mkdir(parents=True, exist_ok=True)  # fail before minutes of simulation, not after
+    run = simulate_history(scenario, days=args.days, out_dir=args.out, progress=sys.stderr)
+    print(run.summary())
+    return 0
+
+
+def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[dict[str, Any], Any]:
+    """Client config and topic names: the settings' if given, ``--bootstrap`` overriding the address."""
+    from pricing.sim.live import LiveTopics
+
+    if settings is None:
+        return {"bootstrap.servers": args.bootstrap or DEFAULT_BOOTSTRAP}, LiveTopics()
+    conf: dict[str, Any] = dict(settings.kafka.client_config())
+    if args.bootstrap:
+        conf["bootstrap.servers"] = args.bootstrap
+    t = settings.kafka.topics
+    return conf, LiveTopics(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name)
+
+
+def _cmd_live(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Run the live simulator against the broker and print its report."""
+    from pricing.sim.live import LiveSimulator
+
+    kafka_config, topics = _live_kafka(args, settings)
+    sim = LiveSimulator(
+        _scenario(args),
+        kafka_config=kafka_config,
+        topics=topics,
+        rate=args.rate,
+        duration_s=args.duration,
+        closed_loop=not args.no_loop,
+        answer_timeout_s=args.answer_timeout,
+        late_share=args.late_share,
+        progress=sys.stderr,
+    )
+    report = sim.run()
+    print(report.summary())
+    return 1 if report.interrupted else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Evaluate the baselines (and --policy ones), write the report files, print the table."""
+    from pricing.sim.evaluate import evaluate_policies
+
+    scenario = _scenario(args)
+    extra = [_load_policy(spec) for spec in args.policy]
+    state_dir = settings.state_dir if settings is not None else Path(".pricing")
+    out = args.out if args.out is not None else state_dir / "eval" / scenario.name
+    evaluation = evaluate_policies(scenario, days=args.days, policies=extra, progress=sys.stderr)
+    paths = evaluation.write(out)
+    print(evaluation.markdown())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _load_policy(spec: str) -> Any:
+    """``module:attr`` -> a PricingPolicy (an object with ``price``, or a class built with no arguments)."""
+    from pricing.sim.policies import PricingPolicy
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise _UsageError(f"--policy {spec!r} must look like module.path:attribute")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise _UsageError(f"--policy {spec!r}: {exc}") from None
+    if isinstance(obj, type):
+        obj = obj()
+    if not isinstance(obj, PricingPolicy):
+        raise _UsageError(f"--policy {spec!r} is not a PricingPolicy (no price(batch) method)")
+    return obj
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value

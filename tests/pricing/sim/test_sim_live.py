@@ -1,0 +1,253 @@
+"""The live loop with in-memory Kafka fakes and a fake clock: pacing, contracts, closed loop, errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from pricing.sim.live import LiveError, LiveSimulator, LiveTopics
+from pricing.sim.market import build_market
+from pricing.sim.scenario import Scenario, get_scenario
+from pricing_udfs.serde import Contract, decode, encode
+
+TOPICS = LiveTopics()
+CONTRACTS = {TOPICS.behaviour: Contract.BEHAVIOUR_EVENT, TOPICS.market: Contract.MARKET_EVENT,
+             TOPICS.requests: Contract.PRICE_REQUEST, TOPICS.priced: Contract.PRICED_EVENT}  # fmt: skip
+START_MS = 1_767_225_600_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 1e-4)  # time always moves on, as it does for real
+
+    def wall_ms(self) -> int:
+        return START_MS + int(self.t * 1000)
+
+
+@dataclass
+class FakeCluster:
+    log: dict[str, list[tuple[bytes, bytes, int]]] = field(default_factory=lambda: {t: [] for t in CONTRACTS})
+
+    def metadata(self) -> Any:
+        return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions={0: None, 1: None}) for t in self.log})
+
+    def records(self, topic: str) -> list[dict[str, Any]]:
+        out = []
+        for key, value, ts in self.log[topic]:
+            decoded = decode(CONTRACTS[topic], value)
+            assert decoded.ok, decoded
+            out.append({**decoded.record, "_key": key, "_ts": ts})
+        return out
+
+
+class FakeProducer:
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.callbacks: list[Any] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, timestamp: int, on_delivery: Any) -> None:
+        self.cluster.log[topic].append((key, value, timestamp))
+        self.callbacks.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        n = len(self.callbacks)
+        for cb in self.callbacks:
+            cb(None, None)
+        self.callbacks.clear()
+        return n
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
+        return self.cluster.metadata()
+
+
+class Msg:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FakeEngine:
+    """A consumer of priced-events backed by a fake engine: it prices each new request at
+    ``multiplier`` x the initial list price, one poll later, and ignores every ``skip_every``-th."""
+
+    def __init__(self, cluster: FakeCluster, scenario: Scenario, *, multiplier: float, skip_every: int) -> None:
+        self.cluster = cluster
+        m = build_market(scenario)
+        self.list_price = dict(zip(m.product_ids.tolist(), m.list_price_minor.tolist()))
+        self.multiplier = multiplier
+        self.skip_every = skip_every
+        self.seen = 0
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.skipped: list[str] = []
+        self.assigned: list[Any] = []
+        self.closed = False
+        self.extra: list[Msg] = [Msg(b"garbage"), Msg(self._answer({"request_id": "someone-else", "user_id": "u1",
+                                                                     "product_id": "p000", "event_time": START_MS}))]
+
+    def _answer(self, req: dict[str, Any]) -> bytes:
+        price = int(round(self.list_price.get(req["product_id"], 1000) * self.multiplier))
+        record = {"request_id": req["request_id"], "user_id": req["user_id"], "product_id": req["product_id"],
+                  "price_minor": price, "reference_price_minor": price, "currency": "EUR", "model_version": "fake/1",
+                  "expected_conversion": float("nan"), "expected_profit_minor": 0, "reason_codes": ["fake"],
+                  "fallback_used": False, "request_time": req["event_time"], "priced_time": req["event_time"]}  # fmt: skip
+        return encode(Contract.PRICED_EVENT, record)
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
+        return self.cluster.metadata()
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        return (0, 17)
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = partitions
+
+    def consume(self, num_messages: int = 1, timeout: float = 0) -> list[Msg]:
+        new = self.cluster.log[TOPICS.requests][self.seen :]
+        self.seen += len(new)
+        out, self.extra = self.extra, []
+        for _, value, _ in new:
+            req = decode(Contract.PRICE_REQUEST, value).record  # type: ignore[union-attr]
+            if (len(self.answers) + len(self.skipped) + 1) % self.skip_every == 0:
+                self.skipped.append(req["request_id"])
+                continue
+            out.append(Msg(self._answer(req)))
+            self.answers[req["request_id"]] = decode(Contract.PRICED_EVENT, out[-1].value()).record  # type: ignore[union-attr]
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    return get_scenario("default").with_overrides(n_users=2_000, n_products=100)
+
+
+def _simulator(scenario: Scenario, cluster: FakeCluster, clock: FakeClock, **kw: Any) -> LiveSimulator:
+    args: dict[str, Any] = dict(kafka_config={"bootstrap.servers": "fake:9092"}, rate=400, duration_s=20,
+                                answer_timeout_s=1.0, run_id="t1", producer=FakeProducer(cluster), clock=clock,
+                                wall_clock_ms=clock.wall_ms, sleep=clock.sleep)  # fmt: skip
+    args.update(kw)
+    return LiveSimulator(scenario, **args)
+
+
+def _out_of_order(times: list[int], tolerance_ms: int = 5) -> float:
+    t = np.asarray(times)
+    return float((t[1:] < np.maximum.accumulate(t)[:-1] - tolerance_ms).mean())
+
+
+def test_closed_loop_paces_answers_and_buys_at_the_offered_price(scenario: Scenario) -> None:
+    cluster, clock = FakeCluster(), FakeClock()
+    engine = FakeEngine(cluster, scenario, multiplier=1.1, skip_every=10)
+    report = _simulator(scenario, cluster, clock, consumer=engine, late_share=0.2).run()
+
+    # pacing: the paced window produced the target rate (the initial snapshot is separate)
+    assert report.window_s == pytest.approx(20, abs=0.05)
+    assert report.achieved_rate == pytest.approx(400, rel=0.03)
+    assert report.snapshot_events >= 3 * scenario.n_products
+    assert sum(report.produced_by_topic.values()) >= report.paced_events + report.snapshot_events
+    assert engine.closed and [tp.offset for tp in engine.assigned] == [17, 17]  # started at the end offsets
+
+    # every record honours the contract: decodes, Kafka timestamp = event_time, key = product_id
+    records = {t: cluster.records(t) for t in (TOPICS.behaviour, TOPICS.market, TOPICS.requests)}
+    for rows in records.values():
+        assert all(r["_ts"] == r["event_time"] and r["_key"] == r["product_id"].encode() for r in rows)
+    assert report.produced_by_topic == {t: len(cluster.log[t]) for t in records}
+
+    # the loop: answered + unanswered = requests; exactly the skipped ones timed out
+    assert report.requests == len(records[TOPICS.requests]) == len(engine.answers) + len(engine.skipped)
+    assert report.answered == len(engine.answers) and report.unanswered == len(engine.skipped) > 0
+    assert report.invalid_answers == 1  # the garbage message; the foreign answer is ignored
+    behaviour = records[TOPICS.behaviour]
+    views = [r for r in behaviour if r["type"] == "view"]
+    purchases = [r for r in behaviour if r["type"] == "purchase"]
+    assert len(views) == report.views == report.answered
+    offered = Counter((a["user_id"], a["product_id"], a["price_minor"]) for a in engine.answers.values())
+    bought = Counter((p["user_id"], p["product_id"], p["price_seen_minor"]) for p in purchases)
+    assert not bought - offered  # every purchase is at exactly the price offered to that shopper
+    assert len(purchases) == report.purchases > 0
+    assert sum(p["price_seen_minor"] for p in purchases) == report.revenue_minor
+    # purchases follow the true probabilities
+    assert abs(report.purchases - report.expected_purchases) < 4 * np.sqrt(report.expected_purchases) + 1
+    stock_events = [r for r in records[TOPICS.market] if r["kind"] == "inventory"]
+    assert len(stock_events) >= report.purchases  # each sale moves the stock
+
+    # ordering: requests are never late; a share of behaviour/market events is
+    assert _out_of_order([r["event_time"] for r in records[TOPICS.requests]]) == 0
+    for rows in (behaviour, records[TOPICS.market][report.snapshot_events :]):
+        assert 0.1 < _out_of_order([r["event_time"] for r in rows]) < 0.3  # late_share=0.2
+
+
+def test_open_loop_shows_historical_prices_and_keeps_order(scenario: Scenario) -> None:
+    cluster, clock = FakeCluster(), FakeClock()
+    report = _simulator(scenario, cluster, clock, closed_loop=False, rate=250, duration_s=10, late_share=0.0).run()
+    assert report.achieved_rate == pytest.approx(250, rel=0.03)
+    assert report.answered == report.unanswered == 0
+    requests = cluster.records(TOPICS.requests)
+    behaviour = cluster.records(TOPICS.behaviour)
+    assert len(requests) == report.requests == report.views == sum(r["type"] == "view" for r in behaviour)
+    band = scenario.historical_policy.multiplier
+    lists = dict(zip(build_market(scenario).product_ids.tolist(), build_market(scenario).list_price_minor.tolist()))
+    ratios = np.array([v["price_seen_minor"] / lists[v["product_id"]] for v in behaviour if v["type"] == "view"])
+    assert np.quantile(ratios, 0.9) <= band.high * 1.15 and np.quantile(ratios, 0.1) >= band.low * 0.6
+    market = cluster.records(TOPICS.market)
+    assert _out_of_order([r["event_time"] for r in behaviour]) == 0
+    assert _out_of_order([r["event_time"] for r in market]) == 0
+
+
+def test_slower_producer_reports_the_rate_it_really_achieved(scenario: Scenario) -> None:
+    """If each tick costs real time, the achieved rate is below target, and reported as such."""
+    cluster, clock = FakeCluster(), FakeClock()
+
+    class SlowProducer(FakeProducer):
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            clock.t += 0.004  # 4 ms per event: at most 250 events/s
+            super().produce(*args, **kwargs)
+
+    sim = _simulator(scenario, cluster, clock, closed_loop=False, rate=1_000, duration_s=5, producer=SlowProducer(cluster))
+    report = sim.run()
+    assert report.achieved_rate < 300
+    assert report.paced_events == pytest.approx(report.achieved_rate * report.window_s)
+
+
+def test_missing_topic_and_unreachable_broker_are_one_line_errors(scenario: Scenario) -> None:
+    cluster, clock = FakeCluster(), FakeClock()
+    del cluster.log[TOPICS.priced]
+    with pytest.raises(LiveError, match="priced-events not found on fake:9092"):
+        _simulator(scenario, cluster, clock).run()
+
+    class DownProducer(FakeProducer):
+        def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Broker transport failure"))
+
+    with pytest.raises(LiveError, match="cannot reach Kafka at fake:9092") as exc:
+        _simulator(scenario, FakeCluster(), clock, producer=DownProducer(FakeCluster())).run()
+    assert "\n" not in str(exc.value)
+
+
+def test_real_client_against_a_closed_port_fails_fast_and_cleanly(scenario: Scenario) -> None:
+    sim = LiveSimulator(scenario, kafka_config={"bootstrap.servers": "127.0.0.1:1"}, rate=10, duration_s=1,
+                        connect_timeout_s=1.0)  # fmt: skip
+    with pytest.raises(LiveError, match=r"cannot reach Kafka at 127\.0\.0\.1:1 within 1 s"):
+        sim.run()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pricing.sim.scenario import SCENARIOS, Span, UnknownScenarioError, get_scenario
+
+
+def test_registry_has_the_named_scenarios_with_descriptions() -> None:
+    assert {"default", "price-war", "high-sensitivity"} <= set(SCENARIOS)
+    for name, scenario in SCENARIOS.items():
+        assert scenario.name == name
+        assert len(scenario.description) > 40
+    assert get_scenario("price-war").competitors.price_war_per_day > get_scenario("default").competitors.price_war_per_day
+    hs = get_scenario("high-sensitivity")
+    assert hs.demand.log_price_vs_reference < get_scenario("default").demand.log_price_vs_reference
+
+
+def test_unknown_scenario_lists_the_known_names() -> None:
+    with pytest.raises(UnknownScenarioError, match="default, price-war, high-sensitivity"):
+        get_scenario("nope")
+
+
+def test_scenarios_are_frozen_and_reject_unknown_fields() -> None:
+    s = get_scenario("default")
+    with pytest.raises(ValidationError):
+        s.seed = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="n_userz"):
+        s.with_overrides(n_userz=5)
+
+
+def test_overrides_are_validated() -> None:
+    s = get_scenario("default")
+    assert s.with_overrides(seed=11).seed == 11
+    assert s.seed == 7
+    with pytest.raises(ValidationError):
+        s.with_overrides(n_users=0)
+    with pytest.raises(ValidationError, match="step_minutes"):
+        s.with_overrides(step_minutes=7)
+    with pytest.raises(ValidationError, match="unknown categories"):
+        s.with_overrides(segments=[{**s.segments[0].model_dump(), "category_preference": {"cars": 2.0}}])
+
+
+def test_span_accepts_pairs_and_checks_order() -> None:
+    assert Span.model_validate([1, 2]) == Span(low=1, high=2)
+    with pytest.raises(ValidationError):
+        Span(low=2, high=1)
