@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,21 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     if wait:
         result.wait()
     return result
+
+
+def wait_until_running(result: TableResult, *, timeout_s: float = 120.0, settle_s: float = 2.0) -> None:
+    """Block until a submitted job reports RUNNING (plus ``settle_s`` for its Kafka readers to open)."""
+    client = result.get_job_client()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status().result().name
+        if status == "RUNNING":
+            time.sleep(settle_s)
+            return
+        if status in {"FAILED", "CANCELED", "FINISHED"}:
+            raise RuntimeError(f"the job stopped while starting: {status}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the job was not running after {timeout_s:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ _PRODUCTS = [f"sku-{i:03d}" for i in range(20)]
 
 
 def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
-    from jobs.pricing_job import run
+    from jobs.pricing_job import run, wait_until_running
     from pricing.broker import LocalBroker
     from pricing.topics import create_topics
 
@@ -41,7 +41,7 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
             _say(f"    {name}: {state}")
         _say(f"3/6 starting the job on the Flink MiniCluster ({job.delivery_guarantee})")
         result = run(settings, wait=False)
-        _wait_running(result)
+        wait_until_running(result)
         _say(f"4/6 sending list prices, {requests} price requests and 2 malformed records")
         sent = _traffic_and_collect(settings, requests=requests)
         return sent
@@ -113,21 +113,6 @@ def _traffic_and_collect(settings: Settings, *, requests: int, timeout_s: float 
     print(f"priced {answered}/{len(wanted)} sample requests ({len(priced)} priced events in all), "
           f"{len(dead)} dead letters")
     return 0 if answered == len(wanted) and len(dead) >= 2 else 1
-
-
-def _wait_running(result, *, timeout_s: float = 120.0) -> None:  # noqa: ANN001 - pyflink TableResult
-    """Block until the job reports RUNNING, so that latencies printed do not include start-up."""
-    client = result.get_job_client()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get_job_status().result().name
-        if status == "RUNNING":
-            time.sleep(2)  # tasks open their Kafka readers
-            return
-        if status in {"FAILED", "CANCELED", "FINISHED"}:
-            raise RuntimeError(f"the job stopped while starting: {status}")
-        time.sleep(0.5)
-    raise RuntimeError(f"the job was not running after {timeout_s:.0f}s")
 
 
 def _produce(producer: Producer, topic: str, contract: Contract, key: str, ts: int, record: dict) -> None:

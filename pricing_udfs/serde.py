@@ -135,7 +135,7 @@ def encode(contract: Contract, record: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     buf.write(MAGIC)
     buf.write(schema.fingerprint)
-    fastavro.schemaless_writer(buf, schema.fast, record, strict=True)
+    fastavro.schemaless_writer(buf, schema.fast, record, strict_allow_default=True)
     return buf.getvalue()
 
 

@@ -59,6 +59,7 @@ _FIELDS: dict[Contract, list[tuple[str, Any, str]]] = {
         ("quantity", DataTypes.INT(), "object"),
         ("session_id", DataTypes.STRING(), "object"),
         ("event_time", DataTypes.BIGINT(), "object"),
+        ("request_id", DataTypes.STRING(), "object"),
     ],
 }
 

@@ -480,7 +480,9 @@ class LiveSimulator:
             "event_time": now_ms,
         }
 
-    def _behaviour(self, *, user: int, product: int, kind: str, price: int, session: str, t_ms: int) -> int:
+    def _behaviour(
+        self, *, user: int, product: int, kind: str, price: int, session: str, t_ms: int, request_id: str | None = None
+    ) -> int:
         self._seq += 1
         record = {
             "event_id": f"live-{self.run_id}-e{self._seq}",
@@ -492,6 +494,7 @@ class LiveSimulator:
             "quantity": 1,
             "session_id": session,
             "event_time": t_ms,
+            "request_id": request_id,
         }
         return self._produce(self.topics.behaviour, Contract.BEHAVIOUR_EVENT, record["product_id"], record)
 
@@ -610,10 +613,12 @@ class LiveSimulator:
                 continue
             self._t.answered += 1
             self._t.latencies_ms.append((now - pending.sent_at) * 1000)
-            made += self._shopper_sees(pending.user, pending.product, price, pending.session, self._wall_ms())
+            made += self._shopper_sees(pending.user, pending.product, price, pending.session, self._wall_ms(), request_id=rid)
         return made
 
-    def _shopper_sees(self, user: int, product: int, price: int, session: str, t_ms: int) -> int:
+    def _shopper_sees(
+        self, user: int, product: int, price: int, session: str, t_ms: int, *, request_id: str | None = None
+    ) -> int:
         """The shopper views ``price`` and buys with the true probability; produce what happened."""
         st = self._state
         u, j = np.array([user]), np.array([product])
@@ -625,12 +630,12 @@ class LiveSimulator:
         t.expected_purchases += prob
         t.expected_profit += prob * (price - cost)
         t.expected_profit_at_list += at_list * (int(st.list_price[product]) - cost)
-        made = self._behaviour(user=user, product=product, kind="view", price=price, session=session, t_ms=t_ms)
+        made = self._behaviour(user=user, product=product, kind="view", price=price, session=session, request_id=request_id, t_ms=t_ms)
         draw = self._rng.random(3)
         f = self.scenario.funnel
         if draw[0] < prob:
-            made += self._behaviour(user=user, product=product, kind="add_to_cart", price=price, session=session, t_ms=t_ms + 1)
-            made += self._behaviour(user=user, product=product, kind="purchase", price=price, session=session, t_ms=t_ms + 2)
+            made += self._behaviour(user=user, product=product, kind="add_to_cart", price=price, session=session, request_id=request_id, t_ms=t_ms + 1)
+            made += self._behaviour(user=user, product=product, kind="purchase", price=price, session=session, request_id=request_id, t_ms=t_ms + 2)
             t.purchases += 1
             t.revenue += price
             t.profit += price - cost
@@ -638,9 +643,9 @@ class LiveSimulator:
             rec = self._market_record(product, "inventory", -1, int(st.stock[product]), t_ms + 2)
             made += self._produce(self.topics.market, Contract.MARKET_EVENT, rec["product_id"], rec)
             if draw[1] < f.review_rate:
-                made += self._behaviour(user=user, product=product, kind="review", price=price, session=session, t_ms=t_ms + 3)
+                made += self._behaviour(user=user, product=product, kind="review", price=price, session=session, request_id=request_id, t_ms=t_ms + 3)
         elif st.stock[product] > 0 and draw[2] < f.cart_abandon:
-            made += self._behaviour(user=user, product=product, kind="add_to_cart", price=price, session=session, t_ms=t_ms + 1)
+            made += self._behaviour(user=user, product=product, kind="add_to_cart", price=price, session=session, request_id=request_id, t_ms=t_ms + 1)
         return made
 
     def _release_late(self, now: float) -> int:

@@ -14,7 +14,7 @@ SAMPLES = {
     Contract.PRICE_REQUEST: {"request_id": "r-1", "user_id": "u-1", "product_id": "p-1", "channel": "app", "event_time": T},
     Contract.BEHAVIOUR_EVENT: {
         "event_id": "e-1", "user_id": "u-1", "product_id": "p-1", "type": "purchase", "price_seen_minor": 1999,
-        "currency": "EUR", "quantity": 2, "session_id": "s-1", "event_time": T,
+        "currency": "EUR", "quantity": 2, "session_id": "s-1", "event_time": T, "request_id": "r-1",
     },
     Contract.MARKET_EVENT: {
         "product_id": "p-1", "kind": "competitor_price", "competitor_id": "c-9", "value": 1849, "currency": "EUR",
