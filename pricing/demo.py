@@ -34,7 +34,7 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
     result = None
     try:
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        job = settings.job.model_copy(update={"checkpoint_interval_ms": 2_000, "consumer_group": f"demo-{uuid.uuid4().hex[:8]}"})
+        job = settings.job.model_copy(update={"checkpoint_interval_ms": 1_000, "idle_timeout_ms": 1_000, "consumer_group": f"demo-{uuid.uuid4().hex[:8]}"})
         settings = settings.model_copy(update={"kafka": kafka, "job": job})
         _say("2/6 creating topics")
         for name, state in create_topics(kafka).items():
@@ -110,8 +110,10 @@ def _traffic_and_collect(settings: Settings, *, requests: int, timeout_s: float 
         if d.ok:
             _say(f"    dead letter: {d.record['error_kind']}: {d.record['error_message'][:80]}")
     answered = len(wanted & priced.keys())
+    latencies = sorted(priced[r]["priced_time"] - priced[r]["request_time"] for r in wanted & priced.keys())
+    median = f", median latency {latencies[len(latencies) // 2]} ms" if latencies else ""
     print(f"priced {answered}/{len(wanted)} sample requests ({len(priced)} priced events in all), "
-          f"{len(dead)} dead letters")
+          f"{len(dead)} dead letters{median}")
     return 0 if answered == len(wanted) and len(dead) >= 2 else 1
 
 
