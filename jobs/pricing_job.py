@@ -40,7 +40,7 @@ from typing import Any
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, TableResult
 
 from pricing.config import Settings, load_settings
-from pricing.jars import JarsMissingError, flink_jars
+from pricing.jars import flink_jars
 from pricing_udfs import udfs
 from pricing_udfs.policy import BaselineListPrice, Policy
 from pricing_udfs.serde import Contract
@@ -76,20 +76,9 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})
-    try:
+    if job.ship_jars:
         conf["pipeline.jars"] = ";".join(j.resolve().as_uri() for j in flink_jars(settings.state_dir))
-    except JarsMissingError:
-        if not jobmanager and not _on_cluster():
-            raise
-        # On a cluster image the connector lives in /opt/flink/lib (see deploy/Dockerfile).
     return conf
-
-
-def _on_cluster() -> bool:
-    """True when this file runs inside a Flink distribution (``flink run -py``)."""
-    import pyflink
-
-    return not Path(pyflink.__file__).resolve().is_relative_to(Path(sys.prefix).resolve())
 
 
 def _kafka_props(settings: Settings, prefix: str = "properties.") -> str:

@@ -128,6 +128,10 @@ class JobSettings(_Section):
     idle_timeout_ms: int = Field(default=5_000, ge=0)
     default_price_minor: int = Field(default=1_999, gt=0)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    ship_jars: bool = Field(
+        default=True,
+        description="add the fetched connector jars to pipeline.jars; false on a cluster image that has them in lib/",
+    )
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
 

@@ -1,0 +1,32 @@
+"""How settings become Flink configuration and connector options (no cluster needed)."""
+
+from jobs.pricing_job import _flink_conf, _sink_ddl, _source_ddl
+from pricing.config import load_settings
+
+
+def test_exactly_once_uses_transactions_and_read_committed() -> None:
+    s = load_settings(job={"ship_jars": False, "transactional_id_prefix": "eu-1", "transaction_timeout_ms": 120_000})
+    conf = _flink_conf(s, jobmanager=None)
+    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    assert "pipeline.jars" not in conf
+    sink = _sink_ddl(s, table="t", topic="priced-events", id_suffix="priced")
+    assert "'sink.delivery-guarantee' = 'exactly-once'" in sink
+    assert "'sink.transactional-id-prefix' = 'eu-1-priced'" in sink
+    assert "'properties.transaction.timeout.ms' = '120000'" in sink
+    assert "'properties.isolation.level' = 'read_committed'" in _source_ddl(s, table="t", topic="price-requests")
+
+
+def test_at_least_once_has_no_transactions_and_remote_target() -> None:
+    s = load_settings(job={"ship_jars": False, "delivery_guarantee": "at-least-once"})
+    conf = _flink_conf(s, jobmanager="flink-jm:8081")
+    assert conf["execution.checkpointing.mode"] == "AT_LEAST_ONCE"
+    assert (conf["execution.target"], conf["rest.address"], conf["rest.port"]) == ("remote", "flink-jm", "8081")
+    sink = _sink_ddl(s, table="t", topic="priced-events", id_suffix="priced")
+    assert "at-least-once" in sink and "transactional-id-prefix" not in sink
+
+
+def test_bounded_runs_stop_at_the_latest_offsets() -> None:
+    bounded = _source_ddl(load_settings(job={"bounded": True}), table="t", topic="x")
+    unbounded = _source_ddl(load_settings(), table="t", topic="x")
+    assert "'scan.bounded.mode' = 'latest-offset'" in bounded
+    assert "scan.bounded.mode" not in unbounded
