@@ -1,13 +1,13 @@
-"""The pricing job graph: Kafka in, decode, join context, price, Kafka out.
+"""The pricing job graph: Kafka in, decode, features, price, Kafka out.
 
-    price-requests ─┐                         ┌─> priced-events
-                    ├─ decode (Arrow batch) ──┤
-    market-events ──┘        │                └─> dead-letters (bad bytes, bad values)
-                             └─ latest list price per product (versioned view)
-                                  └─ event-time temporal join ─> price + encode (Arrow batch)
+    price-requests ───┐                            ┌─> priced-events
+    market-events ────┼─ decode (Arrow batch) ─────┤
+    behaviour-events ─┘        │                   └─> dead-letters (bad bytes, bad values, late)
+                               └─ feature stage (``jobs.features``: over-windows)
+                                    └─ request rows with features ─> price + encode (Arrow batch)
 
-Per-event work (watermarks, the versioned view, the join) runs in the JVM as Flink
-SQL; Python runs only in vectorized UDFs, once per Arrow batch (``pricing_udfs.udfs``).
+Per-event work (watermarks, the feature windows) runs in the JVM as Flink SQL;
+Python runs only in vectorized UDFs, once per Arrow batch (``pricing_udfs.udfs``).
 
 Event time is the Kafka record timestamp, which producers must set to the payload's
 ``event_time``; a record where they differ is dead-lettered (``invalid_value``).
@@ -41,7 +41,9 @@ from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, T
 
 from pricing.config import Settings, load_settings
 from pricing.jars import flink_jars
+from jobs.features import declare_feature_views
 from pricing_udfs import udfs
+from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.policy import BaselineListPrice, Policy
 from pricing_udfs.serde import Contract
 
@@ -65,6 +67,10 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
         "execution.checkpointing.mode": "EXACTLY_ONCE" if exactly_once else "AT_LEAST_ONCE",
         "state.backend.type": job.state_backend,
         "table.exec.source.idle-timeout": f"{job.idle_timeout_ms} ms",
+        "table.exec.state.ttl": f"{job.state_ttl_ms} ms",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(job.restart_attempts),
+        "restart-strategy.fixed-delay.delay": f"{job.restart_delay_ms} ms",
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
@@ -143,8 +149,25 @@ def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -
     return f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
-FROM (SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`) AS d FROM {source}) AS x
+FROM (
+  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
+) AS x
 """
+
+
+def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
+    """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``)."""
+    topics = settings.kafka.topics
+    inputs = (
+        ("requests", topics.requests.name, Contract.PRICE_REQUEST, "decode_price_request"),
+        ("market", topics.market.name, Contract.MARKET_EVENT, "decode_market_event"),
+        ("behaviour", topics.behaviour.name, Contract.BEHAVIOUR_EVENT, "decode_behaviour_event"),
+    )
+    for view, topic, contract, decoder in inputs:
+        t_env.create_temporary_system_function(decoder, udfs.decoder(contract))
+        t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic))
+        t_env.execute_sql(_decoded_view(view=view, source=f"{view}_src", decoder=decoder, contract=contract))
+    return [view for view, *_ in inputs]
 
 
 def build(t_env: TableEnvironment, settings: Settings, *, policy: Policy | None = None) -> StatementSet:
@@ -153,50 +176,35 @@ def build(t_env: TableEnvironment, settings: Settings, *, policy: Policy | None 
     policy = policy or BaselineListPrice(
         default_price_minor=settings.job.default_price_minor, currency=settings.job.currency
     )
-    t_env.create_temporary_system_function("decode_price_request", udfs.decoder(Contract.PRICE_REQUEST))
-    t_env.create_temporary_system_function("decode_market_event", udfs.decoder(Contract.MARKET_EVENT))
+    inputs = declare_inputs(t_env, settings)
     t_env.create_temporary_system_function("price_and_encode", udfs.pricer(policy))
     t_env.create_temporary_system_function("encode_dead_letter", udfs.dead_letter_encoder())
-
-    for ddl in (
-        _source_ddl(settings, table="requests_src", topic=topics.requests.name),
-        _source_ddl(settings, table="market_src", topic=topics.market.name),
-        _sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"),
-        _sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"),
-        _decoded_view(view="requests", source="requests_src", decoder="decode_price_request", contract=Contract.PRICE_REQUEST),
-        _decoded_view(view="market", source="market_src", decoder="decode_market_event", contract=Contract.MARKET_EVENT),
-        # Versioned view: the latest list price per product, as of any event time.
-        """
-CREATE TEMPORARY VIEW list_prices AS
-SELECT product_id, list_price_minor, list_currency, ts FROM (
-  SELECT product_id, `value` AS list_price_minor, currency AS list_currency, ts,
-    ROW_NUMBER() OVER (PARTITION BY product_id ORDER BY ts DESC) AS rn
-  FROM (SELECT product_id, `value`, currency, ts FROM market WHERE ok AND kind = 'list_price')
-) WHERE rn = 1
-""",
-    ):
-        t_env.execute_sql(ddl)
+    t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
+    t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))
+    featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
 
     statements = t_env.create_statement_set()
+    features = ", ".join(FEATURE_SPEC.names)
     statements.add_insert_sql(
-        """
+        f"""
 INSERT INTO priced_sink
-SELECT CAST(r.request_id AS BYTES),
-  price_and_encode(r.request_id, r.user_id, r.product_id, r.channel, r.event_time,
-                   lp.list_price_minor, lp.list_currency)
-FROM (SELECT * FROM requests WHERE ok) AS r
-LEFT JOIN list_prices FOR SYSTEM_TIME AS OF r.ts AS lp ON r.product_id = lp.product_id
+SELECT CAST(request_id AS BYTES),
+  price_and_encode(request_id, user_id, product_id, channel, event_time, list_currency, ARRAY[{features}])
+FROM {featured}
 """
     )
+    rejected = "\n  UNION ALL\n  ".join(
+        "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts "
+        f"FROM {view} WHERE NOT ok"
+        for view in inputs
+    )
     statements.add_insert_sql(
-        """
+        f"""
 INSERT INTO dead_letter_sink
 SELECT CAST(source_topic AS BYTES),
   encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts)
 FROM (
-  SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts FROM requests WHERE NOT ok
-  UNION ALL
-  SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts FROM market WHERE NOT ok
+  {rejected}
 )
 """
     )

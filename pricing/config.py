@@ -128,6 +128,11 @@ class JobSettings(_Section):
     idle_timeout_ms: int = Field(default=5_000, ge=0)
     default_price_minor: int = Field(default=1_999, gt=0)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    restart_attempts: int = Field(default=10, ge=0, description="fixed-delay restarts before the job fails")
+    restart_delay_ms: int = Field(default=5_000, ge=0)
+    state_ttl_ms: int = Field(
+        default=7 * 24 * 3_600_000, ge=0, description="per-key feature state kept after the key's last event; 0 = forever"
+    )
     ship_jars: bool = Field(
         default=True,
         description="add the fetched connector jars to pipeline.jars; false on a cluster image that has them in lib/",

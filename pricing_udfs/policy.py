@@ -40,8 +40,8 @@ class Policy(Protocol):
 class BaselineListPrice:
     """PLACEHOLDER policy until the model policy lands: charge the latest list price.
 
-    Input columns: ``list_price_minor`` (nullable: no list price seen yet) and
-    ``list_currency``. With no list price it charges ``default_price_minor`` in
+    Input columns: ``list_price_minor`` (the feature; null or 0 when no list price was
+    seen yet) and ``list_currency``. With no list price it charges ``default_price_minor`` in
     ``currency`` and flags the decision as a fallback. It has no demand model, so
     ``expected_conversion`` is NaN and ``expected_profit_minor`` is 0.
     """

@@ -19,6 +19,7 @@ from pyflink.table import DataTypes
 from pyflink.table.udf import ScalarFunction, udf
 
 from pricing_udfs import serde
+from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.policy import Policy
 from pricing_udfs.serde import Contract
 
@@ -82,17 +83,21 @@ def decode_batch(
     partitions: pd.Series,
     offsets: pd.Series,
     timestamps: pd.Series,
+    watermarks: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Decode a batch of framed records into columns; rejects become ok=False rows.
 
     ``timestamps`` are the Kafka record timestamps (tz-aware datetimes): the engine's
     event time. A record whose payload ``event_time`` differs is rejected, because
-    watermarks and joins would otherwise disagree with the payload.
+    watermarks and joins would otherwise disagree with the payload. ``watermarks``
+    (the source's current watermark per row, null before the first) mark a record
+    ``late`` when its time is behind: event-time windows would drop it silently.
     """
     fields = _FIELDS[contract]
     names = [n for n, _, _ in fields]
     n_rows = len(values)
     ts_ms = _epoch_millis(timestamps)
+    wm_ms = _epoch_millis(watermarks, missing=np.iinfo(np.int64).min) if watermarks is not None else None
     ok = np.zeros(n_rows, dtype=bool)
     kinds: list[str | None] = [None] * n_rows
     messages: list[str | None] = [None] * n_rows
@@ -104,6 +109,12 @@ def decode_batch(
             messages[i] = (
                 f"{contract.value}: event_time {result.record['event_time']} differs from the Kafka record "
                 f"timestamp {ts_ms[i]}; producers must set the record timestamp to event_time"
+            )
+        elif result.ok and wm_ms is not None and ts_ms[i] < wm_ms[i]:
+            kinds[i] = serde.ErrorKind.LATE.value
+            messages[i] = (
+                f"{contract.value}: event_time {ts_ms[i]} is {wm_ms[i] - ts_ms[i]} ms behind the watermark "
+                f"{wm_ms[i]}; raise watermark_out_of_orderness_ms to accept such events"
             )
         elif result.ok:
             ok[i] = True
@@ -124,46 +135,92 @@ def decode_batch(
     return out
 
 
-def _epoch_millis(timestamps: pd.Series) -> np.ndarray:
-    """Epoch millis of tz-aware (or UTC-naive) datetimes, independent of the session time zone."""
-    ts = pd.to_datetime(timestamps, utc=True)
-    return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")).to_numpy(dtype=np.int64)
+def _epoch_millis(timestamps: pd.Series, *, missing: int | None = None) -> np.ndarray:
+    """Epoch millis of tz-aware (or UTC-naive) datetimes, independent of the session time zone.
+
+    Nulls become ``missing``; without it a null is a bug (Kafka records always have a timestamp).
+    """
+    ts = pd.Series(pd.to_datetime(timestamps, utc=True))
+    nulls = ts.isna().to_numpy()
+    if nulls.any() and missing is None:
+        raise ValueError("null timestamp")
+    ms = ((ts.fillna(pd.Timestamp(0, tz="UTC")) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")).to_numpy(
+        dtype=np.int64
+    )
+    if nulls.any():
+        ms[nulls] = missing
+    return ms
 
 
 class _Decode(ScalarFunction):
     def __init__(self, contract: Contract) -> None:
         self._contract = contract
+        self._late: Any = None
+        self._rejected: Any = None
+
+    def open(self, function_context: Any) -> None:
+        group = function_context.get_metric_group().add_group("contract", self._contract.value)
+        self._late = group.counter("late_events")
+        self._rejected = group.counter("rejected_records")
 
     def eval(
-        self, values: pd.Series, topics: pd.Series, partitions: pd.Series, offsets: pd.Series, timestamps: pd.Series
+        self,
+        values: pd.Series,
+        topics: pd.Series,
+        partitions: pd.Series,
+        offsets: pd.Series,
+        timestamps: pd.Series,
+        watermarks: pd.Series,
     ) -> pd.DataFrame:
-        return decode_batch(
-            self._contract, values, topics=topics, partitions=partitions, offsets=offsets, timestamps=timestamps
+        out = decode_batch(
+            self._contract, values, topics=topics, partitions=partitions, offsets=offsets,
+            timestamps=timestamps, watermarks=watermarks,
         )
+        if self._late is not None:
+            self._late.inc(int((out["error_kind"] == serde.ErrorKind.LATE.value).sum()))
+            self._rejected.inc(int((~out["ok"]).sum()))
+        return out
 
 
 def decoder(contract: Contract) -> Any:
-    """A pandas UDF ``(value, topic, partition, offset, timestamp) -> ROW<status..., fields...>``."""
+    """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``."""
     return udf(_Decode(contract), result_type=decoded_type(contract), func_type="pandas")
 
 
-_REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_price_minor", "list_currency")
+_REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_currency")
 
 
 class _PriceAndEncode(ScalarFunction):
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, spec: FeatureSpec) -> None:
         self._policy = policy
+        self._spec = spec
 
     def eval(self, *columns: pd.Series) -> pd.Series:
-        batch = pd.DataFrame(dict(zip(_REQUEST_COLUMNS, columns)))
-        return price_and_encode(self._policy, batch, priced_time_ms=int(time.time() * 1000))
+        *request_cols, features = columns
+        batch = request_batch(dict(zip(_REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
+        return price_and_encode(self._policy, batch, spec=self._spec, priced_time_ms=int(time.time() * 1000))
 
 
-def price_and_encode(policy: Policy, batch: pd.DataFrame, *, priced_time_ms: int) -> pd.Series:
-    """Decide prices for a batch and encode each as a framed PricedEvent."""
+def request_batch(request: dict[str, pd.Series], features: pd.Series, *, spec: FeatureSpec) -> pd.DataFrame:
+    """The policy's input: request fields plus one column per feature, in spec order."""
+    matrix = np.stack([np.asarray(v, dtype=np.float64) for v in features]) if len(features) else np.empty((0, len(spec.names)))
+    frame = pd.DataFrame({k: _column(v, len(features)) for k, v in request.items()})
+    return pd.concat([frame, pd.DataFrame(matrix, columns=spec.names)], axis=1)
+
+
+def _column(value: Any, n: int) -> pd.Series:
+    """A UDF argument as a column: the planner passes constants (e.g. a filtered-on ``user_id = ''``) as scalars."""
+    if isinstance(value, pd.Series):
+        return value.reset_index(drop=True)
+    return pd.Series([value] * n, dtype=object)
+
+
+def price_and_encode(policy: Policy, batch: pd.DataFrame, *, spec: FeatureSpec, priced_time_ms: int) -> pd.Series:
+    """Decide prices for a batch and encode each as a framed PricedEvent, logging its feature vector."""
     decisions = policy.decide(batch)
+    vectors = batch[spec.names].to_numpy(dtype=np.float64)
     out = []
-    for req, dec in zip(batch.itertuples(index=False), decisions.itertuples(index=False)):
+    for req, dec, vec in zip(batch.itertuples(index=False), decisions.itertuples(index=False), vectors):
         out.append(
             serde.encode(
                 Contract.PRICED_EVENT,
@@ -181,19 +238,17 @@ def price_and_encode(policy: Policy, batch: pd.DataFrame, *, priced_time_ms: int
                     "fallback_used": bool(dec.fallback_used),
                     "request_time": int(req.event_time),
                     "priced_time": priced_time_ms,
+                    "feature_spec_version": spec.version,
+                    "features": vec.tolist(),
                 },
             )
         )
     return pd.Series(out, dtype=object)
 
 
-def pricer(policy: Policy) -> Any:
-    """A pandas UDF over the request and its context columns (``_REQUEST_COLUMNS``) -> framed PricedEvent."""
-    return udf(
-        _PriceAndEncode(policy),
-        result_type=DataTypes.BYTES(),
-        func_type="pandas",
-    )
+def pricer(policy: Policy, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
+    """A pandas UDF ``(request fields..., list_currency, features ARRAY<DOUBLE>) -> framed PricedEvent``."""
+    return udf(_PriceAndEncode(policy, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 
 class _EncodeDeadLetter(ScalarFunction):

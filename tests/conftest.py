@@ -55,5 +55,9 @@ def kafka_settings(kafka_broker: LocalBroker, broker_state_dir: Path, unique: st
     return load_settings(
         state_dir=broker_state_dir,
         kafka={"bootstrap_servers": kafka_broker.bootstrap, "topics": topics},
-        job={"consumer_group": f"pricing-test-{unique}", "transactional_id_prefix": f"pricing-test-{unique}"},
+        job={
+            "consumer_group": f"pricing-test-{unique}",
+            "transactional_id_prefix": f"pricing-test-{unique}",
+            "restart_attempts": 0,  # a bug fails the test at once instead of restarting until the timeout
+        },
     )

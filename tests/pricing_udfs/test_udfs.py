@@ -3,6 +3,7 @@
 import pandas as pd
 
 from pricing_udfs import serde, udfs
+from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.policy import BaselineListPrice
 from pricing_udfs.serde import Contract
 
@@ -44,17 +45,39 @@ def test_decoded_columns_match_the_declared_row_type() -> None:
     assert list(out.columns) == udfs.decoded_field_names(Contract.PRICE_REQUEST)
 
 
-def test_price_and_encode_produces_decodable_priced_events() -> None:
+def test_price_and_encode_logs_the_served_feature_vector() -> None:
     policy = BaselineListPrice(default_price_minor=500, currency="EUR")
-    batch = pd.DataFrame(
+    vectors = [FEATURE_SPEC.vector({"list_price_minor": 1234.0, "views_1h": 7.0}), FEATURE_SPEC.vector({})]
+    batch = udfs.request_batch(
         {
-            "request_id": ["a", "b"], "user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "channel": ["web", "app"],
-            "event_time": [T, T + 1], "list_price_minor": [1234, None], "list_currency": ["EUR", None],
-        }
+            "request_id": pd.Series(["a", "b"]), "user_id": pd.Series(["u1", "u2"]),
+            "product_id": pd.Series(["p1", "p2"]), "channel": pd.Series(["web", "app"]),
+            "event_time": pd.Series([T, T + 1]), "list_currency": pd.Series(["EUR", None]),
+        },
+        pd.Series(vectors),
+        spec=FEATURE_SPEC,
     )
-    encoded = udfs.price_and_encode(policy, batch, priced_time_ms=T + 10)
+    encoded = udfs.price_and_encode(policy, batch, spec=FEATURE_SPEC, priced_time_ms=T + 10)
     records = [serde.decode(Contract.PRICED_EVENT, b).record for b in encoded]
     assert [(r["request_id"], r["price_minor"], r["fallback_used"]) for r in records] == [
         ("a", 1234, False), ("b", 500, True),
     ]
     assert records[1]["request_time"] == T + 1 and records[1]["priced_time"] == T + 10
+    assert records[0]["feature_spec_version"] == FEATURE_SPEC.version
+    assert records[0]["features"] == vectors[0].tolist()
+    assert records[1]["features"][FEATURE_SPEC.index("is_new_user")] == 1.0  # the spec default
+
+
+def test_late_rows_are_rejected_with_their_bytes() -> None:
+    n = 3
+    values = [_request(0, ts=T), _request(1, ts=T - 5_000), _request(2, ts=T)]
+    out = udfs.decode_batch(
+        Contract.PRICE_REQUEST,
+        pd.Series(values, dtype=object),
+        topics=pd.Series(["req"] * n), partitions=pd.Series([0] * n), offsets=pd.Series(range(n)),
+        timestamps=pd.Series(pd.to_datetime([T, T - 5_000, T], unit="ms", utc=True)),
+        watermarks=pd.Series(pd.to_datetime([None, T - 1_000, T - 1_000], unit="ms", utc=True)),
+    )
+    assert out["ok"].tolist() == [True, False, True]
+    assert out.loc[1, "error_kind"] == "late" and out.loc[1, "raw_value"] == values[1]
+    assert "4000 ms behind the watermark" in out.loc[1, "error_message"]

@@ -1,0 +1,246 @@
+"""Streaming features in event time, as Flink SQL over-windows (all in the JVM).
+
+All decoded events and requests are unioned into one stream. Chained ``OVER``
+aggregations, partitioned by product and then by user, each sort rows by event
+time and compute a window ending at the row itself; the request rows then carry
+exactly the features as of their own event time:
+
+    union(market, behaviour, requests)
+      -> by product: 5 min -> 15 min -> 1 h -> all history (latest values)
+      -> (behaviour + requests) by user: 30 min -> 24 h -> all history
+      -> request rows: defaults for unknowns, the vector in spec order
+
+Semantics (checked against an independent pandas implementation in
+``tests/jobs/test_features_parity.py``):
+
+* a window of length W at a request with event time t holds the events with
+  t - W <= event_time <= t: never a later event (no future leakage), and events with
+  the request's own timestamp count;
+* an over-window emits a row only once the watermark passes it, so events that
+  arrive out of order within ``watermark_out_of_orderness_ms`` are placed correctly.
+  Events later than that are counted and sent to the dead-letter topic as ``late``
+  before they reach the windows (``late_events`` view);
+* "latest" values (list price, cost, stock, promotion) are the last by event time,
+  ties by arrival order;
+* state: windowed rows are kept for the window length (24 h at most, per user),
+  and per-key accumulators for ``state_ttl_ms`` after the key's last event.
+
+Guarantee: the stage is deterministic given the input, so exactly-once replays after
+a restart re-create the same features.
+"""
+
+from __future__ import annotations
+
+from pyflink.table import TableEnvironment
+
+from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+
+_HOUR_MS = 3_600_000
+
+
+def _over(partition: str, frame: str) -> str:
+    return f"OVER (PARTITION BY {partition} ORDER BY ts {frame})"
+
+
+def _range(interval: str) -> str:
+    return f"RANGE BETWEEN INTERVAL {interval} PRECEDING AND CURRENT ROW"
+
+
+_ALL = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+
+
+def _count(cond: str) -> str:
+    return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"
+
+
+def declare_feature_views(
+    t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC
+) -> str:
+    """Create the feature views over the decoded (``ok``) inputs; returns the view of featured requests.
+
+    The returned view has the request's fields, ``ts``, ``list_currency`` and one
+    column per spec feature (defaults applied), plus ``features`` (ARRAY<DOUBLE> in spec order).
+    """
+    tau = float(spec.constants["demand_velocity_tau_ms"])
+    if spec.constants["demand_velocity_horizon_ms"] != _HOUR_MS:
+        raise ValueError("the demand velocity is computed over a one-hour window")
+    views = {
+        "feature_events": f"""
+SELECT 'm' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_time,
+  kind AS m_kind, `value` AS m_value, currency AS m_currency,
+  CAST(NULL AS STRING) AS b_type, CAST(NULL AS BIGINT) AS b_price, CAST(NULL AS INT) AS b_qty,
+  CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel
+FROM {market} WHERE ok
+UNION ALL
+SELECT 'b', product_id, user_id, ts, event_time,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), currency,
+  type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING)
+FROM {behaviour} WHERE ok
+UNION ALL
+SELECT 'r', product_id, user_id, ts, event_time,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel
+FROM {requests} WHERE ok
+""",
+        # Purchases carry their decayed weight split by hour parity (see _velocity()).
+        "fp0": """
+SELECT *,
+  CASE WHEN b_type = 'purchase' AND MOD(event_time / 3600000, 2) = 0
+       THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_even,
+  CASE WHEN b_type = 'purchase' AND MOD(event_time / 3600000, 2) = 1
+       THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_odd
+FROM feature_events
+""".format(tau=tau),
+        "fp1": f"""
+SELECT *,
+  {_count("b_type = 'view'")} {_over("product_id", _range("'5' MINUTE"))} AS views_5m,
+  {_count("b_type = 'add_to_cart'")} {_over("product_id", _range("'5' MINUTE"))} AS carts_5m,
+  {_count("b_type = 'purchase'")} {_over("product_id", _range("'5' MINUTE"))} AS purchases_5m
+FROM fp0
+""",
+        "fp2": f"""
+SELECT *,
+  MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END) {_over("product_id", _range("'15' MINUTE"))} AS comp_min_15m,
+  AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE)) {_over("product_id", _range("'15' MINUTE"))} AS comp_mean_15m,
+  {_count("m_kind = 'competitor_price'")} {_over("product_id", _range("'15' MINUTE"))} AS comp_n_15m
+FROM fp1
+""",
+        "fp3": f"""
+SELECT *,
+  {_count("b_type = 'view'")} {_over("product_id", _range("'1' HOUR"))} AS views_1h,
+  {_count("b_type = 'add_to_cart'")} {_over("product_id", _range("'1' HOUR"))} AS carts_1h,
+  {_count("b_type = 'purchase'")} {_over("product_id", _range("'1' HOUR"))} AS purchases_1h,
+  SUM(vel_even) {_over("product_id", _range("'1' HOUR"))} AS vel_sum_even,
+  SUM(vel_odd) {_over("product_id", _range("'1' HOUR"))} AS vel_sum_odd
+FROM fp2
+""",
+        "fp4": f"""
+SELECT *,
+  LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END) {_over("product_id", _ALL)} AS list_price,
+  LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END) {_over("product_id", _ALL)} AS list_currency,
+  LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END) {_over("product_id", _ALL)} AS unit_cost,
+  LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END) {_over("product_id", _ALL)} AS stock,
+  LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END) {_over("product_id", _ALL)} AS promotion_bp,
+  {_count("src <> 'r'")} {_over("product_id", _ALL)} AS product_events
+FROM fp3
+""",
+        # The user stage sees behaviour and requests only; anonymous traffic has no user state.
+        "fu0": """
+SELECT *,
+  CASE WHEN b_type = 'purchase' AND list_price > 0
+       THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
+FROM fp4 WHERE src <> 'm' AND user_id <> ''
+""",
+        "fu1": f"""
+SELECT *,
+  {_count("b_type = 'view'")} {_over("user_id", _range("'30' MINUTE"))} AS u_views_30m,
+  {_count("b_type = 'add_to_cart'")} {_over("user_id", _range("'30' MINUTE"))} AS u_carts_30m,
+  {_count("b_type = 'purchase'")} {_over("user_id", _range("'30' MINUTE"))} AS u_purchases_30m,
+  COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END) {_over("user_id", _range("'30' MINUTE"))} AS u_distinct_30m
+FROM fu0
+""",
+        "fu2": f"""
+SELECT *,
+  {_count("b_type = 'view'")} {_over("user_id", _range("'24' HOUR"))} AS u_views_24h,
+  {_count("b_type = 'add_to_cart'")} {_over("user_id", _range("'24' HOUR"))} AS u_carts_24h,
+  {_count("b_type = 'purchase'")} {_over("user_id", _range("'24' HOUR"))} AS u_purchases_24h
+FROM fu1
+""",
+        "fu3": f"""
+SELECT *,
+  SUM(paid_ratio) {_over("user_id", _ALL)} AS u_ratio_sum,
+  COUNT(paid_ratio) {_over("user_id", _ALL)} AS u_ratio_n,
+  MAX(CASE WHEN b_type = 'purchase' THEN event_time END) {_over("user_id", _ALL)} AS u_last_purchase,
+  {_count("src = 'b'")} {_over("user_id", _ALL)} AS u_events
+FROM fu0
+""".replace("FROM fu0", "FROM fu2"),
+    }
+    for name, sql in views.items():
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
+
+    # Requests of anonymous users skip the user stage; join them back with user defaults.
+    c = spec.constants
+    expr = {
+        "list_price_minor": "list_price",
+        "unit_cost_minor": "unit_cost",
+        "competitor_min_15m_minor": "comp_min_15m",
+        "competitor_mean_15m_minor": "comp_mean_15m",
+        "competitor_events_15m": "comp_n_15m",
+        "inventory": "stock",
+        "promotion_active": "CASE WHEN promotion_bp IS NULL THEN NULL WHEN promotion_bp > 0 THEN 1 ELSE 0 END",
+        "views_5m": "views_5m",
+        "carts_5m": "carts_5m",
+        "purchases_5m": "purchases_5m",
+        "views_1h": "views_1h",
+        "carts_1h": "carts_1h",
+        "purchases_1h": "purchases_1h",
+        "conversion_1h": "CASE WHEN views_1h > 0 THEN CAST(purchases_1h AS DOUBLE) / views_1h END",
+        "demand_velocity": _velocity(tau),
+        "user_views_30m": "u_views_30m",
+        "user_carts_30m": "u_carts_30m",
+        "user_purchases_30m": "u_purchases_30m",
+        "user_views_24h": "u_views_24h",
+        "user_carts_24h": "u_carts_24h",
+        "user_purchases_24h": "u_purchases_24h",
+        "user_price_ratio": (
+            f"({c['price_ratio_prior_mean']} * {c['price_ratio_prior_weight']} + COALESCE(u_ratio_sum, 0.0))"
+            f" / ({c['price_ratio_prior_weight']} + COALESCE(u_ratio_n, 0))"
+        ),
+        "user_secs_since_purchase": (
+            f"LEAST(CAST(event_time - u_last_purchase AS DOUBLE) / 1000.0, {c['never_purchased_secs']})"
+        ),
+        "user_distinct_products_30m": "u_distinct_30m",
+        "hour_of_day": "MOD(event_time / 3600000, 24)",
+        # 1970-01-01 was a Thursday (3 with Monday = 0).
+        "day_of_week": "MOD(event_time / 86400000 + 3, 7)",
+        "channel_web": "CASE WHEN channel = 'web' THEN 1 ELSE 0 END",
+        "channel_app": "CASE WHEN channel = 'app' THEN 1 ELSE 0 END",
+        "channel_marketplace": "CASE WHEN channel = 'marketplace' THEN 1 ELSE 0 END",
+        "is_new_user": "CASE WHEN COALESCE(u_events, 0) > 0 THEN 0 ELSE 1 END",
+        "is_new_product": "CASE WHEN product_events > 0 THEN 0 ELSE 1 END",
+    }
+    missing = set(spec.names) ^ set(expr)
+    if missing:
+        raise ValueError(f"feature SQL and spec {spec.version} disagree on: {sorted(missing)}")
+    user_cols = [
+        "u_views_30m", "u_carts_30m", "u_purchases_30m", "u_distinct_30m", "u_views_24h", "u_carts_24h",
+        "u_purchases_24h", "u_ratio_sum", "u_ratio_n", "u_last_purchase", "u_events",
+    ]
+    anonymous = ", ".join(f"CAST(NULL AS {'DOUBLE' if c_ == 'u_ratio_sum' else 'BIGINT'}) AS {c_}" for c_ in user_cols)
+    base_cols = (
+        "request_id, user_id, product_id, channel, event_time, ts, list_currency, list_price, unit_cost, comp_min_15m,"
+        " comp_mean_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
+        " purchases_1h, vel_sum_even, vel_sum_odd, product_events"
+    )
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW featured_rows AS
+SELECT {base_cols}, {", ".join(user_cols)} FROM fu3 WHERE src = 'r'
+UNION ALL
+SELECT {base_cols}, {anonymous} FROM fp4 WHERE src = 'r' AND user_id = ''
+""")
+    columns = ",\n  ".join(
+        f"CAST(COALESCE(CAST({expr[f.name]} AS DOUBLE), {f.default}) AS DOUBLE) AS {f.name}" for f in spec.features
+    )
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW featured_requests AS
+SELECT request_id, user_id, product_id, channel, event_time, ts, list_currency,
+  {columns}
+FROM featured_rows
+""")
+    return "featured_requests"
+
+
+def _velocity(tau: float) -> str:
+    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp3``.
+
+    A purchase at t_i weighs exp(-(t - t_i)/tau). Summing exp(ms_into_hour(t_i)/tau)
+    per hour parity keeps every exponent below 3600000/tau (no overflow, no
+    cancellation); a one-hour window spans only the current and the previous hour.
+    """
+    m = "CAST(MOD(event_time, 3600000) AS DOUBLE)"
+    cur = "CASE WHEN MOD(event_time / 3600000, 2) = 0 THEN vel_sum_even ELSE vel_sum_odd END"
+    prev = "CASE WHEN MOD(event_time / 3600000, 2) = 0 THEN vel_sum_odd ELSE vel_sum_even END"
+    return (
+        f"(COALESCE({cur}, 0.0) * EXP(-{m} / {tau}) + COALESCE({prev}, 0.0) * EXP(-({m} + 3600000.0) / {tau}))"
+        f" * {_HOUR_MS / tau}"
+    )
