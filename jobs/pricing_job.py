@@ -68,6 +68,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
         "state.backend.type": job.state_backend,
         "table.exec.source.idle-timeout": f"{job.idle_timeout_ms} ms",
         "table.exec.state.ttl": f"{job.state_ttl_ms} ms",
+        # SQL operators never hold on to input rows, so chained operators may pass them without copies.
+        "pipeline.object-reuse": "true",
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(job.restart_attempts),
         "restart-strategy.fixed-delay.delay": f"{job.restart_delay_ms} ms",
@@ -77,8 +79,9 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
         "python.fn-execution.bundle.time": str(job.python_bundle_time_ms),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
-    if job.checkpoint_dir:
-        conf["execution.checkpointing.dir"] = job.checkpoint_dir
+    # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
+    # the feature windows outgrow that quickly, so default to a folder in state_dir.
+    conf["execution.checkpointing.dir"] = job.checkpoint_dir or (settings.state_dir / "checkpoints").resolve().as_uri()
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})

@@ -118,7 +118,7 @@ class JobSettings(_Section):
     delivery_guarantee: DeliveryGuarantee = "exactly-once"
     checkpoint_interval_ms: int = Field(default=5_000, ge=100)
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
-    checkpoint_dir: str | None = Field(default=None, description="URI; None keeps checkpoints in memory (local runs)")
+    checkpoint_dir: str | None = Field(default=None, description="URI (s3://, file://); None: <state_dir>/checkpoints")
     transactional_id_prefix: str = Field(default="pricing-engine", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     transaction_timeout_ms: int = Field(default=600_000, ge=1_000)
     consumer_group: str = "pricing-engine"

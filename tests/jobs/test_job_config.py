@@ -30,3 +30,11 @@ def test_bounded_runs_stop_at_the_latest_offsets() -> None:
     unbounded = _source_ddl(load_settings(), table="t", topic="x")
     assert "'scan.bounded.mode' = 'latest-offset'" in bounded
     assert "scan.bounded.mode" not in unbounded
+
+
+def test_checkpoints_go_to_a_directory_not_jobmanager_memory(tmp_path) -> None:
+    """JobManager memory caps checkpoints at 5 MB, which the feature windows outgrow."""
+    conf = _flink_conf(load_settings(state_dir=tmp_path, job={"ship_jars": False}), jobmanager=None)
+    assert conf["execution.checkpointing.dir"] == (tmp_path / "checkpoints").as_uri()
+    explicit = load_settings(job={"ship_jars": False, "checkpoint_dir": "s3://b/ckpt"})
+    assert _flink_conf(explicit, jobmanager=None)["execution.checkpointing.dir"] == "s3://b/ckpt"

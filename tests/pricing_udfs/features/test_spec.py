@@ -1,0 +1,48 @@
+import json
+
+import numpy as np
+import pytest
+
+from jobs import features as feature_sql
+from pricing_udfs.features.spec import FEATURE_SPEC, SPEC_FILE, FeatureSpec
+
+
+def test_spec_has_unique_names_defaults_and_a_version() -> None:
+    assert FEATURE_SPEC.version.startswith("features/")
+    assert len(FEATURE_SPEC.names) == len(set(FEATURE_SPEC.names)) == FEATURE_SPEC.defaults.shape[0]
+    assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "context", "flags"}
+    assert FEATURE_SPEC.defaults[FEATURE_SPEC.index("is_new_user")] == 1.0
+
+
+def test_vector_fills_defaults_and_rejects_unknown_names() -> None:
+    v = FEATURE_SPEC.vector({"views_1h": 4, "inventory": None, "conversion_1h": float("nan")})
+    assert v[FEATURE_SPEC.index("views_1h")] == 4.0
+    assert v[FEATURE_SPEC.index("inventory")] == -1.0
+    assert v[FEATURE_SPEC.index("conversion_1h")] == 0.0
+    assert v.dtype == np.float64
+    with pytest.raises(KeyError, match="nope"):
+        FEATURE_SPEC.vector({"nope": 1.0})
+
+
+def test_duplicate_names_are_rejected(tmp_path) -> None:
+    raw = json.loads(SPEC_FILE.read_text())
+    raw["features"].append(dict(raw["features"][0]))
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="duplicate"):
+        FeatureSpec.load(path)
+
+
+def test_job_sql_covers_exactly_the_spec(tmp_path) -> None:
+    """The job refuses to build when the spec and its SQL disagree (a renamed or added feature)."""
+    raw = json.loads(SPEC_FILE.read_text())
+    raw["features"].append({"name": "brand_new", "group": "product", "default": 0.0, "doc": "x"})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(raw))
+
+    class _Env:
+        def execute_sql(self, sql: str) -> None:
+            pass
+
+    with pytest.raises(ValueError, match="brand_new"):
+        feature_sql.declare_feature_views(_Env(), requests="r", market="m", behaviour="b", spec=FeatureSpec.load(path))
