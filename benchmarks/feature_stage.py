@@ -110,7 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         (state / "jars").symlink_to(PROJECT_ROOT / ".pricing" / "jars")
-        broker = LocalBroker(state_dir=state, port=free_port())
+        broker = LocalBroker(state_dir=state, port=free_port(), die_with_parent=True)
         broker.start(fresh=True)
         try:
             base = load_settings(state_dir=state, kafka={"bootstrap_servers": broker.bootstrap},

@@ -66,6 +66,7 @@ class LocalBroker:
         heap: str = "512m",
         java: str = "java",
         name: str = "kafka",
+        die_with_parent: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.home = state_dir / name
@@ -74,6 +75,9 @@ class LocalBroker:
         self.controller_port = controller_port or port + 1
         self.heap = heap
         self.java = java
+        # Tests, benchmarks and the demo own their broker: if they are killed, it goes too.
+        # `pricing kafka start` leaves it running on purpose.
+        self.die_with_parent = die_with_parent
 
     @property
     def bootstrap(self) -> str:
@@ -137,7 +141,7 @@ class LocalBroker:
         out = open(self.home / "logs" / "stdout.log", "ab")
         proc = subprocess.Popen(
             [*jvm, _MAIN, str(props)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_set_parent_death_signal if self.die_with_parent else None,
         )
         out.close()
         self._pid_file.write_text(str(proc.pid))
@@ -208,6 +212,16 @@ class LocalBroker:
             "log.retention.ms=-1",
             "",
         ])
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: SIGTERM the broker when the process that started it dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _cluster_id() -> str:

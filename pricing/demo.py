@@ -28,7 +28,7 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
     from pricing.topics import create_topics
 
     b = settings.broker
-    broker = LocalBroker(state_dir=settings.state_dir, host=b.host, port=port or b.port, heap=b.heap, name="demo-kafka")
+    broker = LocalBroker(state_dir=settings.state_dir, host=b.host, port=port or b.port, heap=b.heap, name="demo-kafka", die_with_parent=True)
     _say(f"1/6 starting Kafka (KRaft) at {broker.bootstrap}")
     broker.start(fresh=True, timeout_s=b.start_timeout_s)
     result = None

@@ -25,7 +25,7 @@ def broker_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_broker(broker_state_dir: Path) -> Iterator[LocalBroker]:
-    broker = LocalBroker(state_dir=broker_state_dir, port=free_port())
+    broker = LocalBroker(state_dir=broker_state_dir, port=free_port(), die_with_parent=True)
     broker.start(fresh=True, timeout_s=90)
     try:
         yield broker

@@ -67,3 +67,28 @@ def test_taken_port_is_reported_clearly(broker_state_dir) -> None:
         broker = LocalBroker(state_dir=broker_state_dir, port=taken, name="kafka-port-test")
         with pytest.raises(BrokerError, match=f"port {taken}.*--port"):
             broker.start()
+
+
+def test_owned_broker_dies_with_its_parent(broker_state_dir, tmp_path) -> None:
+    """A killed test run or demo must not leave a broker behind."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "jars").symlink_to(broker_state_dir / "jars")
+    script = (
+        "import sys, time; from pathlib import Path; from pricing.broker import LocalBroker, free_port;"
+        f"b = LocalBroker(state_dir=Path({str(state)!r}), port=free_port(), die_with_parent=True);"
+        "print(b.start().pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert _running(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    import time
+
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid), "the broker outlived the process that owned it"
