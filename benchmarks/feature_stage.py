@@ -90,6 +90,10 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
             t_env.execute_sql(f"CREATE TEMPORARY TABLE sink_{view} (ok BOOLEAN, product_id STRING, event_time BIGINT) "
                               "WITH ('connector' = 'blackhole')")
             statements.add_insert_sql(f"INSERT INTO sink_{view} SELECT ok, product_id, event_time FROM {view}")
+    elif mode == "product-stages":
+        declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
+        t_env.execute_sql("CREATE TEMPORARY TABLE sink_p (request_id STRING, v BIGINT, l BIGINT) WITH ('connector' = 'blackhole')")
+        statements.add_insert_sql("INSERT INTO sink_p SELECT request_id, views_1h, list_price FROM fp4 WHERE src = 'r'")
     else:
         featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_features (request_id STRING, features ARRAY<DOUBLE>) "
@@ -106,6 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--state-ttl-ms", type=int, default=7 * 24 * 3_600_000, help="0 disables state TTL")
+    parser.add_argument("--with-product-stages", action="store_true",
+                        help="also time the product stages alone (where does the time go?)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
@@ -116,12 +123,15 @@ def main() -> None:
             base = load_settings(state_dir=state, kafka={"bootstrap_servers": broker.bootstrap},
                                  job={"bounded": True, "delivery_guarantee": "at-least-once",
                                       "startup_mode": "earliest-offset", "watermark_out_of_orderness_ms": 5_000,
-                                      "python_bundle_size": 5_000, "python_bundle_time_ms": 1_000})
+                                      "python_bundle_size": 5_000, "python_bundle_time_ms": 1_000,
+                                      "state_ttl_ms": args.state_ttl_ms})
             create_topics(base.kafka)
             t = time.perf_counter()
             total = _load(base, requests=args.requests)
             print(f"loaded {total:,} events ({args.requests:,} requests) in {time.perf_counter() - t:.1f}s")
             results: dict[str, list[float]] = {"empty": [], "passthrough": [], "features": []}
+            if args.with_product_stages:
+                results["product-stages"] = []
             for _ in range(args.repeat):
                 for mode in results:
                     settings = base.model_copy(update={"job": base.job.model_copy(update={"consumer_group": uuid.uuid4().hex})})
@@ -130,7 +140,9 @@ def main() -> None:
         finally:
             broker.stop()
     startup = min(results["empty"])
-    rate = {m: total / max(min(results[m]) - startup, 1e-9) for m in ("passthrough", "features")}
+    rate = {m: total / max(min(results[m]) - startup, 1e-9) for m in results if m != "empty"}
+    if "product-stages" in rate:
+        print(f"product stages only           : {rate['product-stages']:10,.0f} events/s")
     print(f"\nstart-up {startup:.1f}s (subtracted); best of {args.repeat}")
     print(f"passthrough (decode + forward): {rate['passthrough']:10,.0f} events/s")
     print(f"feature stage                 : {rate['features']:10,.0f} events/s")
