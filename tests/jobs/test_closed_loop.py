@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import pytest
-from confluent_kafka import Consumer
 
 from jobs import pricing_job
 from pricing.config import Settings
@@ -15,24 +11,9 @@ from pricing.sim.scenario import get_scenario
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
-
-
-def _read(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_s: float = 60.0) -> list[bytes]:
-    consumer = Consumer(
-        settings.kafka.client_config()
-        | {"group.id": f"check-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
-    )
-    consumer.subscribe([topic])
-    out, deadline, last = [], time.monotonic() + timeout_s, time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - last < quiet_s:
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            out.append(msg.value())
-            last = time.monotonic()
-    consumer.close()
-    return out
 
 
 def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings) -> None:
@@ -67,11 +48,11 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
     assert report.invalid_answers == 0
 
     offered = {}
-    for value in _read(settings, topics.priced.name):
-        rec = serde.decode(Contract.PRICED_EVENT, value).record
+    for msg in read_topic(settings, topics.priced.name):
+        rec = serde.decode(Contract.PRICED_EVENT, msg.value()).record
         offered[rec["request_id"]] = rec["price_minor"]
     purchases = [
-        r for r in (serde.decode(Contract.BEHAVIOUR_EVENT, v) for v in _read(settings, topics.behaviour.name))
+        r for r in (serde.decode(Contract.BEHAVIOUR_EVENT, m.value()) for m in read_topic(settings, topics.behaviour.name))
         if r.ok and r.record["type"] == "purchase" and r.record["request_id"] is not None
     ]
     assert len(purchases) == report.purchases > 0, report.summary()

@@ -15,13 +15,11 @@ deterministic late-event test is ``test_late_events.py``.
 from __future__ import annotations
 
 import math
-import time
-import uuid
 
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from jobs import pricing_job
 from pricing.config import Settings
@@ -31,6 +29,7 @@ from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -74,20 +73,6 @@ def _produce(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> None:
             producer.produce(topic[contract], serde.encode(contract, rec), key=rec["product_id"].encode(),
                              timestamp=int(rec["event_time"]))
     producer.flush()
-
-
-def _consume(settings: Settings, topic: str, *, quiet_s: float = 5.0) -> list[bytes]:
-    consumer = Consumer(settings.kafka.client_config() | {
-        "group.id": f"check-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
-    consumer.subscribe([topic])
-    out, last = [], time.monotonic()
-    while time.monotonic() - last < quiet_s:
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            out.append(msg.value())
-            last = time.monotonic()
-    consumer.close()
-    return out
 
 
 def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame) -> pd.DataFrame:
@@ -171,11 +156,11 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
     pricing_job.run(settings, wait=True)
 
     served = {}
-    for value in _consume(settings, settings.kafka.topics.priced.name):
-        rec = serde.decode(Contract.PRICED_EVENT, value).record
+    for msg in read_topic(settings, settings.kafka.topics.priced.name):
+        rec = serde.decode(Contract.PRICED_EVENT, msg.value()).record
         assert rec["feature_spec_version"] == FEATURE_SPEC.version
         served[rec["request_id"]] = rec["features"]
-    late = [serde.decode(Contract.DEAD_LETTER, v).record for v in _consume(settings, settings.kafka.topics.dead_letters.name)]
+    late = [serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, settings.kafka.topics.dead_letters.name)]
     assert {d["error_kind"] for d in late} <= {"late"}, "only late events may be rejected here"
     late_raw = {bytes(d["raw"]) for d in late}
     kept = {}

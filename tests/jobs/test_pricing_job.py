@@ -4,42 +4,21 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from jobs import pricing_job
 from pricing.config import Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
 N_REQUESTS = 300
 N_PRODUCTS = 12  # products 10 and 11 never get a list price: fallback
-
-
-def _consume_all(settings: Settings, topic: str, *, expect: int, timeout_s: float = 60.0) -> list:
-    consumer = Consumer(
-        settings.kafka.client_config()
-        | {"group.id": f"check-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
-    )
-    consumer.subscribe([topic])
-    out, deadline, quiet_until = [], time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            if len(out) >= expect:
-                quiet_until = quiet_until or time.monotonic() + 3  # keep reading a little: catch duplicates
-                if time.monotonic() > quiet_until:
-                    break
-            continue
-        assert not msg.error(), msg.error()
-        out.append(msg)
-    consumer.close()
-    return out
 
 
 def _market_header() -> bytes:
@@ -89,8 +68,8 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
 
     pricing_job.run(settings, wait=True)  # bounded: returns after the final checkpoint commits
 
-    priced = _consume_all(settings, topics.priced.name, expect=N_REQUESTS)
-    dead = _consume_all(settings, topics.dead_letters.name, expect=len(malformed))
+    priced = read_topic(settings, topics.priced.name)
+    dead = read_topic(settings, topics.dead_letters.name)
 
     decoded = [serde.decode(Contract.PRICED_EVENT, m.value()) for m in priced]
     assert all(d.ok for d in decoded)
