@@ -53,6 +53,25 @@ def _count(cond: str) -> str:
     return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"
 
 
+def _funnel(name: str) -> dict[str, str]:
+    """Counts of views, add-to-carts and purchases; ``name`` is a pattern like ``"{}_5m"``."""
+    return {
+        name.format("views"): _count("b_type = 'view'"),
+        name.format("carts"): _count("b_type = 'add_to_cart'"),
+        name.format("purchases"): _count("b_type = 'purchase'"),
+    }
+
+
+def _stage(source: str, partition: str, frame: str, aggregates: dict[str, str]) -> str:
+    """One over-window stage: every input row plus the aggregates over one window ending at it.
+
+    Flink evaluates all over-aggregates of a SELECT on one window, so each window length is its own stage.
+    """
+    over = _over(partition, frame)
+    columns = ",\n  ".join(f"{expr} {over} AS {alias}" for alias, expr in aggregates.items())
+    return f"\nSELECT *,\n  {columns}\nFROM {source}\n"
+
+
 def declare_feature_views(
     t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC
 ) -> str:
@@ -91,39 +110,24 @@ SELECT *,
        THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_odd
 FROM feature_events
 """.format(tau=tau),
-        "fp1": f"""
-SELECT *,
-  {_count("b_type = 'view'")} {_over("product_id", _range("'5' MINUTE"))} AS views_5m,
-  {_count("b_type = 'add_to_cart'")} {_over("product_id", _range("'5' MINUTE"))} AS carts_5m,
-  {_count("b_type = 'purchase'")} {_over("product_id", _range("'5' MINUTE"))} AS purchases_5m
-FROM fp0
-""",
-        "fp2": f"""
-SELECT *,
-  MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END) {_over("product_id", _range("'15' MINUTE"))} AS comp_min_15m,
-  AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE)) {_over("product_id", _range("'15' MINUTE"))} AS comp_mean_15m,
-  {_count("m_kind = 'competitor_price'")} {_over("product_id", _range("'15' MINUTE"))} AS comp_n_15m
-FROM fp1
-""",
-        "fp3": f"""
-SELECT *,
-  {_count("b_type = 'view'")} {_over("product_id", _range("'1' HOUR"))} AS views_1h,
-  {_count("b_type = 'add_to_cart'")} {_over("product_id", _range("'1' HOUR"))} AS carts_1h,
-  {_count("b_type = 'purchase'")} {_over("product_id", _range("'1' HOUR"))} AS purchases_1h,
-  SUM(vel_even) {_over("product_id", _range("'1' HOUR"))} AS vel_sum_even,
-  SUM(vel_odd) {_over("product_id", _range("'1' HOUR"))} AS vel_sum_odd
-FROM fp2
-""",
-        "fp4": f"""
-SELECT *,
-  LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END) {_over("product_id", _ALL)} AS list_price,
-  LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END) {_over("product_id", _ALL)} AS list_currency,
-  LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END) {_over("product_id", _ALL)} AS unit_cost,
-  LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END) {_over("product_id", _ALL)} AS stock,
-  LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END) {_over("product_id", _ALL)} AS promotion_bp,
-  {_count("src <> 'r'")} {_over("product_id", _ALL)} AS product_events
-FROM fp3
-""",
+        "fp1": _stage("fp0", "product_id", _range("'5' MINUTE"), _funnel("{}_5m")),
+        "fp2": _stage("fp1", "product_id", _range("'15' MINUTE"), {
+            "comp_min_15m": "MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END)",
+            "comp_mean_15m": "AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE))",
+            "comp_n_15m": _count("m_kind = 'competitor_price'"),
+        }),
+        "fp3": _stage("fp2", "product_id", _range("'1' HOUR"), _funnel("{}_1h") | {
+            "vel_sum_even": "SUM(vel_even)",
+            "vel_sum_odd": "SUM(vel_odd)",
+        }),
+        "fp4": _stage("fp3", "product_id", _ALL, {
+            "list_price": "LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END)",
+            "list_currency": "LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END)",
+            "unit_cost": "LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END)",
+            "stock": "LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END)",
+            "promotion_bp": "LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)",
+            "product_events": _count("src <> 'r'"),
+        }),
         # The user stage sees behaviour and requests only; anonymous traffic has no user state.
         "fu0": """
 SELECT *,
@@ -131,29 +135,16 @@ SELECT *,
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
 FROM fp4 WHERE src <> 'm' AND user_id <> ''
 """,
-        "fu1": f"""
-SELECT *,
-  {_count("b_type = 'view'")} {_over("user_id", _range("'30' MINUTE"))} AS u_views_30m,
-  {_count("b_type = 'add_to_cart'")} {_over("user_id", _range("'30' MINUTE"))} AS u_carts_30m,
-  {_count("b_type = 'purchase'")} {_over("user_id", _range("'30' MINUTE"))} AS u_purchases_30m,
-  COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END) {_over("user_id", _range("'30' MINUTE"))} AS u_distinct_30m
-FROM fu0
-""",
-        "fu2": f"""
-SELECT *,
-  {_count("b_type = 'view'")} {_over("user_id", _range("'24' HOUR"))} AS u_views_24h,
-  {_count("b_type = 'add_to_cart'")} {_over("user_id", _range("'24' HOUR"))} AS u_carts_24h,
-  {_count("b_type = 'purchase'")} {_over("user_id", _range("'24' HOUR"))} AS u_purchases_24h
-FROM fu1
-""",
-        "fu3": f"""
-SELECT *,
-  SUM(paid_ratio) {_over("user_id", _ALL)} AS u_ratio_sum,
-  COUNT(paid_ratio) {_over("user_id", _ALL)} AS u_ratio_n,
-  MAX(CASE WHEN b_type = 'purchase' THEN event_time END) {_over("user_id", _ALL)} AS u_last_purchase,
-  {_count("src = 'b'")} {_over("user_id", _ALL)} AS u_events
-FROM fu0
-""".replace("FROM fu0", "FROM fu2"),
+        "fu1": _stage("fu0", "user_id", _range("'30' MINUTE"), _funnel("u_{}_30m") | {
+            "u_distinct_30m": "COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END)",
+        }),
+        "fu2": _stage("fu1", "user_id", _range("'24' HOUR"), _funnel("u_{}_24h")),
+        "fu3": _stage("fu2", "user_id", _ALL, {
+            "u_ratio_sum": "SUM(paid_ratio)",
+            "u_ratio_n": "COUNT(paid_ratio)",
+            "u_last_purchase": "MAX(CASE WHEN b_type = 'purchase' THEN event_time END)",
+            "u_events": _count("src = 'b'"),
+        }),
     }
     for name, sql in views.items():
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
