@@ -30,9 +30,9 @@ $(PY_STAMP): $(BIN)/python pyproject.toml requirements.lock
 
 jars: $(JAR_STAMP)
 
-$(JAR_STAMP): deploy/jvm/pom.xml
+$(JAR_STAMP): deploy/jvm/pom.xml $(PY_STAMP)
 	@echo "fetching JVM jars from Maven Central ..."
-	mvn -q -B -f deploy/jvm/pom.xml package -Djars.dir=$(abspath $(STATE))/jars
+	$(BIN)/pricing jars fetch
 	@touch $@
 
 schemas-check: $(PY_STAMP)

@@ -146,8 +146,6 @@ FROM fp4 WHERE src <> 'm' AND user_id <> ''
             "u_events": _count("src = 'b'"),
         }),
     }
-    for name, sql in views.items():
-        t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
 
     # Requests of anonymous users skip the user stage; join them back with user defaults.
     c = spec.constants
@@ -193,6 +191,8 @@ FROM fp4 WHERE src <> 'm' AND user_id <> ''
     missing = set(spec.names) ^ set(expr)
     if missing:
         raise ValueError(f"feature SQL and spec {spec.version} disagree on: {sorted(missing)}")
+    for name, sql in views.items():
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
     user_cols = [
         "u_views_30m", "u_carts_30m", "u_purchases_30m", "u_distinct_30m", "u_views_24h", "u_carts_24h",
         "u_purchases_24h", "u_ratio_sum", "u_ratio_n", "u_last_purchase", "u_events",

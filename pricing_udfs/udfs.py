@@ -11,6 +11,7 @@ message instead of raising, and the job routes those rows to the dead-letter top
 from __future__ import annotations
 
 import time
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -33,36 +34,24 @@ _STATUS = [
     DataTypes.FIELD("source_offset", DataTypes.BIGINT()),
     DataTypes.FIELD("raw_value", DataTypes.BYTES()),
 ]
-# Decoded columns per contract, in schema order; (name, Flink type, pandas dtype).
-_FIELDS: dict[Contract, list[tuple[str, Any, str]]] = {
-    Contract.PRICE_REQUEST: [
-        ("request_id", DataTypes.STRING(), "object"),
-        ("user_id", DataTypes.STRING(), "object"),
-        ("product_id", DataTypes.STRING(), "object"),
-        ("channel", DataTypes.STRING(), "object"),
-        ("event_time", DataTypes.BIGINT(), "object"),
-    ],
-    Contract.MARKET_EVENT: [
-        ("product_id", DataTypes.STRING(), "object"),
-        ("kind", DataTypes.STRING(), "object"),
-        ("competitor_id", DataTypes.STRING(), "object"),
-        ("value", DataTypes.BIGINT(), "object"),
-        ("currency", DataTypes.STRING(), "object"),
-        ("event_time", DataTypes.BIGINT(), "object"),
-    ],
-    Contract.BEHAVIOUR_EVENT: [
-        ("event_id", DataTypes.STRING(), "object"),
-        ("user_id", DataTypes.STRING(), "object"),
-        ("product_id", DataTypes.STRING(), "object"),
-        ("type", DataTypes.STRING(), "object"),
-        ("price_seen_minor", DataTypes.BIGINT(), "object"),
-        ("currency", DataTypes.STRING(), "object"),
-        ("quantity", DataTypes.INT(), "object"),
-        ("session_id", DataTypes.STRING(), "object"),
-        ("event_time", DataTypes.BIGINT(), "object"),
-        ("request_id", DataTypes.STRING(), "object"),
-    ],
-}
+# Avro type -> Flink type of a decoded column (timestamps arrive as epoch millis).
+_FLINK_TYPES = {"string": DataTypes.STRING, "long": DataTypes.BIGINT, "int": DataTypes.INT,
+                "boolean": DataTypes.BOOLEAN, "double": DataTypes.DOUBLE, "enum": DataTypes.STRING}
+
+
+@cache
+def _fields(contract: Contract) -> list[tuple[str, Any]]:
+    """Decoded columns of a contract, derived from its schema: (name, Flink type), in schema order."""
+    out = []
+    for field in serde.published_schema(contract)["fields"]:
+        avro = field["type"]
+        if isinstance(avro, list):  # ["null", T]: nullable T
+            avro = next(a for a in avro if a != "null")
+        name = avro["type"] if isinstance(avro, dict) else avro
+        if name not in _FLINK_TYPES:
+            raise TypeError(f"{contract.value}.{field['name']}: no Flink column type for Avro {avro!r}")
+        out.append((field["name"], _FLINK_TYPES[name]()))
+    return out
 
 
 def decoded_field_names(contract: Contract) -> list[str]:
@@ -72,7 +61,7 @@ def decoded_field_names(contract: Contract) -> list[str]:
 
 def decoded_type(contract: Contract) -> Any:
     """The Flink ROW type a decoder returns: status fields, then the record's fields."""
-    return DataTypes.ROW(_STATUS + [DataTypes.FIELD(n, t) for n, t, _ in _FIELDS[contract]])
+    return DataTypes.ROW(_STATUS + [DataTypes.FIELD(n, t) for n, t in _fields(contract)])
 
 
 def decode_batch(
@@ -93,8 +82,7 @@ def decode_batch(
     (the source's current watermark per row, null before the first) mark a record
     ``late`` when its time is behind: event-time windows would drop it silently.
     """
-    fields = _FIELDS[contract]
-    names = [n for n, _, _ in fields]
+    names = [n for n, _ in _fields(contract)]
     n_rows = len(values)
     ts_ms = _epoch_millis(timestamps)
     wm_ms = _epoch_millis(watermarks, missing=np.iinfo(np.int64).min) if watermarks is not None else None
@@ -130,8 +118,8 @@ def decode_batch(
     out["source_partition"] = pd.Series(np.where(rejected, partitions.to_numpy(dtype=object), None), dtype=object)
     out["source_offset"] = pd.Series(np.where(rejected, offsets.to_numpy(dtype=object), None), dtype=object)
     out["raw_value"] = pd.Series(np.where(rejected, values.to_numpy(dtype=object), None), dtype=object)
-    for n, _, dtype in fields:
-        out[n] = pd.Series(cols[n], dtype=dtype)
+    for n in names:
+        out[n] = pd.Series(cols[n], dtype=object)  # object keeps nulls as None for Arrow
     return out
 
 
