@@ -82,6 +82,10 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
     # the feature windows outgrow that quickly, so default to a folder in state_dir.
     conf["execution.checkpointing.dir"] = job.checkpoint_dir or (settings.state_dir / "checkpoints").resolve().as_uri()
+    if job.metrics_port:
+        # The reporter is a plugin of every Flink distribution (and of the apache-flink wheel).
+        conf["metrics.reporter.prom.factory.class"] = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+        conf["metrics.reporter.prom.port"] = job.metrics_port
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})

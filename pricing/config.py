@@ -137,6 +137,11 @@ class JobSettings(_Section):
         default=True,
         description="add the fetched connector jars to pipeline.jars; false on a cluster image that has them in lib/",
     )
+    metrics_port: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,5}(-\d{1,5})?$",
+        description="serve Flink metrics for Prometheus on this port or range (9249 or 9249-9259); None: no reporter",
+    )
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
 

@@ -24,7 +24,7 @@ def jars_dir(state_dir: Path) -> Path:
 
 
 def flink_jars(state_dir: Path) -> list[Path]:
-    """Jars for ``pipeline.jars``: the Kafka connector and the metrics reporter."""
+    """Jars for ``pipeline.jars``: the Kafka connector (metrics reporters are Flink plugins, not user jars)."""
     return _require(jars_dir(state_dir) / "flink", "flink-sql-connector-kafka-")
 
 

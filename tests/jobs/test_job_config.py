@@ -38,3 +38,11 @@ def test_checkpoints_go_to_a_directory_not_jobmanager_memory(tmp_path) -> None:
     assert conf["execution.checkpointing.dir"] == (tmp_path / "checkpoints").as_uri()
     explicit = load_settings(job={"ship_jars": False, "checkpoint_dir": "s3://b/ckpt"})
     assert _flink_conf(explicit, jobmanager=None)["execution.checkpointing.dir"] == "s3://b/ckpt"
+
+
+def test_prometheus_reporter_only_when_a_metrics_port_is_set() -> None:
+    assert not any(k.startswith("metrics.reporter") for k in _flink_conf(load_settings(job={"ship_jars": False}),
+                                                                         jobmanager=None))
+    conf = _flink_conf(load_settings(job={"ship_jars": False, "metrics_port": "9249-9259"}), jobmanager=None)
+    assert conf["metrics.reporter.prom.port"] == "9249-9259"
+    assert conf["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")

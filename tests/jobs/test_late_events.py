@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
 from jobs import pricing_job
+from pricing.broker import free_port
 from pricing.config import Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
@@ -19,8 +22,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settings: Settings) -> None:
+    metrics_port = free_port()
     job = kafka_settings.job.model_copy(update={
-        "checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 1_000, "idle_timeout_ms": 1_000})
+        "checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 1_000, "idle_timeout_ms": 1_000,
+        "metrics_port": str(metrics_port)})
     settings = kafka_settings.model_copy(update={"job": job})
     topics = settings.kafka.topics
     create_topics(settings.kafka)
@@ -70,6 +75,8 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
         producer.flush()
         request("after", int(time.time() * 1000))  # on time: the watermark follows the wall clock here
         pump(lambda: "after" in priced and len(dead) >= 2)
+        late_counts = _wait_for_counter(metrics_port, "late_events", total=2)
+        rejected_counts = _wait_for_counter(metrics_port, "rejected_records", total=2)
     finally:
         result.get_job_client().cancel().result()
         consumer.close()
@@ -79,7 +86,32 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
     late_ids = {serde.decode(Contract.BEHAVIOUR_EVENT, bytes(d["raw"])).record.get("event_id") for d in dead
                 if d["source_topic"] == topics.behaviour.name}
     assert late_ids == {"v99"}
+    assert late_counts == {"behaviour_event": 1, "price_request": 1}, "the late_events metric counts each late record"
+    assert rejected_counts == late_counts, "rejected_records counts the late records too, and nothing else was rejected"
     assert "late-request" not in priced
     views = FEATURE_SPEC.index("views_5m")
     assert priced["before"]["features"][views] == 3
     assert priced["after"]["features"][views] == 3, "the late view must not count"
+
+
+def _wait_for_counter(port: int, name: str, *, total: int, timeout_s: float = 30.0) -> dict[str, int]:
+    """One of the job's per-contract counters, by contract, scraped from its Prometheus endpoint.
+
+    Python UDF metrics reach the JVM when a bundle finishes, so poll until they add up (or time out).
+    """
+    deadline = time.monotonic() + timeout_s
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counts = {}
+        for line in text.splitlines():
+            match = re.match(rf"^flink_taskmanager_job_task_operator_contract_{name}\{{(.*)\}} (\S+)$", line)
+            if match:
+                contract = re.search(r'contract="([^"]+)"', match.group(1))
+                assert contract, f"{name} without a contract label: {line}"
+                counts[contract.group(1)] = counts.get(contract.group(1), 0) + int(float(match.group(2)))
+        if sum(counts.values()) >= total:
+            break
+        time.sleep(0.5)
+    return counts

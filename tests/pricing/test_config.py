@@ -35,6 +35,7 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
         ({"job": {"currency": "euro"}}, "currency"),
         ({"kafka": {"topics": {"priced": {"name": "price-requests"}}}}, "distinct"),
         ({"kafka": {"topics": {"priced": {"name": "bad topic!"}}}}, "pattern"),
+        ({"job": {"metrics_port": "http:9249"}}, "metrics_port"),
     ],
 )
 def test_invalid_settings_fail_with_the_field_named(overrides: dict, fragment: str) -> None:
