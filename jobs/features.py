@@ -3,12 +3,22 @@
 All decoded events and requests are unioned into one stream. Chained ``OVER``
 aggregations, partitioned by product and then by user, each sort rows by event
 time and compute a window ending at the row itself; the request rows then carry
-exactly the features as of their own event time:
+exactly the features as of their own event time. Each row visits only the stages
+whose aggregates or output need it (measured in ``benchmarks/RESULTS.md``):
 
     union(market, behaviour, requests)
-      -> by product: 5 min -> 15 min -> 1 h -> all history (latest values)
-      -> (behaviour + requests) by user: 30 min -> 24 h -> all history
+      -> by product, all rows: all history (latest values)
+      -> by product, behaviour + requests: 5 min funnel
+           requests + competitor prices:   15 min competitor prices
+      -> by product, behaviour + requests: 1 h funnel and demand velocity
+      -> by user, behaviour + requests:    30 min -> 24 h -> all history
       -> request rows: defaults for unknowns, the vector in spec order
+
+The all-history stage comes first because it is the cheap one: during catch-up
+the fast inputs (requests, market) run far ahead of the watermark that the slow
+one (behaviour) holds back, and the first stage buffers those rows. A bounded
+``RANGE`` stage scans its whole per-key buffer on every firing; the unbounded
+stage looks up one timestamp.
 
 Semantics (checked against an independent pandas implementation in
 ``tests/jobs/test_features_parity.py``):
@@ -49,11 +59,15 @@ def _range(interval: str) -> str:
 _ALL = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
 
 
-def _count(cond: str) -> str:
-    return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)"
+# alias -> (aggregate expression, SQL type); the type lets rows that skip a stage get typed NULLs.
+_Aggregates = dict[str, tuple[str, str]]
 
 
-def _funnel(name: str) -> dict[str, str]:
+def _count(cond: str) -> tuple[str, str]:
+    return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)", "BIGINT"
+
+
+def _funnel(name: str) -> _Aggregates:
     """Counts of views, add-to-carts and purchases; ``name`` is a pattern like ``"{}_5m"``."""
     return {
         name.format("views"): _count("b_type = 'view'"),
@@ -62,14 +76,19 @@ def _funnel(name: str) -> dict[str, str]:
     }
 
 
-def _stage(source: str, partition: str, frame: str, aggregates: dict[str, str]) -> str:
-    """One over-window stage: every input row plus the aggregates over one window ending at it.
+def _stage(source: str, partition: str, frame: str, aggregates: _Aggregates, *, where: str = "TRUE") -> str:
+    """One over-window stage: every input row (that ``where`` keeps) plus the aggregates over one window ending at it.
 
     Flink evaluates all over-aggregates of a SELECT on one window, so each window length is its own stage.
     """
     over = _over(partition, frame)
-    columns = ",\n  ".join(f"{expr} {over} AS {alias}" for alias, expr in aggregates.items())
-    return f"\nSELECT *,\n  {columns}\nFROM {source}\n"
+    columns = ",\n  ".join(f"CAST({expr} {over} AS {type_}) AS {alias}" for alias, (expr, type_) in aggregates.items())
+    return f"\nSELECT *,\n  {columns}\nFROM {source} WHERE {where}\n"
+
+
+def _skipped(aggregates: _Aggregates) -> str:
+    """The columns of a stage a row did not pass through, as typed NULLs (appended, like the stage's own)."""
+    return ", ".join(f"CAST(NULL AS {type_}) AS {alias}" for alias, (_, type_) in aggregates.items())
 
 
 def declare_feature_views(
@@ -83,6 +102,31 @@ def declare_feature_views(
     tau = float(spec.constants["demand_velocity_tau_ms"])
     if spec.constants["demand_velocity_horizon_ms"] != _HOUR_MS:
         raise ValueError("the demand velocity is computed over a one-hour window")
+    latest: _Aggregates = {
+        "list_price": ("LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END)", "BIGINT"),
+        "list_currency": ("LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END)", "STRING"),
+        "unit_cost": ("LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END)", "BIGINT"),
+        "stock": ("LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END)", "BIGINT"),
+        "promotion_bp": ("LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)", "BIGINT"),
+        "product_events": _count("src <> 'r'"),
+    }
+    funnel_5m = _funnel("{}_5m")
+    competitor: _Aggregates = {
+        "comp_min_15m": ("MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END)", "BIGINT"),
+        "comp_mean_15m": ("AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE))", "DOUBLE"),
+        "comp_n_15m": _count("m_kind = 'competitor_price'"),
+    }
+    funnel_1h = _funnel("{}_1h") | {"vel_sum_even": ("SUM(vel_even)", "DOUBLE"), "vel_sum_odd": ("SUM(vel_odd)", "DOUBLE")}
+    user_30m = _funnel("u_{}_30m") | {
+        "u_distinct_30m": ("COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END)", "BIGINT"),
+    }
+    user_24h = _funnel("u_{}_24h")
+    user_all: _Aggregates = {
+        "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
+        "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
+        "u_last_purchase": ("MAX(CASE WHEN b_type = 'purchase' THEN event_time END)", "BIGINT"),
+        "u_events": _count("src = 'b'"),
+    }
     views = {
         "feature_events": f"""
 SELECT 'm' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_time,
@@ -110,44 +154,35 @@ SELECT *,
        THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_odd
 FROM feature_events
 """.format(tau=tau),
-        "fp1": _stage("fp0", "product_id", _range("'5' MINUTE"), _funnel("{}_5m")),
-        "fp2": _stage("fp1", "product_id", _range("'15' MINUTE"), {
-            "comp_min_15m": "MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END)",
-            "comp_mean_15m": "AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE))",
-            "comp_n_15m": _count("m_kind = 'competitor_price'"),
-        }),
-        "fp3": _stage("fp2", "product_id", _range("'1' HOUR"), _funnel("{}_1h") | {
-            "vel_sum_even": "SUM(vel_even)",
-            "vel_sum_odd": "SUM(vel_odd)",
-        }),
-        "fp4": _stage("fp3", "product_id", _ALL, {
-            "list_price": "LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END)",
-            "list_currency": "LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END)",
-            "unit_cost": "LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END)",
-            "stock": "LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END)",
-            "promotion_bp": "LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)",
-            "product_events": _count("src <> 'r'"),
-        }),
-        # The user stage sees behaviour and requests only; anonymous traffic has no user state.
+        # All history, all rows: latest market values, and whether the product was ever seen.
+        # Market rows other than competitor prices are done after this stage.
+        "fp_all": _stage("fp0", "product_id", _ALL, latest),
+        "fp_5m": _stage("fp_all", "product_id", _range("'5' MINUTE"), funnel_5m, where="src <> 'm'"),
+        # Only requests and competitor prices visit the competitor window; behaviour goes round it.
+        "fp_15m_in": f"""
+SELECT * FROM fp_5m WHERE src = 'r'
+UNION ALL
+SELECT *, {_skipped(funnel_5m)} FROM fp_all WHERE m_kind = 'competitor_price'
+""",
+        "fp_15m": _stage("fp_15m_in", "product_id", _range("'15' MINUTE"), competitor),
+        "fp_1h_in": f"""
+SELECT * FROM fp_15m WHERE src = 'r'
+UNION ALL
+SELECT *, {_skipped(competitor)} FROM fp_5m WHERE src = 'b'
+""",
+        "fp_1h": _stage("fp_1h_in", "product_id", _range("'1' HOUR"), funnel_1h),
+        # The user stages see behaviour and requests only; anonymous traffic has no user state.
         "fu0": """
 SELECT *,
   CASE WHEN b_type = 'purchase' AND list_price > 0
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
-FROM fp4 WHERE src <> 'm' AND user_id <> ''
+FROM fp_1h WHERE user_id <> ''
 """,
-        "fu1": _stage("fu0", "user_id", _range("'30' MINUTE"), _funnel("u_{}_30m") | {
-            "u_distinct_30m": "COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END)",
-        }),
-        "fu2": _stage("fu1", "user_id", _range("'24' HOUR"), _funnel("u_{}_24h")),
-        "fu3": _stage("fu2", "user_id", _ALL, {
-            "u_ratio_sum": "SUM(paid_ratio)",
-            "u_ratio_n": "COUNT(paid_ratio)",
-            "u_last_purchase": "MAX(CASE WHEN b_type = 'purchase' THEN event_time END)",
-            "u_events": _count("src = 'b'"),
-        }),
+        "fu_30m": _stage("fu0", "user_id", _range("'30' MINUTE"), user_30m),
+        "fu_24h": _stage("fu_30m", "user_id", _range("'24' HOUR"), user_24h),
+        "fu_all": _stage("fu_24h", "user_id", _ALL, user_all),
     }
 
-    # Requests of anonymous users skip the user stage; join them back with user defaults.
     c = spec.constants
     expr = {
         "list_price_minor": "list_price",
@@ -193,11 +228,9 @@ FROM fp4 WHERE src <> 'm' AND user_id <> ''
         raise ValueError(f"feature SQL and spec {spec.version} disagree on: {sorted(missing)}")
     for name, sql in views.items():
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
-    user_cols = [
-        "u_views_30m", "u_carts_30m", "u_purchases_30m", "u_distinct_30m", "u_views_24h", "u_carts_24h",
-        "u_purchases_24h", "u_ratio_sum", "u_ratio_n", "u_last_purchase", "u_events",
-    ]
-    anonymous = ", ".join(f"CAST(NULL AS {'DOUBLE' if c_ == 'u_ratio_sum' else 'BIGINT'}) AS {c_}" for c_ in user_cols)
+    # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
+    user_aggregates = user_30m | user_24h | user_all
+    user_cols = ", ".join(user_aggregates)
     base_cols = (
         "request_id, user_id, product_id, channel, event_time, ts, list_currency, list_price, unit_cost, comp_min_15m,"
         " comp_mean_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
@@ -205,9 +238,9 @@ FROM fp4 WHERE src <> 'm' AND user_id <> ''
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
-SELECT {base_cols}, {", ".join(user_cols)} FROM fu3 WHERE src = 'r'
+SELECT {base_cols}, {user_cols} FROM fu_all WHERE src = 'r'
 UNION ALL
-SELECT {base_cols}, {anonymous} FROM fp4 WHERE src = 'r' AND user_id = ''
+SELECT {base_cols}, {_skipped(user_aggregates)} FROM fp_1h WHERE src = 'r' AND user_id = ''
 """)
     columns = ",\n  ".join(
         f"CAST(COALESCE(CAST({expr[f.name]} AS DOUBLE), {f.default}) AS DOUBLE) AS {f.name}" for f in spec.features
