@@ -40,7 +40,7 @@ from typing import Any
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, TableResult
 
 from pricing.config import Settings, load_settings
-from pricing.jars import flink_jars
+from pricing.jars import flink_jars, prometheus_reporter_jar
 from jobs.features import declare_feature_views
 from pricing_udfs import udfs
 from pricing_udfs.features import FEATURE_SPEC
@@ -83,14 +83,17 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
     # the feature windows outgrow that quickly, so default to a folder in state_dir.
     conf["execution.checkpointing.dir"] = job.checkpoint_dir or (settings.state_dir / "checkpoints").resolve().as_uri()
     if job.metrics_port:
-        # The reporter is a plugin of every Flink distribution (and of the apache-flink wheel).
+        # A cluster loads the reporter from its plugins/ folder (every Flink distribution has it).
         conf["metrics.reporter.prom.factory.class"] = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
         conf["metrics.reporter.prom.port"] = job.metrics_port
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})
-    if job.ship_jars:
-        conf["pipeline.jars"] = ";".join(j.resolve().as_uri() for j in flink_jars(settings.state_dir))
+    jars = flink_jars(settings.state_dir) if job.ship_jars else []
+    if job.metrics_port and not jobmanager:
+        jars.append(prometheus_reporter_jar())  # the MiniCluster finds reporters on the class path only
+    if jars:
+        conf["pipeline.jars"] = ";".join(j.resolve().as_uri() for j in jars)
     return conf
 
 

@@ -16,6 +16,7 @@ import uuid
 from confluent_kafka import Consumer, Producer
 
 from pricing.config import Settings
+from pricing.metrics import contract_counters
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
 
@@ -24,7 +25,7 @@ _PRODUCTS = [f"sku-{i:03d}" for i in range(20)]
 
 def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
     from jobs.pricing_job import run, wait_until_running
-    from pricing.broker import LocalBroker
+    from pricing.broker import LocalBroker, free_port
     from pricing.topics import create_topics
 
     b = settings.broker
@@ -34,7 +35,10 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
     result = None
     try:
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        job = settings.job.model_copy(update={"checkpoint_interval_ms": 1_000, "idle_timeout_ms": 1_000, "consumer_group": f"demo-{uuid.uuid4().hex[:8]}"})
+        job = settings.job.model_copy(update={
+            "checkpoint_interval_ms": 1_000, "idle_timeout_ms": 1_000, "consumer_group": f"demo-{uuid.uuid4().hex[:8]}",
+            "metrics_port": settings.job.metrics_port or str(free_port()),
+        })
         settings = settings.model_copy(update={"kafka": kafka, "job": job})
         _say("2/6 creating topics")
         for name, state in create_topics(kafka).items():
@@ -42,9 +46,12 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
         _say(f"3/6 starting the job on the Flink MiniCluster ({job.delivery_guarantee})")
         result = run(settings, wait=False)
         wait_until_running(result)
+        metrics_url = f"http://127.0.0.1:{job.metrics_port.split('-')[0]}/metrics"
+        _say(f"    Prometheus metrics: {metrics_url}")
         _say(f"4/6 sending list prices, {requests} price requests and 2 malformed records")
-        sent = _traffic_and_collect(settings, requests=requests)
-        return sent
+        status = _traffic_and_collect(settings, requests=requests)
+        _say_rejected_counter(metrics_url)
+        return status
     finally:
         if result is not None:
             _say("6/6 stopping the job and Kafka")
@@ -115,6 +122,22 @@ def _traffic_and_collect(settings: Settings, *, requests: int, timeout_s: float 
     print(f"priced {answered}/{len(wanted)} sample requests ({len(priced)} priced events in all), "
           f"{len(dead)} dead letters{median}")
     return 0 if answered == len(wanted) and len(dead) >= 2 else 1
+
+
+def _say_rejected_counter(url: str, *, timeout_s: float = 10.0) -> None:
+    """Show the job's own count of dead-lettered records, as Prometheus sees it (UDF metrics lag a bundle)."""
+    deadline = time.monotonic() + timeout_s
+    rejected: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            rejected = contract_counters(url).get("rejected_records", {})
+        except OSError as exc:  # the endpoint of a range may sit on another port; the demo still succeeded
+            _say(f"    metrics not readable at {url}: {exc}")
+            return
+        if sum(rejected.values()) >= 2:
+            break
+        time.sleep(0.5)
+    _say(f"    rejected_records metric: {rejected or 'none yet'}")
 
 
 def _produce(producer: Producer, topic: str, contract: Contract, key: str, ts: int, record: dict) -> None:

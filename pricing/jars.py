@@ -28,6 +28,21 @@ def flink_jars(state_dir: Path) -> list[Path]:
     return _require(jars_dir(state_dir) / "flink", "flink-sql-connector-kafka-")
 
 
+def prometheus_reporter_jar() -> Path:
+    """The Prometheus metrics reporter that the apache-flink wheel ships among its plugins.
+
+    A cluster loads reporters from its plugins/ folder, but the local MiniCluster only
+    looks on the class path, so local runs add this jar to ``pipeline.jars``.
+    """
+    import pyflink
+
+    folder = Path(pyflink.__file__).resolve().parent / "plugins" / "metrics-prometheus"
+    jars = sorted(folder.glob("flink-metrics-prometheus-*.jar"))
+    if not jars:
+        raise JarsMissingError(f"no flink-metrics-prometheus-*.jar in {folder}; reinstall apache-flink")
+    return jars[-1]
+
+
 def kafka_classpath(state_dir: Path) -> list[Path]:
     """The class path of a standalone Kafka broker."""
     return _require(jars_dir(state_dir) / "kafka", "kafka_2.13-")

@@ -43,6 +43,10 @@ def test_checkpoints_go_to_a_directory_not_jobmanager_memory(tmp_path) -> None:
 def test_prometheus_reporter_only_when_a_metrics_port_is_set() -> None:
     assert not any(k.startswith("metrics.reporter") for k in _flink_conf(load_settings(job={"ship_jars": False}),
                                                                          jobmanager=None))
-    conf = _flink_conf(load_settings(job={"ship_jars": False, "metrics_port": "9249-9259"}), jobmanager=None)
-    assert conf["metrics.reporter.prom.port"] == "9249-9259"
-    assert conf["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
+    with_port = load_settings(job={"ship_jars": False, "metrics_port": "9249-9259"})
+    local = _flink_conf(with_port, jobmanager=None)
+    assert local["metrics.reporter.prom.port"] == "9249-9259"
+    assert local["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
+    # The local MiniCluster looks for reporters on the class path; a cluster has the plugin.
+    assert "flink-metrics-prometheus-" in local["pipeline.jars"]
+    assert "pipeline.jars" not in _flink_conf(with_port, jobmanager="flink-jm:8081")

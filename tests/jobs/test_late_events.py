@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -13,6 +11,7 @@ from confluent_kafka import Consumer, Producer
 from jobs import pricing_job
 from pricing.broker import free_port
 from pricing.config import Settings
+from pricing.metrics import contract_counters
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
@@ -94,6 +93,7 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
     assert priced["after"]["features"][views] == 3, "the late view must not count"
 
 
+
 def _wait_for_counter(port: int, name: str, *, total: int, timeout_s: float = 30.0) -> dict[str, int]:
     """One of the job's per-contract counters, by contract, scraped from its Prometheus endpoint.
 
@@ -102,15 +102,7 @@ def _wait_for_counter(port: int, name: str, *, total: int, timeout_s: float = 30
     deadline = time.monotonic() + timeout_s
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        counts = {}
-        for line in text.splitlines():
-            match = re.match(rf"^flink_taskmanager_job_task_operator_contract_{name}\{{(.*)\}} (\S+)$", line)
-            if match:
-                contract = re.search(r'contract="([^"]+)"', match.group(1))
-                assert contract, f"{name} without a contract label: {line}"
-                counts[contract.group(1)] = counts.get(contract.group(1), 0) + int(float(match.group(2)))
+        counts = contract_counters(f"http://127.0.0.1:{port}/metrics").get(name, {})
         if sum(counts.values()) >= total:
             break
         time.sleep(0.5)

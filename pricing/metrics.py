@@ -1,0 +1,39 @@
+"""Reading the job's own counters back from Flink's Prometheus endpoint (``job.metrics_port``).
+
+The job counts per input contract (``pricing_udfs.udfs``): ``late_events`` and
+``rejected_records``. Flink's Prometheus reporter names them
+``flink_taskmanager_job_task_operator_contract_<name>`` with a ``contract`` label.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+_PREFIX = "flink_taskmanager_job_task_operator_contract_"
+_LINE = re.compile(r"^(?P<name>\w+)\{(?P<labels>.*)\} (?P<value>\S+)$")
+_CONTRACT = re.compile(r'contract="([^"]+)"')
+
+
+def contract_counters(url: str, *, timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+    """``{counter: {contract: value}}`` scraped from a Prometheus endpoint such as ``http://host:9249/metrics``.
+
+    Values of the same contract are summed over subtasks. A counter without a
+    ``contract`` label is a reporter format we do not know: that is an error, not a zero.
+    """
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse_contract_counters(response.read().decode())
+
+
+def parse_contract_counters(text: str) -> dict[str, dict[str, int]]:
+    counters: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match or not match["name"].startswith(_PREFIX):
+            continue
+        contract = _CONTRACT.search(match["labels"])
+        if contract is None:
+            raise ValueError(f"{match['name']} has no contract label: {line}")
+        by_contract = counters.setdefault(match["name"].removeprefix(_PREFIX), {})
+        by_contract[contract[1]] = by_contract.get(contract[1], 0) + int(float(match["value"]))
+    return counters
