@@ -132,7 +132,7 @@ class LocalBroker:
         if not (data / "meta.properties").exists():
             data.mkdir(parents=True, exist_ok=True)
             fmt = subprocess.run(
-                [*jvm, _STORAGE_TOOL, "format", "--config", str(props), "--cluster-id", _cluster_id(),
+                [*jvm, _STORAGE_TOOL, "format", "--config", str(props), f"--cluster-id={_cluster_id()}",
                  "--ignore-formatted"],
                 capture_output=True, text=True,
             )
@@ -225,7 +225,11 @@ def _set_parent_death_signal() -> None:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id, as Kafka makes them: never starting with '-', which reads as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _port_free(host: str, port: int) -> bool:
