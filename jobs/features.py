@@ -8,10 +8,11 @@ whose aggregates or output need it (measured in ``benchmarks/RESULTS.md``):
 
     union(market, behaviour, requests)
       -> by product, all rows: all history (latest values)
-      -> by product, behaviour + requests: 5 min funnel
-           requests + competitor prices:   15 min competitor prices
-      -> by product, behaviour + requests: 1 h funnel and demand velocity
-      -> by user, behaviour + requests:    30 min -> 24 h -> all history
+      -> by product, behaviour + requests:         5 min funnel
+      -> by product, requests + competitor prices: 15 min competitor prices
+                                                   (behaviour goes round it)
+      -> by product, behaviour + requests:         1 h funnel and demand velocity
+      -> by user, behaviour + requests:            30 min -> 24 h -> all history
       -> request rows: defaults for unknowns, the vector in spec order
 
 The all-history stage comes first because it is the cheap one: during catch-up
@@ -255,7 +256,7 @@ FROM featured_rows
 
 
 def _velocity(tau: float) -> str:
-    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp3``.
+    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp_1h``.
 
     A purchase at t_i weighs exp(-(t - t_i)/tau). Summing exp(ms_into_hour(t_i)/tau)
     per hour parity keeps every exponent below 3600000/tau (no overflow, no
