@@ -1,16 +1,21 @@
 """Feature-stage throughput vs a decode-and-forward passthrough, measured side by side.
 
     .venv/bin/python benchmarks/feature_stage.py [--requests 20000] [--repeat 2]
+        [--popularity 0.8] [--with-product-stages] [--with-python-state]
 
 Loads one realistic mix into a private Kafka broker (about 10 behaviour events and
 1 market event per price request, product popularity ~ rank^-0.8 as in the
-simulator, event times in order), then runs two bounded jobs over the same topics, alternating, on the local
-MiniCluster:
+simulator, event times in order), then runs bounded jobs over the same topics, one
+after the other, on the local MiniCluster:
 
 * passthrough: the job's Kafka sources and Arrow-batch decoders, every decoded row
   forwarded to a blackhole sink;
 * features: the same sources and decoders plus the whole feature stage
-  (``jobs.features``), featured requests to a blackhole sink.
+  (``jobs.features``), featured requests to a blackhole sink;
+* with ``--with-product-stages``: the product stages alone (where does the time go?);
+* with ``--with-python-state``: one 5-minute count per product over the behaviour
+  events, once as a SQL over-window (JVM state) and once in a Python
+  ``KeyedProcessFunction`` with keyed state, which is the other way to build features.
 
 Sustained rate: every job pays a fixed cost that does not depend on the data (SQL
 planning and code generation, which grow with the feature SQL, deployment, JIT
@@ -106,6 +111,58 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
+_WINDOW_5M = "RANGE BETWEEN INTERVAL '5' MINUTE PRECEDING AND CURRENT ROW"
+
+
+def _run_one_window_sql(settings) -> float:  # noqa: ANN001
+    """One 5-minute count per product over the behaviour events, as a SQL over-window (JVM state)."""
+    t_env = pricing_job.create_table_env(settings)
+    pricing_job.declare_inputs(t_env, settings)
+    t_env.execute_sql("CREATE TEMPORARY TABLE sink_w (product_id STRING, n BIGINT) WITH ('connector' = 'blackhole')")
+    start = time.perf_counter()
+    t_env.execute_sql(f"""
+INSERT INTO sink_w SELECT product_id, COUNT(*) OVER (PARTITION BY product_id ORDER BY ts {_WINDOW_5M})
+FROM behaviour WHERE ok""").wait()
+    return time.perf_counter() - start
+
+
+def _run_one_window_python(settings) -> float:  # noqa: ANN001
+    """The same count in a Python ``KeyedProcessFunction`` with keyed list state (the Beam state API).
+
+    Simplified in Python's favour: rows are counted in arrival order (the topic is in
+    event-time order), with no event-time timers and no sorting.
+    """
+    from pyflink.common import Types
+    from pyflink.datastream import KeyedProcessFunction, RuntimeContext, StreamExecutionEnvironment
+    from pyflink.datastream.state import ListStateDescriptor
+    from pyflink.table import StreamTableEnvironment
+
+    class ViewsInWindow(KeyedProcessFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            self.times = runtime_context.get_list_state(ListStateDescriptor("times", Types.LONG()))
+
+        def process_element(self, value, ctx):  # noqa: ANN001, ANN201
+            now = value[1]
+            kept = [t for t in self.times.get() if t >= now - 300_000] + [now]
+            self.times.update(kept)
+            yield len(kept)
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env)
+    for key, value in pricing_job._flink_conf(settings, jobmanager=None).items():  # noqa: SLF001 - same config as the job
+        t_env.get_config().set(key, value)
+    pricing_job.declare_inputs(t_env, settings)
+    rows = t_env.to_data_stream(t_env.sql_query("SELECT product_id, event_time FROM behaviour WHERE ok"))
+    counts = rows.key_by(lambda r: r[0], key_type=Types.STRING()).process(ViewsInWindow(), output_type=Types.INT())
+    counts.filter(lambda n: n < 0).print()  # nothing is printed; the sink only consumes
+    start = time.perf_counter()
+    env.execute("python-keyed-state")
+    return time.perf_counter() - start
+
+
+_RUNNERS = {"one-window-sql": _run_one_window_sql, "one-window-python": _run_one_window_python}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -115,6 +172,8 @@ def main() -> None:
                         help="product popularity ~ rank^-x; 1.3 puts a quarter of all traffic on one product")
     parser.add_argument("--with-product-stages", action="store_true",
                         help="also time the product stages alone (where does the time go?)")
+    parser.add_argument("--with-python-state", action="store_true",
+                        help="also time one 5-minute count per product in SQL and in Python keyed state")
     args = parser.parse_args()
     sizes = {"full": args.requests, "fifth": args.requests // 5}
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,28 +197,41 @@ def main() -> None:
                                      popularity=args.popularity)
                 print(f"loaded {events[size]:,} events ({requests:,} requests) in {time.perf_counter() - t:.1f}s")
             modes = ["passthrough", "features"] + (["product-stages"] if args.with_product_stages else [])
+            modes += list(_RUNNERS) if args.with_python_state else []
             seconds: dict[tuple[str, str], list[float]] = {(m, size): [] for m in modes for size in sizes}
             for _ in range(args.repeat):
                 for mode in modes:
                     for size, base in datasets.items():
                         settings = base.model_copy(
                             update={"job": base.job.model_copy(update={"consumer_group": uuid.uuid4().hex})})
-                        seconds[mode, size].append(_run(settings, mode))
+                        run = _RUNNERS.get(mode)
+                        seconds[mode, size].append(run(settings) if run else _run(settings, mode))
                         print(f"  {mode:14} {size:5} {seconds[mode, size][-1]:6.1f}s", flush=True)
         finally:
             broker.stop()
     best = {key: min(values) for key, values in seconds.items()}
-    extra = events["full"] - events["fifth"]
-    sustained = {m: extra / max(best[m, "full"] - best[m, "fifth"], 1e-9) for m in modes}
-    overall = {m: events["full"] / best[m, "full"] for m in modes}
+    # The one-window jobs read only the behaviour topic (ten events per request): count those.
+    read = {m: ({k: 10 * sizes[k] for k in sizes} if m in _RUNNERS else events) for m in modes}
+    sustained = {m: (read[m]["full"] - read[m]["fifth"]) / max(best[m, "full"] - best[m, "fifth"], 1e-9) for m in modes}
+    overall = {m: read[m]["full"] / best[m, "full"] for m in modes}
     print(f"\nbest of {args.repeat}; sustained = (events full - fifth) / (seconds full - fifth)")
     print(f"{'job':32} {'sustained ev/s':>15} {'incl. fixed cost':>17}")
     labels = {"passthrough": "passthrough (decode + forward)", "features": "feature stage",
-              "product-stages": "product stages only"}
+              "product-stages": "product stages only", "one-window-sql": "one 5-min count, SQL",
+              "one-window-python": "one 5-min count, Python state"}
     for m in modes:
         print(f"{labels[m]:32} {sustained[m]:15,.0f} {overall[m]:17,.0f}")
     print(f"{'ratio features / passthrough':32} {sustained['features'] / sustained['passthrough']:15.2f} "
           f"{overall['features'] / overall['passthrough']:17.2f}   (target >= 0.5, sustained)")
+    per_repeat = [
+        ((seconds["passthrough", "full"][i] - seconds["passthrough", "fifth"][i])
+         / max(seconds["features", "full"][i] - seconds["features", "fifth"][i], 1e-9))
+        for i in range(args.repeat)
+    ]
+    print(f"{'ratio per repeat':32} {' '.join(f'{r:.2f}' for r in per_repeat):>15}")
+    if args.with_python_state:
+        print(f"{'ratio Python state / SQL':32} {sustained['one-window-python'] / sustained['one-window-sql']:15.2f} "
+              f"{overall['one-window-python'] / overall['one-window-sql']:17.2f}   (one window, behaviour events)")
 
 if __name__ == "__main__":
     main()
