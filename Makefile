@@ -30,7 +30,7 @@ $(PY_STAMP): $(BIN)/python pyproject.toml requirements.lock
 
 jars: $(JAR_STAMP)
 
-$(JAR_STAMP): deploy/jvm/pom.xml $(PY_STAMP)
+$(JAR_STAMP): deploy/jvm/pom.xml $(shell find deploy/jvm/src -name '*.java') $(PY_STAMP)
 	@echo "fetching JVM jars from Maven Central ..."
 	$(BIN)/pricing jars fetch
 	@touch $@

@@ -1,25 +1,22 @@
 """Streaming features in event time, as Flink SQL over-windows (all in the JVM).
 
-All decoded events and requests are unioned into one stream. Chained ``OVER``
-aggregations, partitioned by product and then by user, each sort rows by event
-time and compute a window ending at the row itself; the request rows then carry
-exactly the features as of their own event time. Each row visits only the stages
-whose aggregates or output need it (measured in ``benchmarks/RESULTS.md``):
+All decoded events and requests are unioned into one stream. Two ``OVER``
+aggregations, one partitioned by product and one by user, sort rows by event time
+and compute every window ending at the row itself; the request rows then carry
+exactly the features as of their own event time:
 
     union(market, behaviour, requests)
-      -> by product, all rows: all history (latest values)
-      -> by product, behaviour + requests:         5 min funnel
-      -> by product, requests + competitor prices: 15 min competitor prices
-                                                   (behaviour goes round it)
-      -> by product, behaviour + requests:         1 h funnel and demand velocity
-      -> by user, behaviour + requests:            30 min -> 24 h -> all history
+      -> by product, all rows:          latest values, 5 min, 15 min and 1 h windows
+      -> by user, behaviour + requests: 30 min and 24 h windows, all-history values
       -> request rows: defaults for unknowns, the vector in spec order
 
-The all-history stage comes first because it is the cheap one: during catch-up
-the fast inputs (requests, market) run far ahead of the watermark that the slow
-one (behaviour) holds back, and the first stage buffers those rows. A bounded
-``RANGE`` stage scans its whole per-key buffer on every firing; the unbounded
-stage looks up one timestamp.
+Both stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
+timestamp. The sliding windows are aggregate functions written in Java
+(``deploy/jvm``, ``pricing.features.Windowed*``): each keeps a per-key deque of the
+window's entries and evicts from its head, O(1) amortised per row. Flink's own
+bounded ``RANGE`` windows scan their whole per-key buffer on every new timestamp
+and need one stage per window length; this was measured to be the bottleneck
+(``benchmarks/RESULTS.md``).
 
 Semantics (checked against an independent pandas implementation in
 ``tests/jobs/test_features_parity.py``):
@@ -33,8 +30,9 @@ Semantics (checked against an independent pandas implementation in
   before they reach the windows (``late_events`` view);
 * "latest" values (list price, cost, stock, promotion) are the last by event time,
   ties by arrival order;
-* state: windowed rows are kept for the window length (24 h at most, per user),
-  and per-key accumulators for ``state_ttl_ms`` after the key's last event.
+* state: each window's deque holds the entries of its length that feed it (24 h
+  at most, per user); per-key state expires ``state_ttl_ms`` after the key's last
+  event.
 
 Guarantee: the stage is deterministic given the input, so exactly-once replays after
 a restart re-create the same features.
@@ -46,15 +44,19 @@ from pyflink.table import TableEnvironment
 
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 
+_MINUTE_MS = 60_000
 _HOUR_MS = 3_600_000
+# Window aggregates with O(1) amortised cost per row, from deploy/jvm (pricing-features.jar).
+_FUNCTIONS = {
+    "windowed_count": "pricing.features.WindowedCount",
+    "windowed_sum": "pricing.features.WindowedSum",
+    "windowed_min": "pricing.features.WindowedMin",
+    "windowed_distinct": "pricing.features.WindowedDistinct",
+}
 
 
 def _over(partition: str, frame: str) -> str:
     return f"OVER (PARTITION BY {partition} ORDER BY ts {frame})"
-
-
-def _range(interval: str) -> str:
-    return f"RANGE BETWEEN INTERVAL {interval} PRECEDING AND CURRENT ROW"
 
 
 _ALL = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
@@ -68,23 +70,27 @@ def _count(cond: str) -> tuple[str, str]:
     return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)", "BIGINT"
 
 
-def _funnel(name: str) -> _Aggregates:
-    """Counts of views, add-to-carts and purchases; ``name`` is a pattern like ``"{}_5m"``."""
+def _windowed_count(cond: str, window_ms: int) -> tuple[str, str]:
+    return f"windowed_count(event_time, COALESCE({cond}, FALSE), CAST({window_ms} AS BIGINT))", "BIGINT"
+
+
+def _funnel(name: str, window_ms: int) -> _Aggregates:
+    """Counts of views, add-to-carts and purchases in a window; ``name`` is a pattern like ``"{}_5m"``."""
     return {
-        name.format("views"): _count("b_type = 'view'"),
-        name.format("carts"): _count("b_type = 'add_to_cart'"),
-        name.format("purchases"): _count("b_type = 'purchase'"),
+        name.format("views"): _windowed_count("b_type = 'view'", window_ms),
+        name.format("carts"): _windowed_count("b_type = 'add_to_cart'", window_ms),
+        name.format("purchases"): _windowed_count("b_type = 'purchase'", window_ms),
     }
 
 
-def _stage(source: str, partition: str, frame: str, aggregates: _Aggregates, *, where: str = "TRUE") -> str:
-    """One over-window stage: every input row (that ``where`` keeps) plus the aggregates over one window ending at it.
+def _stage(source: str, partition: str, frame: str, aggregates: _Aggregates) -> str:
+    """One over-window stage: every input row plus the aggregates of the frame ending at it.
 
-    Flink evaluates all over-aggregates of a SELECT on one window, so each window length is its own stage.
+    Flink evaluates all over-aggregates of a SELECT on one frame; the windowed functions carry their own length.
     """
     over = _over(partition, frame)
     columns = ",\n  ".join(f"CAST({expr} {over} AS {type_}) AS {alias}" for alias, (expr, type_) in aggregates.items())
-    return f"\nSELECT *,\n  {columns}\nFROM {source} WHERE {where}\n"
+    return f"\nSELECT *,\n  {columns}\nFROM {source}\n"
 
 
 def _skipped(aggregates: _Aggregates) -> str:
@@ -111,17 +117,24 @@ def declare_feature_views(
         "promotion_bp": ("LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)", "BIGINT"),
         "product_events": _count("src <> 'r'"),
     }
-    funnel_5m = _funnel("{}_5m")
-    competitor: _Aggregates = {
-        "comp_min_15m": ("MIN(CASE WHEN m_kind = 'competitor_price' THEN m_value END)", "BIGINT"),
-        "comp_mean_15m": ("AVG(CAST(CASE WHEN m_kind = 'competitor_price' THEN m_value END AS DOUBLE))", "DOUBLE"),
-        "comp_n_15m": _count("m_kind = 'competitor_price'"),
+    competitor = "CASE WHEN m_kind = 'competitor_price' THEN m_value END"
+    windows = _funnel("{}_5m", 5 * _MINUTE_MS) | {
+        "comp_min_15m": (f"windowed_min(event_time, {competitor}, CAST({15 * _MINUTE_MS} AS BIGINT))", "BIGINT"),
+        "comp_sum_15m": (
+            f"windowed_sum(event_time, CAST({competitor} AS DOUBLE), CAST({15 * _MINUTE_MS} AS BIGINT))", "DOUBLE"
+        ),
+        "comp_n_15m": _windowed_count("m_kind = 'competitor_price'", 15 * _MINUTE_MS),
+    } | _funnel("{}_1h", _HOUR_MS) | {
+        "vel_sum_even": (f"windowed_sum(event_time, vel_even, CAST({_HOUR_MS} AS BIGINT))", "DOUBLE"),
+        "vel_sum_odd": (f"windowed_sum(event_time, vel_odd, CAST({_HOUR_MS} AS BIGINT))", "DOUBLE"),
     }
-    funnel_1h = _funnel("{}_1h") | {"vel_sum_even": ("SUM(vel_even)", "DOUBLE"), "vel_sum_odd": ("SUM(vel_odd)", "DOUBLE")}
-    user_30m = _funnel("u_{}_30m") | {
-        "u_distinct_30m": ("COUNT(DISTINCT CASE WHEN b_type = 'view' THEN product_id END)", "BIGINT"),
-    }
-    user_24h = _funnel("u_{}_24h")
+    user_windows = _funnel("u_{}_30m", 30 * _MINUTE_MS) | {
+        "u_distinct_30m": (
+            f"windowed_distinct(event_time, CASE WHEN b_type = 'view' THEN product_id END, "
+            f"CAST({30 * _MINUTE_MS} AS BIGINT))",
+            "BIGINT",
+        ),
+    } | _funnel("u_{}_24h", 24 * _HOUR_MS)
     user_all: _Aggregates = {
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
@@ -155,33 +168,17 @@ SELECT *,
        THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_odd
 FROM feature_events
 """.format(tau=tau),
-        # All history, all rows: latest market values, and whether the product was ever seen.
-        # Market rows other than competitor prices are done after this stage.
-        "fp_all": _stage("fp0", "product_id", _ALL, latest),
-        "fp_5m": _stage("fp_all", "product_id", _range("'5' MINUTE"), funnel_5m, where="src <> 'm'"),
-        # Only requests and competitor prices visit the competitor window; behaviour goes round it.
-        "fp_15m_in": f"""
-SELECT * FROM fp_5m WHERE src = 'r'
-UNION ALL
-SELECT *, {_skipped(funnel_5m)} FROM fp_all WHERE m_kind = 'competitor_price'
-""",
-        "fp_15m": _stage("fp_15m_in", "product_id", _range("'15' MINUTE"), competitor),
-        "fp_1h_in": f"""
-SELECT * FROM fp_15m WHERE src = 'r'
-UNION ALL
-SELECT *, {_skipped(competitor)} FROM fp_5m WHERE src = 'b'
-""",
-        "fp_1h": _stage("fp_1h_in", "product_id", _range("'1' HOUR"), funnel_1h),
-        # The user stages see behaviour and requests only; anonymous traffic has no user state.
+        # One stage per product, all rows: latest market values and every window.
+        "fp_all": _stage("fp0", "product_id", _ALL, latest | windows),
+        # The user stage sees behaviour and requests only; anonymous traffic has no user state.
         "fu0": """
 SELECT *,
   CASE WHEN b_type = 'purchase' AND list_price > 0
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
-FROM fp_1h WHERE user_id <> ''
+FROM fp_all WHERE src <> 'm' AND user_id <> ''
 """,
-        "fu_30m": _stage("fu0", "user_id", _range("'30' MINUTE"), user_30m),
-        "fu_24h": _stage("fu_30m", "user_id", _range("'24' HOUR"), user_24h),
-        "fu_all": _stage("fu_24h", "user_id", _ALL, user_all),
+        # One stage per user: every window and the all-history values.
+        "fu_all": _stage("fu0", "user_id", _ALL, user_windows | user_all),
     }
 
     c = spec.constants
@@ -189,7 +186,7 @@ FROM fp_1h WHERE user_id <> ''
         "list_price_minor": "list_price",
         "unit_cost_minor": "unit_cost",
         "competitor_min_15m_minor": "comp_min_15m",
-        "competitor_mean_15m_minor": "comp_mean_15m",
+        "competitor_mean_15m_minor": "CASE WHEN comp_n_15m > 0 THEN comp_sum_15m / comp_n_15m END",
         "competitor_events_15m": "comp_n_15m",
         "inventory": "stock",
         "promotion_active": "CASE WHEN promotion_bp IS NULL THEN NULL WHEN promotion_bp > 0 THEN 1 ELSE 0 END",
@@ -227,21 +224,23 @@ FROM fp_1h WHERE user_id <> ''
     missing = set(spec.names) ^ set(expr)
     if missing:
         raise ValueError(f"feature SQL and spec {spec.version} disagree on: {sorted(missing)}")
+    for name, java_class in _FUNCTIONS.items():
+        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{java_class}' LANGUAGE JAVA")
     for name, sql in views.items():
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
-    user_aggregates = user_30m | user_24h | user_all
+    user_aggregates = user_windows | user_all
     user_cols = ", ".join(user_aggregates)
     base_cols = (
         "request_id, user_id, product_id, channel, event_time, ts, list_currency, list_price, unit_cost, comp_min_15m,"
-        " comp_mean_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
+        " comp_sum_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
         " purchases_1h, vel_sum_even, vel_sum_odd, product_events"
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
 SELECT {base_cols}, {user_cols} FROM fu_all WHERE src = 'r'
 UNION ALL
-SELECT {base_cols}, {_skipped(user_aggregates)} FROM fp_1h WHERE src = 'r' AND user_id = ''
+SELECT {base_cols}, {_skipped(user_aggregates)} FROM fp_all WHERE src = 'r' AND user_id = ''
 """)
     columns = ",\n  ".join(
         f"CAST(COALESCE(CAST({expr[f.name]} AS DOUBLE), {f.default}) AS DOUBLE) AS {f.name}" for f in spec.features
@@ -256,7 +255,7 @@ FROM featured_rows
 
 
 def _velocity(tau: float) -> str:
-    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp_1h``.
+    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp_all``.
 
     A purchase at t_i weighs exp(-(t - t_i)/tau). Summing exp(ms_into_hour(t_i)/tau)
     per hour parity keeps every exponent below 3600000/tau (no overflow, no

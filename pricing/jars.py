@@ -1,7 +1,8 @@
 """Where the JVM jars fetched by ``deploy/jvm/pom.xml`` live, and how to ask for them.
 
-The jars are not committed: ``make`` (or ``pricing jars fetch``) runs Maven once and
-copies them into ``<state_dir>/jars/{flink,kafka}``. Everything that needs a jar asks
+The jars are not committed: ``make`` (or ``pricing jars fetch``) runs Maven once, which
+builds the feature window functions and copies the pinned jars into
+``<state_dir>/jars/{flink,kafka}``. Everything that needs a jar asks
 this module, so nobody passes jar paths by hand.
 """
 
@@ -24,8 +25,13 @@ def jars_dir(state_dir: Path) -> Path:
 
 
 def flink_jars(state_dir: Path) -> list[Path]:
-    """Jars for ``pipeline.jars``: the Kafka connector (metrics reporters are Flink plugins, not user jars)."""
-    return _require(jars_dir(state_dir) / "flink", "flink-sql-connector-kafka-")
+    """Jars for ``pipeline.jars``: the Kafka connector and the feature window functions built from ``deploy/jvm``.
+
+    (Metrics reporters are Flink plugins, not user jars.)
+    """
+    folder = jars_dir(state_dir) / "flink"
+    _require(folder, "pricing-features")
+    return _require(folder, "flink-sql-connector-kafka-")
 
 
 def prometheus_reporter_jar() -> Path:
@@ -49,7 +55,7 @@ def kafka_classpath(state_dir: Path) -> list[Path]:
 
 
 def fetch(state_dir: Path, *, quiet: bool = True) -> Path:
-    """Run Maven to copy the pinned jars into ``state_dir/jars`` (idempotent)."""
+    """Run Maven to build the window functions and copy the pinned jars into ``state_dir/jars`` (idempotent)."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise JarsMissingError("Maven ('mvn') is needed to fetch the JVM jars; install it first")

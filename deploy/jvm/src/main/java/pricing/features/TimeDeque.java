@@ -1,0 +1,45 @@
+package pricing.features;
+
+/** A growable ring buffer of longs (times or values), without boxing. */
+public class TimeDeque {
+    public long[] items = new long[8];
+    public int head;
+    public int size;
+
+    public boolean isEmpty() {
+        return size == 0;
+    }
+
+    public long first() {
+        return items[head];
+    }
+
+    public long last() {
+        return items[(head + size - 1) % items.length];
+    }
+
+    public void addLast(long value) {
+        if (size == items.length) {
+            long[] grown = new long[items.length * 2];
+            for (int i = 0; i < size; i++) {
+                grown[i] = items[(head + i) % items.length];
+            }
+            items = grown;
+            head = 0;
+        }
+        items[(head + size) % items.length] = value;
+        size++;
+    }
+
+    public long removeFirst() {
+        long value = items[head];
+        head = (head + 1) % items.length;
+        size--;
+        return value;
+    }
+
+    public long removeLast() {
+        size--;
+        return items[(head + size) % items.length];
+    }
+}

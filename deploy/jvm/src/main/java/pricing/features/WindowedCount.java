@@ -1,0 +1,38 @@
+package pricing.features;
+
+import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.functions.AggregateFunction;
+
+/**
+ * Number of rows with a true flag whose event time lies in [t - window, t] (see {@link WindowedSum}
+ * for the window semantics). Keeps only the times, unboxed.
+ */
+@FunctionHint(
+        accumulator = @DataTypeHint(value = "RAW", bridgedTo = TimeDeque.class),
+        output = @DataTypeHint("BIGINT"))
+public class WindowedCount extends AggregateFunction<Long, TimeDeque> {
+
+    @Override
+    public TimeDeque createAccumulator() {
+        return new TimeDeque();
+    }
+
+    public void accumulate(TimeDeque times, Long eventTime, Boolean flag, Long windowMs) {
+        if (eventTime == null) {
+            return;
+        }
+        if (Boolean.TRUE.equals(flag)) {
+            times.addLast(eventTime);
+        }
+        long from = eventTime - windowMs;
+        while (!times.isEmpty() && times.first() < from) {
+            times.removeFirst();
+        }
+    }
+
+    @Override
+    public Long getValue(TimeDeque times) {
+        return (long) times.size;
+    }
+}

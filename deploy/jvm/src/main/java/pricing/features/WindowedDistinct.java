@@ -1,0 +1,52 @@
+package pricing.features;
+
+import java.util.ArrayDeque;
+import java.util.HashMap;
+
+import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.functions.AggregateFunction;
+
+/**
+ * Number of distinct non-null keys among the rows whose event time lies in [t - window, t] (see
+ * {@link WindowedSum} for the window semantics).
+ */
+@FunctionHint(
+        accumulator = @DataTypeHint(value = "RAW", bridgedTo = WindowedDistinct.Acc.class),
+        output = @DataTypeHint("BIGINT"))
+public class WindowedDistinct extends AggregateFunction<Long, WindowedDistinct.Acc> {
+
+    /** The window's entries in event-time order, and how often each key occurs in it. */
+    public static class Acc {
+        public TimeDeque times = new TimeDeque();
+        public ArrayDeque<String> keys = new ArrayDeque<>();
+        public HashMap<String, Integer> counts = new HashMap<>();
+    }
+
+    @Override
+    public Acc createAccumulator() {
+        return new Acc();
+    }
+
+    public void accumulate(Acc acc, Long eventTime, String key, Long windowMs) {
+        if (eventTime == null) {
+            return;
+        }
+        if (key != null) {
+            acc.times.addLast(eventTime);
+            acc.keys.addLast(key);
+            acc.counts.merge(key, 1, Integer::sum);
+        }
+        long from = eventTime - windowMs;
+        while (!acc.times.isEmpty() && acc.times.first() < from) {
+            acc.times.removeFirst();
+            String old = acc.keys.removeFirst();
+            acc.counts.compute(old, (k, n) -> n == 1 ? null : n - 1);
+        }
+    }
+
+    @Override
+    public Long getValue(Acc acc) {
+        return (long) acc.counts.size();
+    }
+}

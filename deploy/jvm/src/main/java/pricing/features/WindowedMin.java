@@ -1,0 +1,50 @@
+package pricing.features;
+
+import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.functions.AggregateFunction;
+
+/**
+ * Minimum of the non-null values whose event time lies in [t - window, t] (see {@link WindowedSum}
+ * for the window semantics); null when there is none. A monotonic deque: O(1) amortised per row.
+ */
+@FunctionHint(
+        accumulator = @DataTypeHint(value = "RAW", bridgedTo = WindowedMin.Acc.class),
+        output = @DataTypeHint("BIGINT"))
+public class WindowedMin extends AggregateFunction<Long, WindowedMin.Acc> {
+
+    /** Candidates for the minimum: times and values, values increasing from head to tail. */
+    public static class Acc {
+        public TimeDeque times = new TimeDeque();
+        public TimeDeque values = new TimeDeque();
+    }
+
+    @Override
+    public Acc createAccumulator() {
+        return new Acc();
+    }
+
+    public void accumulate(Acc acc, Long eventTime, Long value, Long windowMs) {
+        if (eventTime == null) {
+            return;
+        }
+        if (value != null) {
+            while (!acc.values.isEmpty() && acc.values.last() >= value) {
+                acc.values.removeLast();
+                acc.times.removeLast();
+            }
+            acc.times.addLast(eventTime);
+            acc.values.addLast(value);
+        }
+        long from = eventTime - windowMs;
+        while (!acc.times.isEmpty() && acc.times.first() < from) {
+            acc.times.removeFirst();
+            acc.values.removeFirst();
+        }
+    }
+
+    @Override
+    public Long getValue(Acc acc) {
+        return acc.values.isEmpty() ? null : acc.values.first();
+    }
+}
