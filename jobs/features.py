@@ -35,7 +35,9 @@ Semantics (checked against an independent pandas implementation in
   event.
 
 Guarantee: the stage is deterministic given the input, so exactly-once replays after
-a restart re-create the same features.
+a restart re-create the same features. The window functions' deques are checkpointed
+as Flink RAW values (Kryo): a release that changes an accumulator class cannot
+restore older savepoints and must start from fresh state (replay the topics).
 """
 
 from __future__ import annotations
