@@ -38,6 +38,16 @@ public class TimeDeque {
         return value;
     }
 
+    /** Removes the times before {@code from} from the head (a window's expired entries); returns how many. */
+    public int removeBefore(long from) {
+        int removed = 0;
+        while (size > 0 && items[head] < from) {
+            removeFirst();
+            removed++;
+        }
+        return removed;
+    }
+
     public long removeLast() {
         size--;
         return items[(head + size) % items.length];

@@ -25,10 +25,7 @@ public class WindowedCount extends AggregateFunction<Long, TimeDeque> {
         if (Boolean.TRUE.equals(flag)) {
             times.addLast(eventTime);
         }
-        long from = eventTime - windowMs;
-        while (!times.isEmpty() && times.first() < from) {
-            times.removeFirst();
-        }
+        times.removeBefore(eventTime - windowMs);
     }
 
     @Override

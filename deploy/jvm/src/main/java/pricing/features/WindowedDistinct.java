@@ -37,11 +37,8 @@ public class WindowedDistinct extends AggregateFunction<Long, WindowedDistinct.A
             acc.keys.addLast(key);
             acc.counts.merge(key, 1, Integer::sum);
         }
-        long from = eventTime - windowMs;
-        while (!acc.times.isEmpty() && acc.times.first() < from) {
-            acc.times.removeFirst();
-            String old = acc.keys.removeFirst();
-            acc.counts.compute(old, (k, n) -> n == 1 ? null : n - 1);
+        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
+            acc.counts.compute(acc.keys.removeFirst(), (k, c) -> c == 1 ? null : c - 1);
         }
     }
 

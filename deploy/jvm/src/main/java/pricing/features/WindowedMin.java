@@ -36,9 +36,7 @@ public class WindowedMin extends AggregateFunction<Long, WindowedMin.Acc> {
             acc.times.addLast(eventTime);
             acc.values.addLast(value);
         }
-        long from = eventTime - windowMs;
-        while (!acc.times.isEmpty() && acc.times.first() < from) {
-            acc.times.removeFirst();
+        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
             acc.values.removeFirst();
         }
     }

@@ -41,9 +41,7 @@ public class WindowedSum extends AggregateFunction<Double, WindowedSum.Acc> {
             acc.values.addLast(value);
             acc.sum += value;
         }
-        long from = eventTime - windowMs;
-        while (!acc.times.isEmpty() && acc.times.first() < from) {
-            acc.times.removeFirst();
+        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
             acc.sum -= acc.values.removeFirst();
         }
         if (acc.times.isEmpty()) {
