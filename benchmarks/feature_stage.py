@@ -12,7 +12,7 @@ after the other, on the local MiniCluster:
   forwarded to a blackhole sink;
 * features: the same sources and decoders plus the whole feature stage
   (``jobs.features``), featured requests to a blackhole sink;
-* with ``--with-product-stages``: the product stages alone (where does the time go?);
+* with ``--with-product-stages``: the product stage alone (where does the time go?);
 * with ``--with-python-state``: one 5-minute count per product over the behaviour
   events, once as a SQL over-window (JVM state) and once in a Python
   ``KeyedProcessFunction`` with keyed state, which is the other way to build features.
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--popularity", type=float, default=0.8,
                         help="product popularity ~ rank^-x; 1.3 puts a quarter of all traffic on one product")
     parser.add_argument("--with-product-stages", action="store_true",
-                        help="also time the product stages alone (where does the time go?)")
+                        help="also time the product stage alone (where does the time go?)")
     parser.add_argument("--with-python-state", action="store_true",
                         help="also time one 5-minute count per product in SQL and in Python keyed state")
     args = parser.parse_args()
@@ -217,7 +217,7 @@ def main() -> None:
     print(f"\nbest of {args.repeat}; sustained = (events full - fifth) / (seconds full - fifth)")
     print(f"{'job':32} {'sustained ev/s':>15} {'incl. fixed cost':>17}")
     labels = {"passthrough": "passthrough (decode + forward)", "features": "feature stage",
-              "product-stages": "product stages only", "one-window-sql": "one 5-min count, SQL",
+              "product-stages": "product stage only", "one-window-sql": "one 5-min count, SQL",
               "one-window-python": "one 5-min count, Python state"}
     for m in modes:
         print(f"{labels[m]:32} {sustained[m]:15,.0f} {overall[m]:17,.0f}")

@@ -72,8 +72,13 @@ def _count(cond: str) -> tuple[str, str]:
     return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)", "BIGINT"
 
 
+def _windowed(function: str, value: str, window_ms: int, type_: str) -> tuple[str, str]:
+    """A ``_FUNCTIONS`` window aggregate of ``value`` over the ``window_ms`` ending at the row."""
+    return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT))", type_
+
+
 def _windowed_count(cond: str, window_ms: int) -> tuple[str, str]:
-    return f"windowed_count(event_time, COALESCE({cond}, FALSE), CAST({window_ms} AS BIGINT))", "BIGINT"
+    return _windowed("windowed_count", f"COALESCE({cond}, FALSE)", window_ms, "BIGINT")
 
 
 def _funnel(name: str, window_ms: int) -> _Aggregates:
@@ -121,20 +126,16 @@ def declare_feature_views(
     }
     competitor = "CASE WHEN m_kind = 'competitor_price' THEN m_value END"
     windows = _funnel("{}_5m", 5 * _MINUTE_MS) | {
-        "comp_min_15m": (f"windowed_min(event_time, {competitor}, CAST({15 * _MINUTE_MS} AS BIGINT))", "BIGINT"),
-        "comp_sum_15m": (
-            f"windowed_sum(event_time, CAST({competitor} AS DOUBLE), CAST({15 * _MINUTE_MS} AS BIGINT))", "DOUBLE"
-        ),
+        "comp_min_15m": _windowed("windowed_min", competitor, 15 * _MINUTE_MS, "BIGINT"),
+        "comp_sum_15m": _windowed("windowed_sum", f"CAST({competitor} AS DOUBLE)", 15 * _MINUTE_MS, "DOUBLE"),
         "comp_n_15m": _windowed_count("m_kind = 'competitor_price'", 15 * _MINUTE_MS),
     } | _funnel("{}_1h", _HOUR_MS) | {
-        "vel_sum_even": (f"windowed_sum(event_time, vel_even, CAST({_HOUR_MS} AS BIGINT))", "DOUBLE"),
-        "vel_sum_odd": (f"windowed_sum(event_time, vel_odd, CAST({_HOUR_MS} AS BIGINT))", "DOUBLE"),
+        "vel_sum_even": _windowed("windowed_sum", "vel_even", _HOUR_MS, "DOUBLE"),
+        "vel_sum_odd": _windowed("windowed_sum", "vel_odd", _HOUR_MS, "DOUBLE"),
     }
     user_windows = _funnel("u_{}_30m", 30 * _MINUTE_MS) | {
-        "u_distinct_30m": (
-            f"windowed_distinct(event_time, CASE WHEN b_type = 'view' THEN product_id END, "
-            f"CAST({30 * _MINUTE_MS} AS BIGINT))",
-            "BIGINT",
+        "u_distinct_30m": _windowed(
+            "windowed_distinct", "CASE WHEN b_type = 'view' THEN product_id END", 30 * _MINUTE_MS, "BIGINT"
         ),
     } | _funnel("u_{}_24h", 24 * _HOUR_MS)
     user_all: _Aggregates = {
