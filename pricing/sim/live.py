@@ -19,8 +19,10 @@ price at once, as in ``pricing simulate history``.
 Market dynamics are event-driven here (each market event is one update drawn with
 the scenario's relative rates), since a live run lasts minutes, not days.
 
-Late events: a share of behaviour and market events is *produced* late (held back,
-then sent with their original event_time), so consumers see them out of order.
+Late events: a share of the paced window's behaviour and market events is *produced*
+late (held back, then sent with their original event_time), so consumers see them out
+of order. Those still held back when the window closes are sent then, not during the
+drain, and the drain's own events are never late.
 Price requests are never late: a storefront asks synchronously.
 
 Kafka clients are injectable (``producer=``, ``consumer=``), as are the clocks, so
@@ -112,6 +114,8 @@ class LiveReport:
     delivery_errors: int
     answer_latency_p50_ms: float
     answer_latency_p95_ms: float
+    first_answer_s: float | None = None  # from the start of the paced window; the engine's warm-up shows here
+    unanswered_sent_s: tuple[float, float] | None = None  # first and last send time of those, into the window
     interrupted: bool = False
 
     @property
@@ -130,13 +134,17 @@ class LiveReport:
             "produced: " + ", ".join(f"{t} {n:,}" for t, n in self.produced_by_topic.items()),
         ]
         if self.closed_loop:
+            unanswered = f"{self.unanswered:,}"
+            if self.unanswered_sent_s is not None:
+                unanswered += " (sent {:,.1f}-{:,.1f} s into the window)".format(*self.unanswered_sent_s)
             lines.append(
                 f"requests: {self.requests:,}; answered {self.answered:,}; no answer within timeout "
-                f"{self.unanswered:,}; late answers {self.late_answers:,}; invalid answers {self.invalid_answers:,}"
+                f"{unanswered}; late answers {self.late_answers:,}; invalid answers {self.invalid_answers:,}"
             )
             if self.answered:
                 lines.append(
-                    f"answer latency: p50 {self.answer_latency_p50_ms:,.0f} ms, p95 {self.answer_latency_p95_ms:,.0f} ms"
+                    f"answer latency: p50 {self.answer_latency_p50_ms:,.0f} ms, p95 {self.answer_latency_p95_ms:,.0f} ms; "
+                    f"first answer {self.first_answer_s:,.1f} s into the window"
                 )
         lines += [
             f"conversion: {self.conversion:.2%} ({self.purchases:,} purchases / {self.views:,} views; "
@@ -178,6 +186,8 @@ class _Totals:
     expected_profit_at_list: float = 0.0
     delivery_errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    first_answer_at: float | None = None
+    unanswered_sent_at: list[float] = field(default_factory=list)
 
 
 class _LiveMarket:
@@ -355,6 +365,7 @@ class LiveSimulator:
         self._late: list[tuple[float, int, str, Contract, str, dict[str, Any]]] = []
         self._seq = 0
         self._in_window = False
+        self._window_start = 0.0
         self._t = _Totals()
 
     # ---------------------------------------------------------------- public
@@ -369,19 +380,21 @@ class LiveSimulator:
         try:
             self._connect()
             self._snapshot()
-            window_start = self._clock()
+            window_start = self._window_start = self._clock()
             try:
                 self._paced_window(window_start)
             except KeyboardInterrupt:
                 interrupted = True
             window = self._clock() - window_start
             self._in_window = False
+            # Held-back events go out now: sent during the drain, a stale event would wake an
+            # engine input that had gone idle and hold its event-time clock back (see _drain).
+            self._release_late(float("inf"))
             try:
                 self._drain(deadline=self._clock() + (0.0 if interrupted else self.answer_timeout_s))
             except KeyboardInterrupt:
                 interrupted = True
             self._expire(float("inf"))
-            self._release_late(float("inf"))
             self._progress.clear()
             left = self._producer.flush(30.0)  # type: ignore[union-attr]
             self._t.delivery_errors += int(left or 0)
@@ -446,8 +459,8 @@ class LiveSimulator:
     # ---------------------------------------------------------------- producing
 
     def _produce(self, topic: str, contract: Contract, key: str, record: dict[str, Any]) -> int:
-        """Send now, or (for the late share) hold back and send later with the same event_time."""
-        if self.late_share and self._rng.random() < self.late_share:
+        """Send now, or (for the late share, in the paced window) hold back and send later with the same event_time."""
+        if self._in_window and self.late_share and self._rng.random() < self.late_share:
             late = self.scenario.lateness
             delay_s = min(self._rng.exponential(max(late.mean_ms, 1.0)), late.max_ms) / 1000
             self._seq += 1
@@ -534,11 +547,17 @@ class LiveSimulator:
         self._in_window = False
 
     def _drain(self, *, deadline: float) -> None:
-        """After the window: wait for outstanding answers (up to the timeout), then stop."""
+        """After the window: wait for outstanding answers (up to the timeout), then stop.
+
+        Only the shoppers' reactions to answers are produced here. The engine answers a request
+        once its event time has passed it on every input that is not idle; an input that went
+        quiet is idle after the engine's idle timeout, but one old record makes it active
+        again, and its clock then holds the engine's back for another idle timeout. So late
+        events are not released here; they were all sent when the window closed.
+        """
         while self._pending and self._clock() < deadline:
             now = self._clock()
             self._poll_answers(now)
-            self._release_late(now)
             self._expire(now)
             self._producer.poll(0)  # type: ignore[union-attr]
             self._sleep(self.tick_s)
@@ -612,6 +631,8 @@ class LiveSimulator:
                 self._t.invalid_answers += 1
                 continue
             self._t.answered += 1
+            if self._t.first_answer_at is None:
+                self._t.first_answer_at = now
             self._t.latencies_ms.append((now - pending.sent_at) * 1000)
             made += self._shopper_sees(pending.user, pending.product, price, pending.session, self._wall_ms(), request_id=rid)
         return made
@@ -664,6 +685,7 @@ class LiveSimulator:
             del self._pending[rid]
             self._expired.add(rid)
             self._t.unanswered += 1
+            self._t.unanswered_sent_at.append(p.sent_at)
 
     def _show(self, elapsed: float) -> None:
         t = self._t
@@ -703,6 +725,9 @@ class LiveSimulator:
             delivery_errors=t.delivery_errors,
             answer_latency_p50_ms=float(np.percentile(lat, 50)),
             answer_latency_p95_ms=float(np.percentile(lat, 95)),
+            first_answer_s=None if t.first_answer_at is None else t.first_answer_at - self._window_start,
+            unanswered_sent_s=(min(t.unanswered_sent_at) - self._window_start, max(t.unanswered_sent_at) - self._window_start)
+            if t.unanswered_sent_at else None,
             interrupted=interrupted,
         )
 

@@ -38,17 +38,18 @@ class FakeClock:
 
 @dataclass
 class FakeCluster:
-    log: dict[str, list[tuple[bytes, bytes, int]]] = field(default_factory=lambda: {t: [] for t in CONTRACTS})
+    log: dict[str, list[tuple[bytes, bytes, int, int]]] = field(default_factory=lambda: {t: [] for t in CONTRACTS})
+    clock: FakeClock | None = None  # when set, each record also keeps the wall time it was sent at
 
     def metadata(self) -> Any:
         return SimpleNamespace(topics={t: SimpleNamespace(error=None, partitions={0: None, 1: None}) for t in self.log})
 
     def records(self, topic: str) -> list[dict[str, Any]]:
         out = []
-        for key, value, ts in self.log[topic]:
+        for key, value, ts, sent in self.log[topic]:
             decoded = decode(CONTRACTS[topic], value)
             assert decoded.ok, decoded
-            out.append({**decoded.record, "_key": key, "_ts": ts})
+            out.append({**decoded.record, "_key": key, "_ts": ts, "_sent": sent})
         return out
 
 
@@ -58,7 +59,8 @@ class FakeProducer:
         self.callbacks: list[Any] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, timestamp: int, on_delivery: Any) -> None:
-        self.cluster.log[topic].append((key, value, timestamp))
+        clock = self.cluster.clock
+        self.cluster.log[topic].append((key, value, timestamp, clock.wall_ms() if clock else 0))
         self.callbacks.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
@@ -126,7 +128,7 @@ class FakeEngine:
         new = self.cluster.log[TOPICS.requests][self.seen :]
         self.seen += len(new)
         out, self.extra = self.extra, []
-        for _, value, _ in new:
+        for _, value, _, _ in new:
             req = decode(Contract.PRICE_REQUEST, value).record  # type: ignore[union-attr]
             if (len(self.answers) + len(self.skipped) + 1) % self.skip_every == 0:
                 self.skipped.append(req["request_id"])
@@ -158,7 +160,8 @@ def _out_of_order(times: list[int], tolerance_ms: int = 5) -> float:
 
 
 def test_closed_loop_paces_answers_and_buys_at_the_offered_price(scenario: Scenario) -> None:
-    cluster, clock = FakeCluster(), FakeClock()
+    clock = FakeClock()
+    cluster = FakeCluster(clock=clock)
     engine = FakeEngine(cluster, scenario, multiplier=1.1, skip_every=10)
     report = _simulator(scenario, cluster, clock, consumer=engine, late_share=0.2).run()
 
@@ -178,6 +181,10 @@ def test_closed_loop_paces_answers_and_buys_at_the_offered_price(scenario: Scena
     # the loop: answered + unanswered = requests; exactly the skipped ones timed out
     assert report.requests == len(records[TOPICS.requests]) == len(engine.answers) + len(engine.skipped)
     assert report.answered == len(engine.answers) and report.unanswered == len(engine.skipped) > 0
+    assert report.first_answer_s is not None and 0 < report.first_answer_s < 0.1  # the fake answers at the next poll
+    first, last = report.unanswered_sent_s  # type: ignore[misc]
+    assert 0 <= first < 1 and report.window_s - 1 < last <= report.window_s  # skipped all through the window
+    assert "no answer within timeout" in report.summary() and "s into the window" in report.summary()
     assert report.invalid_answers == 1  # the garbage message; the foreign answer is ignored
     behaviour = records[TOPICS.behaviour]
     views = [r for r in behaviour if r["type"] == "view"]
@@ -192,6 +199,12 @@ def test_closed_loop_paces_answers_and_buys_at_the_offered_price(scenario: Scena
     assert abs(report.purchases - report.expected_purchases) < 4 * np.sqrt(report.expected_purchases) + 1
     stock_events = [r for r in records[TOPICS.market] if r["kind"] == "inventory"]
     assert len(stock_events) >= report.purchases  # each sale moves the stock
+
+    # late events still held back when the window closes go out then, not during the drain
+    window_end = START_MS + int(report.window_s * 1000)
+    sent_late = [r for t in (TOPICS.behaviour, TOPICS.market) for r in records[t] if r["_sent"] - r["_ts"] > 5]
+    assert max(r["_sent"] for r in sent_late) <= window_end + 20
+    assert sum(r["_sent"] >= window_end for r in sent_late) > 0  # there were some to send at the close
 
     # ordering: requests are never late; a share of behaviour/market events is
     assert _out_of_order([r["event_time"] for r in records[TOPICS.requests]]) == 0
