@@ -14,6 +14,9 @@ Event time is the Kafka record timestamp, which producers must set to the payloa
 A request is priced once the watermark passes its event time, i.e. with a latency of
 about ``watermark_out_of_orderness_ms``; in exchange the context it sees is exactly
 the market as of the request (no future leakage, replays give the same answer).
+That holds while traffic flows; an input that goes quiet is declared idle after
+``idle_timeout_ms``, and until then (or again, if a late record wakes it) it holds
+answers back (README, "Latency").
 
 Guarantees:
   * ``exactly-once`` (default): sources read ``read_committed``; both sinks write in

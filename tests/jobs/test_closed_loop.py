@@ -37,7 +37,7 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
             ),
             rate=150,
             duration_s=20,
-            answer_timeout_s=20,
+            answer_timeout_s=90,  # completeness, not speed: a cold, busy machine may take long to warm up
             seed=11,
         )
         report = sim.run()
@@ -45,12 +45,12 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
         result.get_job_client().cancel().result()
 
     assert report.requests > 0
-    # Requests at the very end wait for a watermark that only later traffic would move.
     dead = Counter(
         (d["source_topic"], d["error_kind"])
         for d in (serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, topics.dead_letters.name))
     )
-    assert report.answered >= 0.8 * report.requests, f"{report.summary()}\ndead letters: {dict(dead)}"
+    # Every request is answered: the engine's speed on this machine only shows in the latency.
+    assert report.answered == report.requests and report.late_answers == 0, f"{report.summary()}\ndead letters: {dict(dead)}"
     assert report.invalid_answers == 0
 
     offered = {}
