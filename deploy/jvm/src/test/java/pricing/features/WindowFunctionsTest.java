@@ -1,0 +1,169 @@
+package pricing.features;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Random;
+import java.util.Set;
+
+import org.junit.jupiter.api.Test;
+
+/**
+ * The window functions against a brute-force recount of the window after every row.
+ *
+ * <p>Rows come in event-time order with many peers (equal times) and gaps near the window length,
+ * as Flink feeds an event-time OVER window; after each row the window is [t - W, t] over the rows
+ * accumulated so far, where t is that row's time.
+ */
+class WindowFunctionsTest {
+
+    private static final long W = 1_000;
+
+    /** One input row: its event time and its value (null: the row does not count). */
+    private static final class Row {
+        final long time;
+        final Long value;
+
+        Row(long time, Long value) {
+            this.time = time;
+            this.value = value;
+        }
+    }
+
+    private static List<Row> rows(long seed, int n) {
+        Random rng = new Random(seed);
+        List<Row> out = new ArrayList<>();
+        long t = 0;
+        for (int i = 0; i < n; i++) {
+            int step = rng.nextInt(10);
+            if (step < 3) {
+                t += 0; // a peer
+            } else if (step < 9) {
+                t += rng.nextInt(300);
+            } else {
+                t += W - 1 + rng.nextInt(3); // right at the window's edge
+            }
+            Long value = rng.nextInt(5) == 0 ? null : (long) rng.nextInt(50) - 10;
+            out.add(new Row(t, value));
+        }
+        return out;
+    }
+
+    /** The non-null values in [t - W, t] among rows[0..i]. */
+    private static List<Long> window(List<Row> rows, int i) {
+        long t = rows.get(i).time;
+        List<Long> out = new ArrayList<>();
+        for (int j = 0; j <= i; j++) {
+            Row r = rows.get(j);
+            if (r.value != null && r.time >= t - W) {
+                out.add(r.value);
+            }
+        }
+        return out;
+    }
+
+    @Test
+    void countMatchesABruteForceRecount() {
+        for (long seed = 0; seed < 20; seed++) {
+            List<Row> rows = rows(seed, 400);
+            WindowedCount f = new WindowedCount();
+            TimeDeque acc = f.createAccumulator();
+            for (int i = 0; i < rows.size(); i++) {
+                Row r = rows.get(i);
+                f.accumulate(acc, r.time, r.value != null && r.value > 0, W);
+                long expected = window(rows, i).stream().filter(v -> v > 0).count();
+                assertEquals(expected, f.getValue(acc), "seed " + seed + " row " + i);
+            }
+        }
+    }
+
+    @Test
+    void sumMatchesABruteForceRecount() {
+        for (long seed = 0; seed < 20; seed++) {
+            List<Row> rows = rows(seed, 400);
+            WindowedSum f = new WindowedSum();
+            WindowedSum.Acc acc = f.createAccumulator();
+            for (int i = 0; i < rows.size(); i++) {
+                Row r = rows.get(i);
+                f.accumulate(acc, r.time, r.value == null ? null : r.value / 4.0, W);
+                double expected = window(rows, i).stream().mapToDouble(v -> v / 4.0).sum();
+                assertEquals(expected, f.getValue(acc), 1e-9, "seed " + seed + " row " + i);
+            }
+        }
+    }
+
+    @Test
+    void minMatchesABruteForceRecountAndIsNullOnAnEmptyWindow() {
+        for (long seed = 0; seed < 20; seed++) {
+            List<Row> rows = rows(seed, 400);
+            WindowedMin f = new WindowedMin();
+            WindowedMin.Acc acc = f.createAccumulator();
+            for (int i = 0; i < rows.size(); i++) {
+                Row r = rows.get(i);
+                f.accumulate(acc, r.time, r.value, W);
+                Long expected = window(rows, i).stream().min(Long::compare).orElse(null);
+                assertEquals(expected, f.getValue(acc), "seed " + seed + " row " + i);
+            }
+        }
+        WindowedMin f = new WindowedMin();
+        WindowedMin.Acc acc = f.createAccumulator();
+        f.accumulate(acc, 0L, 5L, W);
+        f.accumulate(acc, W + 1, null, W);
+        assertNull(f.getValue(acc));
+    }
+
+    @Test
+    void distinctMatchesABruteForceRecount() {
+        for (long seed = 0; seed < 20; seed++) {
+            List<Row> rows = rows(seed, 400);
+            WindowedDistinct f = new WindowedDistinct();
+            WindowedDistinct.Acc acc = f.createAccumulator();
+            for (int i = 0; i < rows.size(); i++) {
+                Row r = rows.get(i);
+                f.accumulate(acc, r.time, r.value == null ? null : "p" + (r.value % 7), W);
+                Set<Long> keys = new HashSet<>();
+                window(rows, i).forEach(v -> keys.add(v % 7));
+                assertEquals((long) keys.size(), f.getValue(acc), "seed " + seed + " row " + i);
+            }
+        }
+    }
+
+    @Test
+    void theWindowIncludesItsLowerEdgeAndNothingBefore() {
+        WindowedCount f = new WindowedCount();
+        TimeDeque acc = f.createAccumulator();
+        f.accumulate(acc, 99L, true, W);
+        f.accumulate(acc, 100L, true, W);
+        f.accumulate(acc, 100L + W, true, W); // 100 is exactly W before: in; 99 is out
+        assertEquals(2L, f.getValue(acc));
+        f.accumulate(acc, null, true, W); // a row without a time changes nothing
+        assertEquals(2L, f.getValue(acc));
+    }
+
+    @Test
+    void dequeKeepsOrderWhileItGrowsAroundTheRing() {
+        Random rng = new Random(7);
+        TimeDeque deque = new TimeDeque();
+        ArrayDeque<Long> reference = new ArrayDeque<>();
+        for (int i = 0; i < 10_000; i++) {
+            int op = rng.nextInt(10);
+            if (op < 6 || reference.isEmpty()) {
+                deque.addLast(i);
+                reference.addLast((long) i);
+            } else if (op < 8) {
+                assertEquals(reference.removeFirst(), deque.removeFirst());
+            } else {
+                assertEquals(reference.removeLast(), deque.removeLast());
+            }
+            assertEquals(reference.size(), deque.size);
+            if (!reference.isEmpty()) {
+                assertEquals(reference.getFirst(), deque.first());
+                assertEquals(reference.getLast(), deque.last());
+            }
+        }
+    }
+}
