@@ -1,0 +1,148 @@
+"""The pandas reference for the served features, shared by the parity and restore tests.
+
+``reference_features`` is deliberately naive: for each request it filters the event
+log to what happened at or before the request, per product and per user, and counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import Producer
+
+from pricing.config import Settings
+from pricing_udfs import serde
+from pricing_udfs.features import FEATURE_SPEC
+from pricing_udfs.serde import Contract
+
+REL_TOL = 1e-9
+ABS_TOL = 1e-6
+MIN = 60_000
+
+
+def _record(rec: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+def produce_events(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> None:
+    """Send the frames to the settings' topics in arrival order; Kafka timestamp = event_time, key = product."""
+    topics = settings.kafka.topics
+    topic = {Contract.MARKET_EVENT: topics.market.name, Contract.BEHAVIOUR_EVENT: topics.behaviour.name,
+             Contract.PRICE_REQUEST: topics.requests.name}
+    producer = Producer(settings.kafka.client_config() | {"linger.ms": 20})
+    for contract, frame in frames.items():
+        fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
+        for rec in frame.sort_values("arrival_time", kind="stable").reindex(columns=fields).to_dict("records"):
+            rec = _record(rec)
+            producer.produce(topic[contract], serde.encode(contract, rec), key=rec["product_id"].encode(),
+                             timestamp=int(rec["event_time"]))
+    producer.flush()
+
+
+def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame) -> pd.DataFrame:
+    """Every feature for every request, recomputed naively from the events (``seq``: arrival order)."""
+    c = FEATURE_SPEC.constants
+    tau = c["demand_velocity_tau_ms"]
+    rows = {}
+    for req in requests.itertuples(index=False):
+        t, p, u = req.event_time, req.product_id, req.user_id
+        m = market[(market.product_id == p) & (market.event_time <= t)].sort_values(["event_time", "seq"])
+        b = behaviour[(behaviour.product_id == p) & (behaviour.event_time <= t)]
+
+        def last(kind: str) -> float | None:
+            v = m[m.kind == kind]
+            return float(v.value.iloc[-1]) if len(v) else None
+
+        def count(frame: pd.DataFrame, kind: str, window_ms: int) -> int:
+            return int(((frame.type == kind) & (frame.event_time >= t - window_ms)).sum())
+
+        comp = m[(m.kind == "competitor_price") & (m.event_time >= t - 15 * MIN)]
+        purchases = b[(b.type == "purchase") & (b.event_time >= t - 60 * MIN)]
+        promo = last("promotion")
+        f = {
+            "list_price_minor": last("list_price"), "unit_cost_minor": last("cost"),
+            "competitor_min_15m_minor": float(comp.value.min()) if len(comp) else None,
+            "competitor_mean_15m_minor": float(comp.value.mean()) if len(comp) else None,
+            "competitor_events_15m": len(comp), "inventory": last("inventory"),
+            "promotion_active": None if promo is None else float(promo > 0),
+            "views_5m": count(b, "view", 5 * MIN), "carts_5m": count(b, "add_to_cart", 5 * MIN),
+            "purchases_5m": count(b, "purchase", 5 * MIN), "views_1h": count(b, "view", 60 * MIN),
+            "carts_1h": count(b, "add_to_cart", 60 * MIN), "purchases_1h": count(b, "purchase", 60 * MIN),
+            "demand_velocity": float((purchases.quantity * np.exp(-(t - purchases.event_time) / tau)).sum()) * 3_600_000 / tau,
+            "hour_of_day": (t // 3_600_000) % 24, "day_of_week": pd.Timestamp(t, unit="ms").dayofweek,
+            "channel_web": float(req.channel == "web"), "channel_app": float(req.channel == "app"),
+            "channel_marketplace": float(req.channel == "marketplace"),
+            "is_new_product": float(len(m) + len(b) == 0),
+        }
+        f["conversion_1h"] = f["purchases_1h"] / f["views_1h"] if f["views_1h"] else None
+        if u:
+            ub = behaviour[(behaviour.user_id == u) & (behaviour.event_time <= t)]
+            bought = ub[ub.type == "purchase"]
+            ratios = []
+            for buy in bought.itertuples(index=False):  # paid / list price in force at the purchase
+                lp = market[(market.product_id == buy.product_id) & (market.kind == "list_price")
+                            & (market.event_time <= buy.event_time)].sort_values(["event_time", "seq"])
+                if len(lp) and lp.value.iloc[-1] > 0:
+                    ratios.append(buy.price_seen_minor / lp.value.iloc[-1])
+            w, prior = c["price_ratio_prior_weight"], c["price_ratio_prior_mean"]
+            f |= {
+                "user_views_30m": count(ub, "view", 30 * MIN), "user_carts_30m": count(ub, "add_to_cart", 30 * MIN),
+                "user_purchases_30m": count(ub, "purchase", 30 * MIN), "user_views_24h": count(ub, "view", 1440 * MIN),
+                "user_carts_24h": count(ub, "add_to_cart", 1440 * MIN),
+                "user_purchases_24h": count(ub, "purchase", 1440 * MIN),
+                "user_price_ratio": (prior * w + sum(ratios)) / (w + len(ratios)),
+                "user_secs_since_purchase": min((t - bought.event_time.max()) / 1000, c["never_purchased_secs"]) if len(bought) else None,
+                "user_distinct_products_30m": ub[(ub.type == "view") & (ub.event_time >= t - 30 * MIN)].product_id.nunique(),
+                "is_new_user": float(len(ub) == 0),
+            }
+        rows[req.request_id] = FEATURE_SPEC.vector(f)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=FEATURE_SPEC.names)
+
+
+def without_late(frames: dict[Contract, pd.DataFrame], dead_letters: Iterable[dict]) -> tuple[dict[Contract, pd.DataFrame], int]:
+    """The events the job kept: each frame minus the events it dead-lettered as late (matched by their bytes),
+    with ``seq`` = arrival order. Also returns how many were dropped."""
+    late_raw = {bytes(d["raw"]) for d in dead_letters}
+    kept = {}
+    for contract, frame in frames.items():
+        fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
+        frame = frame.sort_values("arrival_time", kind="stable").reset_index(drop=True)
+        frame["seq"] = frame.index
+        encoded = [serde.encode(contract, _record(r)) for r in frame.reindex(columns=fields).to_dict("records")]
+        kept[contract] = frame[[e not in late_raw for e in encoded]]
+    return kept, sum(len(frames[c]) - len(kept[c]) for c in frames)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Served vs expected features: the worst absolute difference, and the cells beyond tolerance."""
+
+    requests: int
+    worst_diff: float
+    worst_at: tuple[str, str]
+    mismatches: int
+    example: str
+
+    def summary(self) -> str:
+        return (f"{self.requests} requests x {len(FEATURE_SPEC.names)} features; worst |diff| {self.worst_diff:.3g} "
+                f"at {self.worst_at}; {self.mismatches} mismatches{', e.g. ' + self.example if self.mismatches else ''}")
+
+
+def compare_features(served: dict[str, list[float]], expected: pd.DataFrame) -> Comparison:
+    """Compare the served vectors (by request id) with ``expected`` within REL_TOL/ABS_TOL."""
+    got = pd.DataFrame.from_dict(served, orient="index", columns=FEATURE_SPEC.names).loc[expected.index]
+    diff = (got - expected).abs()
+    allowed = ABS_TOL + REL_TOL * expected.abs()
+    worst = (diff - allowed).stack().idxmax()
+    bad = diff > allowed
+    return Comparison(
+        requests=len(expected),
+        worst_diff=float(diff.stack().max()),
+        worst_at=worst,
+        mismatches=int(bad.sum().sum()),
+        example=f"request {worst[0]} feature {worst[1]}: served {got.loc[worst]} vs expected {expected.loc[worst]}",
+    )
