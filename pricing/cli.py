@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bounded", action="store_true", help="stop after the offsets that are latest now")
     run.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
     run.add_argument("--at-least-once", action="store_true", help="low-latency mode: no Kafka transactions")
+    run.add_argument("--restore-from", default=None, metavar="PATH", help="start from this savepoint or retained checkpoint")
     run.set_defaults(func=_job_run)
 
     schemas = sub.add_parser("schemas", help="the Avro contracts").add_subparsers(metavar="ACTION")
@@ -161,6 +162,7 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
         update={
             "bounded": args.bounded or settings.job.bounded,
             **({"delivery_guarantee": "at-least-once"} if args.at_least_once else {}),
+            **({"restore_from": args.restore_from} if args.restore_from else {}),
         }
     )
     settings = settings.model_copy(update={"job": job})

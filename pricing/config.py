@@ -123,6 +123,12 @@ class JobSettings(_Section):
     transaction_timeout_ms: int = Field(default=600_000, ge=1_000)
     consumer_group: str = "pricing-engine"
     startup_mode: Literal["group-offsets", "earliest-offset", "latest-offset"] = "group-offsets"
+    restore_from: str | None = Field(
+        default=None,
+        min_length=1,
+        description="savepoint or retained checkpoint (path or URI) to start from: its offsets and feature state "
+        "win over startup_mode; None: fresh state",
+    )
     bounded: bool = Field(default=False, description="stop after the offsets that were latest at start (tests, backfills)")
     watermark_out_of_orderness_ms: int = Field(default=2_000, ge=0)
     idle_timeout_ms: int = Field(default=5_000, ge=0)

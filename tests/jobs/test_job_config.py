@@ -50,3 +50,9 @@ def test_prometheus_reporter_only_when_a_metrics_port_is_set() -> None:
     # The local MiniCluster looks for reporters on the class path; a cluster has the plugin.
     assert "flink-metrics-prometheus-" in local["pipeline.jars"]
     assert "pipeline.jars" not in _flink_conf(with_port, jobmanager="flink-jm:8081")
+
+
+def test_restore_from_a_savepoint_only_when_asked() -> None:
+    assert "execution.state-recovery.path" not in _flink_conf(load_settings(job={"ship_jars": False}), jobmanager=None)
+    conf = _flink_conf(load_settings(job={"ship_jars": False, "restore_from": "s3://b/sp-1"}), jobmanager=None)
+    assert conf["execution.state-recovery.path"] == "s3://b/sp-1"
