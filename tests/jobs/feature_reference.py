@@ -18,6 +18,7 @@ from pricing.config import Settings
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
+from tests.helpers import read_topic
 
 REL_TOL = 1e-9
 ABS_TOL = 1e-6
@@ -115,6 +116,21 @@ def without_late(frames: dict[Contract, pd.DataFrame], dead_letters: Iterable[di
         encoded = [serde.encode(contract, _record(r)) for r in frame.reindex(columns=fields).to_dict("records")]
         kept[contract] = frame[[e not in late_raw for e in encoded]]
     return kept, sum(len(frames[c]) - len(kept[c]) for c in frames)
+
+
+def expected_features(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """The reference vectors of every request the job should have priced, and how many events were late.
+
+    What the job dead-lettered is read back: only ``late`` is allowed, each once; those events
+    are left out (whether an out-of-order event is late depends on watermark timing).
+    """
+    dlq = settings.kafka.topics.dead_letters.name
+    late = [serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, dlq)]
+    assert {d["error_kind"] for d in late} <= {"late"}, "only late events may be rejected here"
+    kept, n_late = without_late(frames, late)
+    assert n_late == len(late), "every late event is dead-lettered once"
+    expected = reference_features(kept[Contract.PRICE_REQUEST], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT])
+    return expected, n_late
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
 from tests.helpers import read_topic
-from tests.jobs.feature_reference import MIN, compare_features, produce_events, reference_features, without_late
+from tests.jobs.feature_reference import MIN, compare_features, expected_features, produce_events
 
 pytestmark = pytest.mark.integration
 
@@ -79,14 +79,8 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
         rec = serde.decode(Contract.PRICED_EVENT, msg.value()).record
         assert rec["feature_spec_version"] == FEATURE_SPEC.version
         served[rec["request_id"]] = rec["features"]
-    late = [serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, settings.kafka.topics.dead_letters.name)]
-    assert {d["error_kind"] for d in late} <= {"late"}, "only late events may be rejected here"
-    kept, n_late = without_late(frames, late)
-    assert n_late == len(late), "every late event is dead-lettered once"
-
-    requests = kept[Contract.PRICE_REQUEST]
-    assert set(served) == set(requests.request_id), "every on-time request is priced, nothing else"
-    expected = reference_features(requests, kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT])
+    expected, n_late = expected_features(settings, frames)
+    assert set(served) == set(expected.index), "every on-time request is priced, nothing else"
     result = compare_features(served, expected)
     print(f"\nparity: {result.summary()}; {n_late} late events")
     assert result.mismatches == 0, result.summary()
