@@ -16,7 +16,7 @@ import uuid
 from confluent_kafka import Consumer, Producer
 
 from pricing.config import Settings
-from pricing.metrics import contract_counters
+from pricing.metrics import wait_for_counter
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
 
@@ -124,19 +124,13 @@ def _traffic_and_collect(settings: Settings, *, requests: int, timeout_s: float 
     return 0 if answered == len(wanted) and len(dead) >= 2 else 1
 
 
-def _say_rejected_counter(url: str, *, timeout_s: float = 10.0) -> None:
-    """Show the job's own count of dead-lettered records, as Prometheus sees it (UDF metrics lag a bundle)."""
-    deadline = time.monotonic() + timeout_s
-    rejected: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        try:
-            rejected = contract_counters(url).get("rejected_records", {})
-        except OSError as exc:  # the endpoint of a range may sit on another port; the demo still succeeded
-            _say(f"    metrics not readable at {url}: {exc}")
-            return
-        if sum(rejected.values()) >= 2:
-            break
-        time.sleep(0.5)
+def _say_rejected_counter(url: str) -> None:
+    """Show the job's own count of dead-lettered records, as Prometheus sees it."""
+    try:
+        rejected = wait_for_counter(url, "rejected_records", total=2, timeout_s=10.0)
+    except OSError as exc:  # the endpoint of a range may sit on another port; the demo still succeeded
+        _say(f"    metrics not readable at {url}: {exc}")
+        return
     _say(f"    rejected_records metric: {rejected or 'none yet'}")
 
 

@@ -8,6 +8,7 @@ The job counts per input contract (``pricing_udfs.udfs``): ``late_events`` and
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 
 _PREFIX = "flink_taskmanager_job_task_operator_contract_"
@@ -23,6 +24,20 @@ def contract_counters(url: str, *, timeout_s: float = 5.0) -> dict[str, dict[str
     """
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return parse_contract_counters(response.read().decode())
+
+
+def wait_for_counter(url: str, name: str, *, total: int, timeout_s: float = 30.0) -> dict[str, int]:
+    """One counter by contract, polled until its values add up to ``total`` (or the timeout: the last scrape).
+
+    Python UDF metrics reach the JVM when a bundle finishes, so they lag the records by a bundle.
+    An unreachable endpoint raises ``OSError``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = contract_counters(url).get(name, {})
+        if sum(counts.values()) >= total or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.5)
 
 
 def parse_contract_counters(text: str) -> dict[str, dict[str, int]]:

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer
 from jobs import pricing_job
 from pricing.broker import free_port
 from pricing.config import Settings
-from pricing.metrics import contract_counters
+from pricing.metrics import wait_for_counter
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
@@ -74,8 +74,9 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
         producer.flush()
         request("after", int(time.time() * 1000))  # on time: the watermark follows the wall clock here
         pump(lambda: "after" in priced and len(dead) >= 2)
-        late_counts = _wait_for_counter(metrics_port, "late_events", total=2)
-        rejected_counts = _wait_for_counter(metrics_port, "rejected_records", total=2)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        late_counts = wait_for_counter(metrics_url, "late_events", total=2)
+        rejected_counts = wait_for_counter(metrics_url, "rejected_records", total=2)
     finally:
         result.get_job_client().cancel().result()
         consumer.close()
@@ -91,19 +92,3 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
     views = FEATURE_SPEC.index("views_5m")
     assert priced["before"]["features"][views] == 3
     assert priced["after"]["features"][views] == 3, "the late view must not count"
-
-
-
-def _wait_for_counter(port: int, name: str, *, total: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """One of the job's per-contract counters, by contract, scraped from its Prometheus endpoint.
-
-    Python UDF metrics reach the JVM when a bundle finishes, so poll until they add up (or time out).
-    """
-    deadline = time.monotonic() + timeout_s
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        counts = contract_counters(f"http://127.0.0.1:{port}/metrics").get(name, {})
-        if sum(counts.values()) >= total:
-            break
-        time.sleep(0.5)
-    return counts

@@ -2,6 +2,7 @@
 
 import pytest
 
+from pricing import metrics
 from pricing.metrics import parse_contract_counters
 
 _SCRAPE = """\
@@ -24,3 +25,13 @@ def test_counters_are_summed_over_subtasks_by_contract() -> None:
 def test_a_counter_without_contract_label_is_an_error() -> None:
     with pytest.raises(ValueError, match="no contract label"):
         parse_contract_counters('flink_taskmanager_job_task_operator_contract_late_events{job_id="j",} 1.0\n')
+
+
+def test_wait_for_counter_polls_until_the_total_or_the_timeout(monkeypatch) -> None:
+    scrapes = iter([{}, {"late_events": {"price_request": 1}}, {"late_events": {"price_request": 1, "market_event": 1}}])
+    monkeypatch.setattr(metrics, "contract_counters", lambda url: next(scrapes))
+    monkeypatch.setattr(metrics.time, "sleep", lambda s: None)
+    assert metrics.wait_for_counter("u", "late_events", total=2) == {"price_request": 1, "market_event": 1}
+
+    monkeypatch.setattr(metrics, "contract_counters", lambda url: {"late_events": {"price_request": 1}})
+    assert metrics.wait_for_counter("u", "late_events", total=2, timeout_s=0) == {"price_request": 1}
