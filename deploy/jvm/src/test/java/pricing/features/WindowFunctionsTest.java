@@ -9,6 +9,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Random;
 import java.util.Set;
+import java.util.function.Supplier;
 
 import org.junit.jupiter.api.Test;
 
@@ -66,49 +67,59 @@ class WindowFunctionsTest {
         return out;
     }
 
-    @Test
-    void countMatchesABruteForceRecount() {
+    /** Feeds one function, row by row, and checks it after each row; {@code where} names the row in failures. */
+    private interface Replay {
+        void row(List<Row> rows, int i, String where);
+    }
+
+    /** 20 seeded row sequences, each into a fresh function and accumulator from {@code fresh}. */
+    private static void replayEverySeed(Supplier<Replay> fresh) {
         for (long seed = 0; seed < 20; seed++) {
             List<Row> rows = rows(seed, 400);
-            WindowedCount f = new WindowedCount();
-            TimeDeque acc = f.createAccumulator();
+            Replay replay = fresh.get();
             for (int i = 0; i < rows.size(); i++) {
-                Row r = rows.get(i);
-                f.accumulate(acc, r.time, r.value != null && r.value > 0, W);
-                long expected = window(rows, i).stream().filter(v -> v > 0).count();
-                assertEquals(expected, f.getValue(acc), "seed " + seed + " row " + i);
+                replay.row(rows, i, "seed " + seed + " row " + i);
             }
         }
+    }
+
+    @Test
+    void countMatchesABruteForceRecount() {
+        replayEverySeed(() -> {
+            WindowedCount f = new WindowedCount();
+            TimeDeque acc = f.createAccumulator();
+            return (rows, i, where) -> {
+                Row r = rows.get(i);
+                f.accumulate(acc, r.time, r.value != null && r.value > 0, W);
+                assertEquals(window(rows, i).stream().filter(v -> v > 0).count(), f.getValue(acc), where);
+            };
+        });
     }
 
     @Test
     void sumMatchesABruteForceRecount() {
-        for (long seed = 0; seed < 20; seed++) {
-            List<Row> rows = rows(seed, 400);
+        replayEverySeed(() -> {
             WindowedSum f = new WindowedSum();
             WindowedSum.Acc acc = f.createAccumulator();
-            for (int i = 0; i < rows.size(); i++) {
+            return (rows, i, where) -> {
                 Row r = rows.get(i);
                 f.accumulate(acc, r.time, r.value == null ? null : r.value / 4.0, W);
-                double expected = window(rows, i).stream().mapToDouble(v -> v / 4.0).sum();
-                assertEquals(expected, f.getValue(acc), 1e-9, "seed " + seed + " row " + i);
-            }
-        }
+                assertEquals(window(rows, i).stream().mapToDouble(v -> v / 4.0).sum(), f.getValue(acc), 1e-9, where);
+            };
+        });
     }
 
     @Test
     void minMatchesABruteForceRecountAndIsNullOnAnEmptyWindow() {
-        for (long seed = 0; seed < 20; seed++) {
-            List<Row> rows = rows(seed, 400);
+        replayEverySeed(() -> {
             WindowedMin f = new WindowedMin();
             WindowedMin.Acc acc = f.createAccumulator();
-            for (int i = 0; i < rows.size(); i++) {
+            return (rows, i, where) -> {
                 Row r = rows.get(i);
                 f.accumulate(acc, r.time, r.value, W);
-                Long expected = window(rows, i).stream().min(Long::compare).orElse(null);
-                assertEquals(expected, f.getValue(acc), "seed " + seed + " row " + i);
-            }
-        }
+                assertEquals(window(rows, i).stream().min(Long::compare).orElse(null), f.getValue(acc), where);
+            };
+        });
         WindowedMin f = new WindowedMin();
         WindowedMin.Acc acc = f.createAccumulator();
         f.accumulate(acc, 0L, 5L, W);
@@ -118,18 +129,17 @@ class WindowFunctionsTest {
 
     @Test
     void distinctMatchesABruteForceRecount() {
-        for (long seed = 0; seed < 20; seed++) {
-            List<Row> rows = rows(seed, 400);
+        replayEverySeed(() -> {
             WindowedDistinct f = new WindowedDistinct();
             WindowedDistinct.Acc acc = f.createAccumulator();
-            for (int i = 0; i < rows.size(); i++) {
+            return (rows, i, where) -> {
                 Row r = rows.get(i);
                 f.accumulate(acc, r.time, r.value == null ? null : "p" + (r.value % 7), W);
                 Set<Long> keys = new HashSet<>();
                 window(rows, i).forEach(v -> keys.add(v % 7));
-                assertEquals((long) keys.size(), f.getValue(acc), "seed " + seed + " row " + i);
-            }
-        }
+                assertEquals((long) keys.size(), f.getValue(acc), where);
+            };
+        });
     }
 
     @Test
