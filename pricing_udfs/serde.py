@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import struct
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
@@ -87,9 +86,14 @@ def load_schema_file(path: Path) -> dict[str, Any]:
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    """CRC-64-AVRO of the Parsing Canonical Form, little-endian, as the spec frames it."""
+    """CRC-64-AVRO of the Parsing Canonical Form as 8 little-endian bytes, as the spec frames it.
+
+    fastavro's ``fingerprint`` already returns those bytes as hex (its value for the
+    empty string is ``95a7d7a43a215dc1``: the spec's EMPTY constant ``0xc15d213aa4d7a795``
+    written little-endian), so they are taken as they are, not re-packed.
+    """
     canonical = to_parsing_canonical_form(fastavro.parse_schema(copy.deepcopy(dict(schema))))
-    return struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 @cache

@@ -1,6 +1,5 @@
 import io
 import json
-import struct
 
 import fastavro
 import pytest
@@ -9,6 +8,27 @@ from pricing_udfs import serde
 from pricing_udfs.serde import Contract, ErrorKind, Ok, Rejected
 
 T = 1_764_000_000_123
+
+
+def crc64_avro(data: bytes) -> int:
+    """CRC-64-AVRO exactly as the Avro specification writes it ("Schema Fingerprints"), independent of fastavro."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def spec_header(schema: dict) -> bytes:
+    """C3 01 and the fingerprint as 8 little-endian bytes (Avro specification, "Single object encoding")."""
+    canonical = fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(schema))
+    return b"\xc3\x01" + crc64_avro(canonical.encode()).to_bytes(8, "little")
 
 SAMPLES = {
     Contract.PRICE_REQUEST: {"request_id": "r-1", "user_id": "u-1", "product_id": "p-1", "channel": "app", "event_time": T},
@@ -45,16 +65,25 @@ def test_stock_fastavro_decodes_the_wire_with_only_the_avsc(contract: Contract) 
     data = serde.encode(contract, SAMPLES[contract])
     schema = json.loads((serde.SCHEMA_DIR / f"{contract.value}.avsc").read_text())
     parsed = fastavro.parse_schema(schema)
-    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
-    expected_fp = struct.pack("<Q", int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16))
-    assert data[:2] == b"\xc3\x01"
-    assert data[2:10] == expected_fp
+    assert data[:10] == spec_header(schema)
     record = fastavro.schemaless_reader(io.BytesIO(data[10:]), parsed)
     for key, value in SAMPLES[contract].items():
         got = record[key]
         if hasattr(got, "timestamp"):  # stock readers apply timestamp-millis
             got = round(got.timestamp() * 1000)
         assert got == value, key
+
+
+def test_the_crc_meets_the_specification_test_vectors() -> None:
+    # The spec's EMPTY constant is the fingerprint of no bytes; Avro's schema-tests.txt
+    # gives 7195948357588979594 for the canonical form of "null".
+    assert crc64_avro(b"") == 0xC15D213AA4D7A795
+    assert crc64_avro(b'"null"') == 7195948357588979594
+
+
+def test_the_price_request_header_is_the_one_the_spec_gives() -> None:
+    data = serde.encode(Contract.PRICE_REQUEST, SAMPLES[Contract.PRICE_REQUEST])
+    assert data[:10].hex(" ") == "c3 01 53 7d af f4 95 bc c2 a2"
 
 
 @pytest.mark.parametrize(
