@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
@@ -77,7 +78,9 @@ Decoded = Ok | Rejected
 @dataclass(frozen=True)
 class _Schema:
     published: dict[str, Any]  # as in the .avsc file, for docs and compatibility checks
-    fast: Any  # parsed, logical types stripped: timestamps are epoch millis (int)
+    fast: Any  # parsed, logical types stripped: timestamps are epoch millis (int); for encoding
+    read: Any  # ``fast`` with every enum read as its int index (its binary form), so decode can bounds-check it
+    enums: dict[str, tuple[tuple[str, ...], str | None]]  # enum field -> (symbols, default)
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the canonical form
 
 
@@ -112,11 +115,45 @@ def _writers(contract: Contract) -> dict[bytes, _Schema]:
 
 
 def _build(published: dict[str, Any]) -> _Schema:
+    stripped = _strip_logical_types(copy.deepcopy(published))
+    read, enums = _enums_as_ints(stripped)
     return _Schema(
         published=published,
-        fast=fastavro.parse_schema(_strip_logical_types(copy.deepcopy(published))),
+        fast=fastavro.parse_schema(stripped),
+        read=fastavro.parse_schema(read),
+        enums=enums,
         fingerprint=schema_fingerprint(published),
     )
+
+
+def _enums_as_ints(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[tuple[str, ...], str | None]]]:
+    """The record schema with each enum field typed ``int``, and the symbols of those fields.
+
+    Avro writes an enum as the zig-zag int index of its symbol. fastavro indexes its symbol
+    list with whatever int it reads, so a negative index silently becomes the last symbol
+    where Java's reader fails; reading the index as an int lets ``decode`` check it.
+    Enums are supported as top-level fields (plain or nullable), which is where the contracts
+    have them; a deeper one is a schema change this function must learn first.
+    """
+    fields, enums = [], {}
+    for field in schema["fields"]:
+        branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        found = [b for b in branches if isinstance(b, dict) and b.get("type") == "enum"]
+        for b in branches:
+            if not (isinstance(b, dict) and b.get("type") == "enum") and "enum" in json.dumps(b):
+                raise NotImplementedError(f"{schema['name']}.{field['name']}: nested enums are not supported")
+        if not found:
+            fields.append(field)
+            continue
+        enum = found[0]
+        symbols = tuple(enum["symbols"])
+        enums[field["name"]] = (symbols, enum.get("default"))
+        as_int = [("int" if b is enum else b) for b in branches]
+        new = {**field, "type": as_int if isinstance(field["type"], list) else "int"}
+        if isinstance(field.get("default"), str):
+            new["default"] = symbols.index(field["default"])
+        fields.append(new)
+    return {**schema, "fields": fields}, enums
 
 
 def _strip_logical_types(node: Any) -> Any:
@@ -163,61 +200,117 @@ def decode(contract: Contract, data: bytes | None) -> Decoded:
     buf.seek(HEADER_LEN)
     reader = _current(contract)
     try:
-        record = fastavro.schemaless_reader(buf, writer.fast, reader.fast if writer is not reader else None)
+        record = fastavro.schemaless_reader(buf, writer.read, reader.read if writer is not reader else None)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input, not a bug of ours
-        return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {type(exc).__name__}: {exc}"[:500])
+        return Rejected(ErrorKind.BAD_PAYLOAD, _clip(f"{contract.value}: {type(exc).__name__}: {exc}"))
     if buf.tell() != len(data):
         return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {len(data) - buf.tell()} trailing bytes after the datum")
-    problem = _VALIDATORS.get(contract, _no_check)(record)
+    problem = _resolve_enums(record, writer=writer, reader=reader)
     if problem:
-        return Rejected(ErrorKind.INVALID_VALUE, f"{contract.value}: {problem}")
+        return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {problem}")
+    problem = _constraints(contract).check(record)
+    if problem:
+        return Rejected(ErrorKind.INVALID_VALUE, _clip(f"{contract.value}: {problem}"))
     return Ok(record)
 
 
-def _no_check(record: dict[str, Any]) -> str | None:
+def _resolve_enums(record: dict[str, Any], *, writer: _Schema, reader: _Schema) -> str | None:
+    """Turn enum indexes into symbols, as Avro's reference reader does: an index outside the
+    writer's symbols is an error; a symbol the reader lacks takes the reader's default."""
+    for name, (symbols, default) in reader.enums.items():
+        index = record.get(name)
+        if index is None:
+            continue
+        # A field the writer lacks holds the reader's default, as an index into the reader's symbols.
+        written = writer.enums.get(name, (symbols, default))[0]
+        if not 0 <= index < len(written):
+            return f"{name}: enum index {index} is outside the {len(written)} symbols of the writer schema"
+        symbol = written[index]
+        if symbol not in symbols:
+            if default is None:
+                return f"{name}: symbol {symbol!r} is unknown to the reader schema, which has no default"
+            symbol = default
+        record[name] = symbol
     return None
 
 
-def _check_ids(record: dict[str, Any], *fields: str) -> str | None:
-    for f in fields:
-        if not record[f]:
-            return f"{f} is empty"
-    if record["event_time"] <= 0:
-        return f"event_time {record['event_time']} is not a positive epoch-millis timestamp"
-    return None
+def _clip(message: str, limit: int = 500) -> str:
+    """Error messages quote input; keep them short enough for any dead letter."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def _check_request(record: dict[str, Any]) -> str | None:
-    return _check_ids(record, "request_id", "product_id")
+_ISO_4217 = re.compile(r"^[A-Z]{3}$")
 
 
-def _check_behaviour(record: dict[str, Any]) -> str | None:
-    problem = _check_ids(record, "event_id", "user_id", "product_id")
-    if problem:
-        return problem
-    if record["price_seen_minor"] < 0:
-        return f"price_seen_minor {record['price_seen_minor']} is negative"
-    if record["quantity"] < 0:
-        return f"quantity {record['quantity']} is negative"
-    return None
+@dataclass(frozen=True)
+class _Rule:
+    """The ``constraints`` of one field in a ``.avsc`` file (a custom attribute: Avro ignores it,
+    and it is not part of the Parsing Canonical Form, so it never changes a fingerprint).
+
+    Keys: ``min``/``max`` (numbers, inclusive), ``min_length``/``max_length`` (strings), ``unit``
+    (``"minor"``: money in minor units, so the record's ``currency`` must be an ISO-4217 code), and
+    ``by`` + ``cases``: the rule depends on another field's value (``cases`` maps it to a rule; a
+    value without a case is unconstrained).
+    """
+
+    field: str
+    spec: Mapping[str, Any]
+
+    def check(self, record: dict[str, Any]) -> str | None:
+        spec = self.spec
+        if "by" in spec:
+            spec = spec["cases"].get(record[spec["by"]], {})
+        value = record[self.field]
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if len(value) < spec.get("min_length", 0):
+                return f"{self.field} is empty" if not value else f"{self.field} is shorter than {spec['min_length']}"
+            if len(value) > spec.get("max_length", len(value)):
+                return f"{self.field} has {len(value)} characters, more than {spec['max_length']}"
+            return None
+        lo, hi = spec.get("min"), spec.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            where = f" for {self.spec['by']} {record[self.spec['by']]}" if "by" in self.spec else ""
+            return f"{self.field} {value} is outside [{lo}, {hi}]{where}"
+        if spec.get("unit") == "minor" and not _ISO_4217.match(record.get("currency") or ""):
+            return f"{self.field} is money and needs an ISO-4217 currency, got {record.get('currency')!r}"
+        return None
 
 
-def _check_market(record: dict[str, Any]) -> str | None:
-    problem = _check_ids(record, "product_id")
-    if problem:
-        return problem
-    if record["value"] < 0:
-        return f"value {record['value']} is negative"
-    if record["kind"] in {"competitor_price", "list_price", "cost"} and len(record["currency"]) != 3:
-        return f"{record['kind']} needs an ISO-4217 currency, got {record['currency']!r}"
-    return None
+@dataclass(frozen=True)
+class _Constraints:
+    rules: tuple[_Rule, ...]
+
+    def check(self, record: dict[str, Any]) -> str | None:
+        for rule in self.rules:
+            problem = rule.check(record)
+            if problem:
+                return problem
+        return None
 
 
-_VALIDATORS = {
-    Contract.PRICE_REQUEST: _check_request,
-    Contract.BEHAVIOUR_EVENT: _check_behaviour,
-    Contract.MARKET_EVENT: _check_market,
-}
+@cache
+def _constraints(contract: Contract) -> _Constraints:
+    """The value rules of a contract, read from its current ``.avsc`` (the one place they are written)."""
+    fields = published_schema(contract)["fields"]
+    return _Constraints(tuple(_Rule(f["name"], f["constraints"]) for f in fields if "constraints" in f))
+
+
+def field_constraints(contract: Contract) -> dict[str, Mapping[str, Any]]:
+    """``{field: constraints}`` as the schema states them, for docs and generators."""
+    return {r.field: r.spec for r in _constraints(contract).rules}
+
+
+def enum_symbols(contract: Contract, field: str) -> tuple[str, ...]:
+    """The symbols of an enum field of the current schema, in their Avro order (index = position)."""
+    return _current(contract).enums[field][0]
+
+
+def money_kinds() -> frozenset[str]:
+    """Market event kinds whose ``value`` is money in minor units (``unit: minor`` in market_event.avsc)."""
+    cases = field_constraints(Contract.MARKET_EVENT)["value"]["cases"]
+    return frozenset(kind for kind, rule in cases.items() if rule.get("unit") == "minor")
 
 
 def read_container(path: Path, contract: Contract) -> list[dict[str, Any]]:

@@ -121,8 +121,17 @@ def test_record_of_another_contract_is_unknown_schema() -> None:
     [
         (Contract.PRICE_REQUEST, {"product_id": ""}, "product_id is empty"),
         (Contract.PRICE_REQUEST, {"event_time": 0}, "event_time"),
-        (Contract.BEHAVIOUR_EVENT, {"price_seen_minor": -1}, "negative"),
-        (Contract.MARKET_EVENT, {"currency": "euro"}, "ISO-4217"),
+        (Contract.BEHAVIOUR_EVENT, {"price_seen_minor": -1}, "price_seen_minor -1 is outside [0, "),
+        (Contract.BEHAVIOUR_EVENT, {"quantity": 0}, "quantity 0 is outside [1, 1000]"),
+        (Contract.BEHAVIOUR_EVENT, {"quantity": 2**31 - 1}, "quantity 2147483647 is outside [1, 1000]"),
+        (Contract.BEHAVIOUR_EVENT, {"currency": "eur"}, "ISO-4217"),
+        (Contract.MARKET_EVENT, {"currency": "euro"}, "needs an ISO-4217 currency, got 'euro'"),
+        (Contract.MARKET_EVENT, {"kind": "inventory", "value": 5, "currency": "euro"}, "currency has 4 characters"),
+        (Contract.MARKET_EVENT, {"currency": "EU"}, "ISO-4217"),
+        (Contract.MARKET_EVENT, {"kind": "promotion", "value": 50_000, "currency": ""},
+         "value 50000 is outside [0, 10000] for kind promotion"),
+        (Contract.MARKET_EVENT, {"kind": "list_price", "value": 0}, "value 0 is outside [1, "),
+        (Contract.PRICE_REQUEST, {"request_id": "r" * 257}, "request_id has 257 characters, more than 256"),
     ],
 )
 def test_invalid_values_are_rejected(contract: Contract, change: dict, fragment: str) -> None:
@@ -132,8 +141,52 @@ def test_invalid_values_are_rejected(contract: Contract, change: dict, fragment:
     assert fragment in result.message
 
 
+def test_values_on_the_edges_of_their_ranges_are_accepted() -> None:
+    edges = [
+        (Contract.BEHAVIOUR_EVENT, {"quantity": 1}), (Contract.BEHAVIOUR_EVENT, {"quantity": 1000}),
+        (Contract.BEHAVIOUR_EVENT, {"price_seen_minor": 0}),
+        (Contract.MARKET_EVENT, {"kind": "promotion", "value": 10_000, "currency": ""}),
+        (Contract.MARKET_EVENT, {"kind": "inventory", "value": 0, "currency": ""}),
+        (Contract.PRICE_REQUEST, {"request_id": "r" * 256, "user_id": ""}),
+    ]
+    for contract, change in edges:
+        assert serde.decode(contract, serde.encode(contract, SAMPLES[contract] | change)).ok, change
+
+
+def _with_enum_index(contract: Contract, field: str, index: int) -> bytes:
+    """A record whose enum ``field`` is written as ``index`` (zig-zag varint), any other bytes as serde writes them."""
+    schema = json.loads((serde.SCHEMA_DIR / f"{contract.value}.avsc").read_text())
+    for f in schema["fields"]:
+        if f["name"] == field:
+            f["type"] = "int"
+    record = SAMPLES[contract] | {field: index}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return serde.encode(contract, SAMPLES[contract])[: serde.HEADER_LEN] + buf.getvalue()
+
+
+@pytest.mark.parametrize("index", [-1, -2, 4, 2**31 - 1])
+def test_an_enum_index_outside_the_symbols_is_a_bad_payload(index: int) -> None:
+    """Java's reader fails on these; fastavro alone would read -1 as the last symbol."""
+    result = serde.decode(Contract.PRICE_REQUEST, _with_enum_index(Contract.PRICE_REQUEST, "channel", index))
+    assert isinstance(result, Rejected) and result.kind is ErrorKind.BAD_PAYLOAD
+    assert f"channel: enum index {index} is outside the 4 symbols" in result.message
+
+
+def test_every_valid_enum_index_reads_as_its_symbol() -> None:
+    for index, symbol in enumerate(serde.enum_symbols(Contract.PRICE_REQUEST, "channel")):
+        decoded = serde.decode(Contract.PRICE_REQUEST, _with_enum_index(Contract.PRICE_REQUEST, "channel", index))
+        assert decoded == Ok(SAMPLES[Contract.PRICE_REQUEST] | {"channel": symbol})
+
+
+def test_the_enums_and_money_kinds_come_from_the_schemas() -> None:
+    kinds = serde.enum_symbols(Contract.MARKET_EVENT, "kind")
+    assert kinds == ("competitor_price", "inventory", "promotion", "list_price", "cost")
+    assert serde.money_kinds() == {"competitor_price", "list_price", "cost"}
+
+
 def test_encoding_a_wrong_record_is_a_bug_and_raises() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="user_id is specified in the schema but missing"):
         serde.encode(Contract.PRICE_REQUEST, {"request_id": "x"})
 
 
