@@ -4,7 +4,7 @@ Handlers take the parsed ``argparse.Namespace`` and, optionally, the project
 ``Settings`` (``pricing.cli`` passes them): when given, live mode takes its Kafka
 client config and topic names from them (``--bootstrap`` still wins) and evaluate
 writes under their ``state_dir``. Without settings, the defaults are the local
-broker 127.0.0.1:9092, the standard topic names and ``.pricing/``.
+broker 127.0.0.1:9092, the default topic names of ``pricing.config`` and ``.pricing/``.
 
 Handlers return an exit code and turn expected failures (unknown scenario, broker
 unreachable, bad arguments) into one ``error: ...`` line on stderr, not a traceback:
@@ -149,12 +149,11 @@ def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[di
     from pricing.sim.live import LiveTopics
 
     if settings is None:
-        return {"bootstrap.servers": args.bootstrap or DEFAULT_BOOTSTRAP}, LiveTopics()
+        return {"bootstrap.servers": args.bootstrap or DEFAULT_BOOTSTRAP}, LiveTopics.of()
     conf: dict[str, Any] = dict(settings.kafka.client_config())
     if args.bootstrap:
         conf["bootstrap.servers"] = args.bootstrap
-    t = settings.kafka.topics
-    return conf, LiveTopics(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name)
+    return conf, LiveTopics.of(settings.kafka.topics)
 
 
 def _cmd_live(args: argparse.Namespace, settings: Settings | None) -> int:

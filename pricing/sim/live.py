@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Protocol, TextIO
 
 import numpy as np
 
+from pricing.config import TopicsSettings
 from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_LIVE, MarketState, build_market, sample_products
 from pricing.sim.scenario import Scenario
@@ -54,12 +55,18 @@ class LiveError(RuntimeError):
 
 @dataclass(frozen=True)
 class LiveTopics:
-    """Topic names the simulator writes to and reads from."""
+    """Topic names the simulator writes to and reads from; ``LiveTopics.of`` takes them from the settings."""
 
-    behaviour: str = "behaviour-events"
-    market: str = "market-events"
-    requests: str = "price-requests"
-    priced: str = "priced-events"
+    behaviour: str
+    market: str
+    requests: str
+    priced: str
+
+    @classmethod
+    def of(cls, topics: TopicsSettings | None = None) -> "LiveTopics":
+        """The names in ``topics`` (``settings.kafka.topics``); without it, the project's default names."""
+        t = topics if topics is not None else TopicsSettings()
+        return cls(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name)
 
 
 class ProducerLike(Protocol):
@@ -302,7 +309,9 @@ class LiveSimulator:
     """Paced producer of simulated traffic with an optional closed loop on the engine's answers.
 
     ``kafka_config`` is a confluent-kafka config (at least ``bootstrap.servers``);
-    producer and consumer settings the loop needs are added to it. Call ``run()``
+    producer and consumer settings the loop needs are added to it. ``topics`` are the
+    settings' topics (``settings.kafka.topics``) or ``LiveTopics``; by default the
+    project's default names. Call ``run()``
     once; ``stop()`` (from another thread or a signal handler) ends the paced window early.
     """
 
@@ -311,7 +320,7 @@ class LiveSimulator:
         scenario: Scenario,
         *,
         kafka_config: Mapping[str, Any],
-        topics: LiveTopics = LiveTopics(),
+        topics: LiveTopics | TopicsSettings | None = None,
         rate: float,
         duration_s: float,
         closed_loop: bool = True,
@@ -336,7 +345,7 @@ class LiveSimulator:
             raise ValueError("market_share must lie in [0, 1)")
         self.scenario = scenario
         self.kafka_config = dict(kafka_config)
-        self.topics = topics
+        self.topics = topics if isinstance(topics, LiveTopics) else LiveTopics.of(topics)
         self.rate = float(rate)
         self.duration_s = float(duration_s)
         self.closed_loop = closed_loop

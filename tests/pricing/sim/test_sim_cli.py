@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pricing.config import load_settings
+from pricing.config import TopicsSettings, load_settings
 from pricing.sim.cli import _live_kafka, register
 from pricing.sim.live import LiveTopics
 
@@ -21,7 +21,11 @@ def test_register_adds_the_commands_with_their_defaults(parser: argparse.Argumen
     live = parser.parse_args(["simulate", "live"])
     assert (live.rate, live.duration, live.no_loop, live.answer_timeout, live.scenario) == (
         100.0, 60.0, False, 30.0, "default")  # fmt: skip
-    assert _live_kafka(live, None) == ({"bootstrap.servers": "127.0.0.1:9092"}, LiveTopics())
+    conf, topics = _live_kafka(live, None)
+    assert conf == {"bootstrap.servers": "127.0.0.1:9092"}
+    defaults = TopicsSettings()
+    assert topics == LiveTopics(behaviour=defaults.behaviour.name, market=defaults.market.name,
+                                requests=defaults.requests.name, priced=defaults.priced.name)  # fmt: skip
     hist = parser.parse_args(["simulate", "history", "--days", "3", "--out", "x", "--scenario", "price-war", "--seed", "5"])
     assert (hist.days, hist.out, hist.scenario, hist.seed) == (3, Path("x"), "price-war", 5)
     ev = parser.parse_args(["evaluate", "--scenario", "high-sensitivity"])
@@ -70,7 +74,7 @@ def test_handlers_accept_the_project_settings(parser: argparse.ArgumentParser, t
     live = parser.parse_args(["simulate", "live"])
     conf, topics = _live_kafka(live, settings)
     assert conf["bootstrap.servers"] == "10.0.0.1:9093" and topics.priced == "answers"
-    assert topics.requests == "price-requests"
+    assert topics.requests == settings.kafka.topics.requests.name
     live = parser.parse_args(["simulate", "live", "--bootstrap", "h:1"])
     assert _live_kafka(live, settings)[0]["bootstrap.servers"] == "h:1"
     ev = parser.parse_args(["evaluate", "--users", "300", "--products", "20", "--days", "1"])

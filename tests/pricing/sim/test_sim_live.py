@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from pricing.config import Topic, TopicsSettings
 from pricing.sim.live import LiveError, LiveSimulator, LiveTopics
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario, get_scenario
 from pricing_udfs.serde import Contract, decode, encode
 
-TOPICS = LiveTopics()
+TOPICS = LiveTopics.of()
 CONTRACTS = {TOPICS.behaviour: Contract.BEHAVIOUR_EVENT, TOPICS.market: Contract.MARKET_EVENT,
              TOPICS.requests: Contract.PRICE_REQUEST, TOPICS.priced: Contract.PRICED_EVENT}  # fmt: skip
 START_MS = 1_767_225_600_000
@@ -244,10 +245,19 @@ def test_slower_producer_reports_the_rate_it_really_achieved(scenario: Scenario)
     assert report.paced_events == pytest.approx(report.achieved_rate * report.window_s)
 
 
+def test_topic_names_come_from_the_settings(scenario: Scenario) -> None:
+    topics = TopicsSettings(market=Topic(name="m-x"), requests=Topic(name="r-x"), behaviour=Topic(name="b-x"),
+                            priced=Topic(name="p-x"))  # fmt: skip
+    sim = LiveSimulator(scenario, kafka_config={}, topics=topics, rate=1, duration_s=1)
+    assert sim.topics == LiveTopics(behaviour="b-x", market="m-x", requests="r-x", priced="p-x")
+    assert LiveSimulator(scenario, kafka_config={}, rate=1, duration_s=1).topics == LiveTopics.of(TopicsSettings())
+    assert LiveTopics.of(TopicsSettings()).priced == TopicsSettings().priced.name
+
+
 def test_missing_topic_and_unreachable_broker_are_one_line_errors(scenario: Scenario) -> None:
     cluster, clock = FakeCluster(), FakeClock()
     del cluster.log[TOPICS.priced]
-    with pytest.raises(LiveError, match="priced-events not found on fake:9092"):
+    with pytest.raises(LiveError, match=f"{TOPICS.priced} not found on fake:9092"):
         _simulator(scenario, cluster, clock).run()
 
     class DownProducer(FakeProducer):
