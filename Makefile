@@ -30,8 +30,12 @@ $(PY_STAMP): $(BIN)/python pyproject.toml requirements.lock
 
 jars: $(JAR_STAMP)
 
-$(JAR_STAMP): deploy/jvm/pom.xml $(shell find deploy/jvm/src -name '*.java') $(PY_STAMP)
+# Maven's tests also check the wire format against Java Avro (deploy/jvm/src/test/java/pricing/interop):
+# the Python side's vectors are written first, so the rule reruns when serde or a schema changes.
+$(JAR_STAMP): deploy/jvm/pom.xml $(shell find deploy/jvm/src -name '*.java') $(PY_STAMP) \
+		pricing_udfs/serde.py tests/pricing_udfs/avro_interop.py $(wildcard schemas/*.avsc schemas/history/*/*.avsc)
 	@echo "fetching JVM jars from Maven Central ..."
+	$(BIN)/python -m tests.pricing_udfs.avro_interop write $(STATE)/interop
 	$(BIN)/pricing jars fetch
 	@touch $@
 
