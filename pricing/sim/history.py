@@ -27,16 +27,15 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_HISTORICAL_POLICY, STREAM_LATENESS, MarketState, build_market, rng_for
 from pricing.sim.policies import HistoricalPolicy
 from pricing.sim.scenario import Scenario
-from pricing.sim.world import CHANNELS, MARKET_KINDS, World, build_world, replay
-from pricing_udfs.serde import Contract, write_container
+from pricing.sim.world import CHANNELS, KIND_INVENTORY, MARKET_KINDS, World, build_world, replay
+from pricing_udfs.serde import Contract, enum_symbols, money_kinds, write_container
 
 FILES = {
     Contract.BEHAVIOUR_EVENT: "behaviour_events.avro",
     Contract.MARKET_EVENT: "market_events.avro",
     Contract.PRICE_REQUEST: "price_requests.avro",
 }
-BEHAVIOUR_TYPES = ("view", "add_to_cart", "purchase", "review")
-_MONEY_KINDS = {"competitor_price", "list_price", "cost"}
+BEHAVIOUR_TYPES = enum_symbols(Contract.BEHAVIOUR_EVENT, "type")
 _FIELDS = {
     Contract.BEHAVIOUR_EVENT: ("event_id", "user_id", "product_id", "type", "price_seen_minor", "currency", "quantity",
                                "session_id", "event_time"),
@@ -139,7 +138,8 @@ def _assemble(world: World, outcome: Any) -> History:
     cart_t = v.time_ms + v.cart_delay_ms
     buy_t = cart_t + v.purchase_delay_ms
     rows = np.concatenate([view_idx, view_idx[cart], view_idx[bought], view_idx[review]])
-    btype = np.repeat(np.arange(4, dtype=np.int8), [n, int(cart.sum()), int(bought.sum()), int(review.sum())])
+    funnel = np.array([BEHAVIOUR_TYPES.index(t) for t in ("view", "add_to_cart", "purchase", "review")], np.int8)
+    btype = np.repeat(funnel, [n, int(cart.sum()), int(bought.sum()), int(review.sum())])
     btime = np.concatenate([v.time_ms, cart_t[cart], buy_t[bought], (buy_t + v.review_delay_ms)[review]])
     arrival = _arrival(btime, late_rng, sc)
     order = np.lexsort((btype, btime, arrival))
@@ -160,7 +160,7 @@ def _assemble(world: World, outcome: Any) -> History:
     )
 
     ch = world.changes
-    kind = np.concatenate([ch.kind, np.full(outcome.stock_product.size, MARKET_KINDS.index("inventory"))])
+    kind = np.concatenate([ch.kind, np.full(outcome.stock_product.size, KIND_INVENTORY)])
     mtime = np.concatenate([ch.time_ms, outcome.stock_time_ms])
     mprod = np.concatenate([ch.product, outcome.stock_product])
     mcomp = np.concatenate([ch.competitor, np.full(outcome.stock_product.size, -1)])
@@ -170,7 +170,7 @@ def _assemble(world: World, outcome: Any) -> History:
     kind, mtime, mprod, mcomp, mvalue, marrival = (a[order] for a in (kind, mtime, mprod, mcomp, mvalue, marrival))
     kind_names = np.asarray(MARKET_KINDS, dtype=object)[kind]
     comp_names = np.asarray((None, *m.competitor_ids), dtype=object)[mcomp + 1]
-    money = np.isin(kind, [MARKET_KINDS.index(k) for k in _MONEY_KINDS])
+    money = np.isin(kind, [MARKET_KINDS.index(k) for k in money_kinds()])
     market_events = pd.DataFrame(
         {
             "product_id": m.product_ids[mprod],

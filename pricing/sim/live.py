@@ -44,9 +44,9 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_LIVE, MarketState, build_market, sample_products
 from pricing.sim.scenario import Scenario
 from pricing.sim.world import CHANNELS
-from pricing_udfs.serde import Contract, decode, encode
+from pricing_udfs.serde import Contract, decode, encode, money_kinds
 
-_MONEY = ("competitor_price", "list_price", "cost")
+_MONEY = money_kinds()
 
 
 class LiveError(RuntimeError):

@@ -29,7 +29,7 @@ BATCH_COLUMNS = (
     "user_index",  # int: 0..n_users-1, for array lookups
     "product_index",  # int: 0..n_products-1
     "category",  # str
-    "channel",  # str: web | app | marketplace | other
+    "channel",  # str: a symbol of the PriceRequest channel enum
     "anchor_price_minor",  # int: this policy's last price for the product before this bucket, 0 if none
 )
 

@@ -13,6 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pricing_udfs.serde import Contract, enum_symbols
+
+_CHANNELS = enum_symbols(Contract.PRICE_REQUEST, "channel")
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -192,9 +196,9 @@ class FunnelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _channels(self) -> "FunnelSpec":
-        unknown = set(self.channels) - {"web", "app", "marketplace", "other"}
+        unknown = set(self.channels) - set(_CHANNELS)
         if unknown or not self.channels or min(self.channels.values()) < 0 or sum(self.channels.values()) <= 0:
-            raise ValueError(f"channels must weigh web/app/marketplace/other non-negatively, got {self.channels}")
+            raise ValueError(f"channels must weigh {'/'.join(_CHANNELS)} non-negatively, got {self.channels}")
         return self
 
 

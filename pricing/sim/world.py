@@ -31,10 +31,13 @@ from pricing.sim.market import (
     rng_for,
     sample_products,
 )
+from pricing_udfs.serde import Contract, enum_symbols
 
-MARKET_KINDS = ("competitor_price", "inventory", "promotion", "list_price", "cost")  # Avro MarketKind order
-KIND_COMPETITOR, KIND_INVENTORY, KIND_PROMOTION, KIND_LIST_PRICE, KIND_COST = range(5)
-CHANNELS = ("web", "app", "marketplace", "other")
+MARKET_KINDS = enum_symbols(Contract.MARKET_EVENT, "kind")  # in Avro order: MarketChanges.kind indexes it
+KIND_COMPETITOR, KIND_INVENTORY, KIND_PROMOTION, KIND_LIST_PRICE, KIND_COST = (
+    MARKET_KINDS.index(k) for k in ("competitor_price", "inventory", "promotion", "list_price", "cost")
+)
+CHANNELS = enum_symbols(Contract.PRICE_REQUEST, "channel")  # in Avro order: Views.channel indexes it
 DAY_MS = 86_400_000
 
 

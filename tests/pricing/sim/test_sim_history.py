@@ -12,7 +12,7 @@ from pricing.sim.cli import register
 from pricing.sim.history import FILES, History, generate_history
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario
-from pricing_udfs.serde import Contract, decode, encode, read_container
+from pricing_udfs.serde import Contract, decode, encode, enum_symbols, money_kinds, read_container
 
 
 def _fit_logit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
@@ -58,11 +58,11 @@ def test_cli_history_files_decode_with_zero_rejects(tmp_path: Path, week_history
 
 def test_events_are_consistent_with_the_contracts(week_history: History) -> None:
     b, m, r = week_history.behaviour, week_history.market_events, week_history.requests
-    assert set(b["type"]) == {"view", "add_to_cart", "purchase", "review"}
+    assert set(b["type"]) == set(enum_symbols(Contract.BEHAVIOUR_EVENT, "type"))  # every type occurs
     assert (b["currency"] == "EUR").all() and (b["price_seen_minor"] > 0).all() and (b["quantity"] == 1).all()
     assert b["event_id"].is_unique and r["request_id"].is_unique
-    assert set(m["kind"]) == {"competitor_price", "inventory", "promotion", "list_price", "cost"}
-    money = m["kind"].isin(["competitor_price", "list_price", "cost"])
+    assert set(m["kind"]) == set(enum_symbols(Contract.MARKET_EVENT, "kind"))  # every kind occurs
+    money = m["kind"].isin(money_kinds())
     assert (m.loc[money, "currency"] == "EUR").all() and (m.loc[~money, "currency"] == "").all()
     assert m.loc[m["kind"] == "competitor_price", "competitor_id"].notna().all()
     assert m.loc[m["kind"] != "competitor_price", "competitor_id"].isna().all()

@@ -15,7 +15,7 @@ from pricing.config import Topic, TopicsSettings
 from pricing.sim.live import LiveError, LiveSimulator, LiveTopics
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario, get_scenario
-from pricing_udfs.serde import Contract, decode, encode
+from pricing_udfs.serde import Contract, decode, encode, money_kinds
 
 TOPICS = LiveTopics.of()
 CONTRACTS = {TOPICS.behaviour: Contract.BEHAVIOUR_EVENT, TOPICS.market: Contract.MARKET_EVENT,
@@ -178,6 +178,7 @@ def test_closed_loop_paces_answers_and_buys_at_the_offered_price(scenario: Scena
     for rows in records.values():
         assert all(r["_ts"] == r["event_time"] and r["_key"] == r["product_id"].encode() for r in rows)
     assert report.produced_by_topic == {t: len(cluster.log[t]) for t in records}
+    assert all((r["currency"] == scenario.currency) == (r["kind"] in money_kinds()) for r in records[TOPICS.market])
 
     # the loop: answered + unanswered = requests; exactly the skipped ones timed out
     assert report.requests == len(records[TOPICS.requests]) == len(engine.answers) + len(engine.skipped)

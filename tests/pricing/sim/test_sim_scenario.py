@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pricing.sim.scenario import SCENARIOS, Span, UnknownScenarioError, get_scenario
+from pricing.sim.scenario import SCENARIOS, FunnelSpec, Span, UnknownScenarioError, get_scenario
+from pricing_udfs.serde import Contract, enum_symbols
 
 
 def test_registry_has_the_named_scenarios_with_descriptions() -> None:
@@ -45,3 +46,10 @@ def test_span_accepts_pairs_and_checks_order() -> None:
     assert Span.model_validate([1, 2]) == Span(low=1, high=2)
     with pytest.raises(ValidationError):
         Span(low=2, high=1)
+
+
+def test_funnel_channels_are_the_price_request_channels() -> None:
+    channels = enum_symbols(Contract.PRICE_REQUEST, "channel")
+    assert set(FunnelSpec(channels={c: 1.0 for c in channels}).channels) == set(channels)
+    with pytest.raises(ValidationError, match="channels must weigh " + "/".join(channels)):
+        FunnelSpec(channels={"tv": 1.0})
