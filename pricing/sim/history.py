@@ -28,7 +28,7 @@ from pricing.sim.market import STREAM_HISTORICAL_POLICY, STREAM_LATENESS, Market
 from pricing.sim.policies import HistoricalPolicy
 from pricing.sim.scenario import Scenario
 from pricing.sim.world import CHANNELS, KIND_INVENTORY, MARKET_KINDS, World, build_world, replay
-from pricing_udfs.serde import Contract, enum_symbols, money_kinds, write_container
+from pricing_udfs.serde import Contract, enum_symbols, money_kinds, published_schema, write_container
 
 FILES = {
     Contract.BEHAVIOUR_EVENT: "behaviour_events.avro",
@@ -36,12 +36,6 @@ FILES = {
     Contract.PRICE_REQUEST: "price_requests.avro",
 }
 BEHAVIOUR_TYPES = enum_symbols(Contract.BEHAVIOUR_EVENT, "type")
-_FIELDS = {
-    Contract.BEHAVIOUR_EVENT: ("event_id", "user_id", "product_id", "type", "price_seen_minor", "currency", "quantity",
-                               "session_id", "event_time"),
-    Contract.MARKET_EVENT: ("product_id", "kind", "competitor_id", "value", "currency", "event_time"),
-    Contract.PRICE_REQUEST: ("request_id", "user_id", "product_id", "channel", "event_time"),
-}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,10 +237,19 @@ def write_history(history: History, out_dir: Path, *, progress: TextIO | None = 
     paths: dict[str, Path] = {}
     for contract, frame in history.frames().items():
         path = out_dir / FILES[contract]
-        write_container(path, contract, _rows(frame, _FIELDS[contract], status=status, label=FILES[contract]))
+        write_container(path, contract, _rows(frame, _fields(contract, frame), status=status, label=FILES[contract]))
         paths[FILES[contract]] = path
     status.clear()
     return paths
+
+
+def _fields(contract: Contract, frame: pd.DataFrame) -> tuple[str, ...]:
+    """The contract's fields (schema order) that ``frame`` has; a field it lacks is written as the schema's default."""
+    fields = published_schema(contract)["fields"]
+    missing = [f["name"] for f in fields if f["name"] not in frame.columns and "default" not in f]
+    if missing:
+        raise ValueError(f"{contract.value}: the frame lacks {missing}, which have no default in the schema")
+    return tuple(f["name"] for f in fields if f["name"] in frame.columns)
 
 
 def _rows(frame: pd.DataFrame, fields: tuple[str, ...], *, status: Progress, label: str) -> Iterator[dict[str, Any]]:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from pricing.sim.cli import register
-from pricing.sim.history import FILES, History, generate_history
+from pricing.sim.history import FILES, History, _fields, generate_history
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario
-from pricing_udfs.serde import Contract, decode, encode, enum_symbols, money_kinds, read_container
+from pricing_udfs.serde import Contract, decode, encode, enum_symbols, money_kinds, published_schema, read_container
 
 
 def _fit_logit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
@@ -51,9 +51,23 @@ def test_cli_history_files_decode_with_zero_rejects(tmp_path: Path, week_history
         rejected = [r for r in records if not decode(contract, encode(contract, r)).ok]
         assert rejected == []
         assert all(isinstance(r["event_time"], int) and r["event_time"] > 0 for r in records)
-    # the files hold exactly the history the function returns (same seed, same content)
-    requests = read_container(tmp_path / "h" / FILES[Contract.PRICE_REQUEST], Contract.PRICE_REQUEST)
-    assert [r["request_id"] for r in requests[:100]] == week_history.requests["request_id"].head(100).tolist()
+        # the files hold exactly the history the function returns (same seed, same content); a field the
+        # frame lacks (behaviour's request_id: history does not link events to requests) is its default, null
+        written, frame = pd.DataFrame(records), week_history.frames()[contract].reset_index(drop=True)
+        fields = [f["name"] for f in published_schema(contract)["fields"]]
+        assert list(written.columns) == fields
+        held = [f for f in fields if f in frame.columns]
+        pd.testing.assert_frame_equal(written[held], frame[held], check_dtype=False)
+        assert written[[f for f in fields if f not in held]].isna().all().all()
+
+
+def test_fields_come_from_the_schema_and_a_missing_one_needs_a_default() -> None:
+    fields = [f["name"] for f in published_schema(Contract.MARKET_EVENT)["fields"]]
+    frame = pd.DataFrame(columns=["arrival_time", *reversed(fields)])
+    assert _fields(Contract.MARKET_EVENT, frame) == tuple(fields)  # schema order, extra columns left out
+    assert _fields(Contract.MARKET_EVENT, frame.drop(columns="competitor_id")) == tuple(f for f in fields if f != "competitor_id")
+    with pytest.raises(ValueError, match=r"market_event: the frame lacks \['value'\]"):
+        _fields(Contract.MARKET_EVENT, frame.drop(columns="value"))
 
 
 def test_events_are_consistent_with_the_contracts(week_history: History) -> None:
