@@ -14,7 +14,7 @@ revenue, profit and conversion, the expected profit the list price would have ma
 on the same requests, and how many requests got no answer within the timeout.
 
 Open loop (``closed_loop=False``): no consumer; shoppers see the historical policy's
-price at once, as in ``pricing simulate history``.
+price at once (``policies.historical_prices``, as in ``pricing simulate history``).
 
 Market dynamics are event-driven here (each market event is one update drawn with
 the scenario's relative rates), since a live run lasts minutes, not days.
@@ -42,6 +42,7 @@ import numpy as np
 from pricing.config import TopicsSettings
 from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_LIVE, MarketState, build_market, sample_products
+from pricing.sim.policies import historical_prices
 from pricing.sim.scenario import Scenario
 from pricing.sim.world import CHANNELS
 from pricing_udfs.serde import Contract, decode, encode, money_kinds
@@ -598,9 +599,10 @@ class LiveSimulator:
                 self._t.requests += 1
             return made
         hp = self.scenario.historical_policy
-        mult = self._rng.uniform(hp.multiplier.low, hp.multiplier.high, n)
-        disc = 1 - self._state.promo_bp[products] / 10_000 if hp.apply_promotion_discount else 1.0
-        prices = np.maximum(1, np.rint(self._state.list_price[products] * mult * disc)).astype(np.int64)
+        prices = historical_prices(
+            self._state.list_price[products], self._state.promo_bp[products], multiplier=hp.multiplier,
+            apply_promotion_discount=hp.apply_promotion_discount, rng=self._rng,
+        )  # fmt: skip
         for u, j, c, p in zip(users.tolist(), products.tolist(), channels.tolist(), prices.tolist()):
             self._seq += 1
             rid = f"live-{self.run_id}-r{self._seq}"

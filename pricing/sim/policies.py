@@ -120,8 +120,29 @@ class OraclePolicy:
         )
 
 
+def historical_prices(
+    reference_price: np.ndarray,
+    promotion_bp: np.ndarray,
+    *,
+    multiplier: Span,
+    apply_promotion_discount: bool,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The historical pricing rule, the one place it is written (history logs and open-loop live traffic).
+
+    Reference price x a multiplier drawn uniformly from ``multiplier`` (one draw per row
+    from ``rng``), less the promotion discount (``promotion_bp``) if applied, rounded to
+    whole minor units and at least 1.
+    """
+    m = rng.uniform(multiplier.low, multiplier.high, len(reference_price))
+    price = np.asarray(reference_price) * m
+    if apply_promotion_discount:
+        price = price * (1 - np.asarray(promotion_bp) / 10_000)
+    return np.maximum(1, np.rint(price)).astype(np.int64)
+
+
 class HistoricalPolicy:
-    """How the logged prices were set: reference x uniform random multiplier, minus any promotion.
+    """How the logged prices were set: ``historical_prices`` on each batch.
 
     The randomisation (an A/B-style price test) is what makes elasticity identifiable
     from the logs; the seed makes the logs reproducible.
@@ -136,8 +157,7 @@ class HistoricalPolicy:
         self._rng = np.random.default_rng(seed)
 
     def price(self, batch: pd.DataFrame) -> np.ndarray:
-        m = self._rng.uniform(self.multiplier.low, self.multiplier.high, len(batch))
-        price = batch["reference_price_minor"].to_numpy() * m
-        if self.apply_promotion_discount:
-            price = price * (1 - batch["promotion_bp"].to_numpy() / 10_000)
-        return np.maximum(1, np.rint(price)).astype(np.int64)
+        return historical_prices(
+            batch["reference_price_minor"].to_numpy(), batch["promotion_bp"].to_numpy(), multiplier=self.multiplier,
+            apply_promotion_discount=self.apply_promotion_discount, rng=self._rng,
+        )  # fmt: skip
