@@ -54,7 +54,14 @@ _FUNCTIONS = {
     "windowed_sum": "pricing.features.WindowedSum",
     "windowed_min": "pricing.features.WindowedMin",
     "windowed_distinct": "pricing.features.WindowedDistinct",
+    "windowed_repeats": "pricing.features.WindowedRepeats",
 }
+
+
+def register_window_functions(t_env: TableEnvironment) -> None:
+    """Declare the Java window aggregates of ``pricing-features.jar`` (idempotent)."""
+    for name, java_class in _FUNCTIONS.items():
+        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{java_class}' LANGUAGE JAVA")
 
 
 def _over(partition: str, frame: str) -> str:
@@ -227,8 +234,7 @@ FROM fp_all WHERE src <> 'm' AND user_id <> ''
     missing = set(spec.names) ^ set(expr)
     if missing:
         raise ValueError(f"feature SQL and spec {spec.version} disagree on: {sorted(missing)}")
-    for name, java_class in _FUNCTIONS.items():
-        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {name} AS '{java_class}' LANGUAGE JAVA")
+    register_window_functions(t_env)
     for name, sql in views.items():
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.

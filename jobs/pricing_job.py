@@ -48,8 +48,8 @@ from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, T
 
 from pricing.config import Settings, load_settings
 from pricing.jars import flink_jars, prometheus_reporter_jar
-from jobs.features import declare_feature_views
-from pricing_udfs import udfs
+from jobs.features import declare_feature_views, register_window_functions
+from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.policy import BaselineListPrice, Policy
 from pricing_udfs.serde import Contract
@@ -183,7 +183,9 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
         ("behaviour", topics.behaviour.name, Contract.BEHAVIOUR_EVENT, "decode_behaviour_event"),
     )
     for view, topic, contract, decoder in inputs:
-        t_env.create_temporary_system_function(decoder, udfs.decoder(contract))
+        # Requests keep their bytes: a duplicate is dead-lettered after decoding (see _first_copies).
+        keep_raw = contract is Contract.PRICE_REQUEST
+        t_env.create_temporary_system_function(decoder, udfs.decoder(contract, keep_raw=keep_raw))
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic))
         t_env.execute_sql(_decoded_view(view=view, source=f"{view}_src", decoder=decoder, contract=contract))
     return [view for view, *_ in inputs]
@@ -197,10 +199,14 @@ def build(t_env: TableEnvironment, settings: Settings, *, policy: Policy | None 
     )
     inputs = declare_inputs(t_env, settings)
     t_env.create_temporary_system_function("price_and_encode", udfs.pricer(policy))
-    t_env.create_temporary_system_function("encode_dead_letter", udfs.dead_letter_encoder())
+    t_env.create_temporary_system_function(
+        "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes)
+    )
     t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
     t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))
-    featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
+    copies = _first_copies(t_env, requests="requests", window_ms=settings.job.dedupe_window_ms)
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW first_requests AS SELECT * FROM {copies} WHERE repeats = 0")
+    featured = declare_feature_views(t_env, requests="first_requests", market="market", behaviour="behaviour")
 
     statements = t_env.create_statement_set()
     features = ", ".join(FEATURE_SPEC.names)
@@ -212,11 +218,15 @@ SELECT CAST(request_id AS BYTES),
 FROM {featured}
 """
     )
-    rejected = "\n  UNION ALL\n  ".join(
-        "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts "
-        f"FROM {view} WHERE NOT ok"
-        for view in inputs
-    )
+    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts"
+    rejected = "\n  UNION ALL\n  ".join([*(f"{letter} FROM {view} WHERE NOT ok" for view in inputs), f"""{letter}
+  FROM (SELECT source_topic, source_partition, source_offset, raw_value, ts,
+      -- (a plain literal reaches the Python encoder cut to its first character in Flink 2.2)
+      COALESCE(error_kind, '{serde.ErrorKind.DUPLICATE.value}') AS error_kind,
+      CONCAT('price_request: request_id ', request_id, ' was already requested for product ', product_id,
+             ' within dedupe_window_ms ({settings.job.dedupe_window_ms}) of event time; the first copy is priced')
+        AS error_message
+    FROM {copies} WHERE repeats > 0)"""])
     statements.add_insert_sql(
         f"""
 INSERT INTO dead_letter_sink
@@ -228,6 +238,25 @@ FROM (
 """
     )
     return statements
+
+
+def _first_copies(t_env: TableEnvironment, *, requests: str, window_ms: int) -> str:
+    """The good requests, each with ``repeats``: how often its request_id was already requested for
+    the same product within ``window_ms`` of event time before it (0: the first copy).
+
+    A ``ROWS`` frame gives every row its own answer in event-time order (ties: arrival order),
+    and the window function keeps only the window's ids, so the state per product stays bounded.
+    Like the feature windows it emits once the watermark passes, so it adds no waiting.
+    """
+    register_window_functions(t_env)
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW request_copies AS
+SELECT *,
+  windowed_repeats(event_time, request_id, CAST({window_ms} AS BIGINT)) OVER (
+    PARTITION BY product_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS repeats
+FROM {requests} WHERE ok
+""")
+    return "request_copies"
 
 
 def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True) -> TableResult:

@@ -208,6 +208,9 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms=0",
             "transaction.max.timeout.ms=900000",
             "auto.create.topics.enable=false",
+            # Kafka's default, stated: the largest record batch the broker takes (about 1 MiB of value).
+            # Producers default to max.request.size 1 MiB; dead letters stay far below it (job.dead_letter_max_raw_bytes).
+            "message.max.bytes=1048588",
             # Simulated histories carry old event times; time-based retention would delete them at once.
             "log.retention.ms=-1",
             "",

@@ -148,6 +148,19 @@ class JobSettings(_Section):
         pattern=r"^\d{1,5}(-\d{1,5})?$",
         description="serve Flink metrics for Prometheus on this port or range (9249 or 9249-9259); None: no reporter",
     )
+    dead_letter_max_raw_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        le=524_288,
+        description="a dead letter carries at most this many bytes of the bad record (plus its size and SHA-256), "
+        "so it always fits the topic's 1 MiB record limit whatever the input",
+    )
+    dedupe_window_ms: int = Field(
+        default=3_600_000,
+        ge=1,
+        description="a request whose request_id was already seen for the same product within this much event time "
+        "is dead-lettered as a duplicate instead of priced again",
+    )
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
 

@@ -48,17 +48,6 @@ class Contract(str, Enum):
     DEAD_LETTER = "dead_letter"
 
 
-class ErrorKind(str, Enum):
-    """Mirrors the ``ErrorKind`` enum of ``dead_letter.avsc``."""
-
-    BAD_FRAMING = "bad_framing"
-    UNKNOWN_SCHEMA = "unknown_schema"
-    BAD_PAYLOAD = "bad_payload"
-    INVALID_VALUE = "invalid_value"
-    LATE = "late"
-    OTHER = "other"
-
-
 @dataclass(frozen=True, slots=True)
 class Ok:
     record: dict[str, Any]
@@ -164,6 +153,13 @@ def _strip_logical_types(node: Any) -> Any:
     if isinstance(node, list):
         return [_strip_logical_types(v) for v in node]
     return node
+
+
+# The error kinds of dead letters, from the ``ErrorKind`` enum of ``dead_letter.avsc``
+# (``ErrorKind.LATE.value == "late"``).
+ErrorKind = Enum(  # type: ignore[misc]
+    "ErrorKind", {symbol.upper(): symbol for symbol in _current(Contract.DEAD_LETTER).enums["error_kind"][0]}, type=str
+)
 
 
 def published_schema(contract: Contract) -> dict[str, Any]:

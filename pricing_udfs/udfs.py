@@ -10,6 +10,7 @@ message instead of raising, and the job routes those rows to the dead-letter top
 
 from __future__ import annotations
 
+import hashlib
 import time
 from functools import cache
 from typing import Any
@@ -28,7 +29,9 @@ _STATUS = [
     DataTypes.FIELD("ok", DataTypes.BOOLEAN()),
     DataTypes.FIELD("error_kind", DataTypes.STRING()),
     DataTypes.FIELD("error_message", DataTypes.STRING()),
-    # Set on rejected rows only, so the dead-letter branch needs nothing else from the source.
+    # Where the record came from, and its bytes when a dead letter may need them (rejected
+    # rows, and every row of a decoder with ``keep_raw``), so the dead-letter branches need
+    # nothing else from the source.
     DataTypes.FIELD("source_topic", DataTypes.STRING()),
     DataTypes.FIELD("source_partition", DataTypes.INT()),
     DataTypes.FIELD("source_offset", DataTypes.BIGINT()),
@@ -73,6 +76,7 @@ def decode_batch(
     offsets: pd.Series,
     timestamps: pd.Series,
     watermarks: pd.Series | None = None,
+    keep_raw: bool = False,
 ) -> pd.DataFrame:
     """Decode a batch of framed records into columns; rejects become ok=False rows.
 
@@ -112,12 +116,12 @@ def decode_batch(
         else:
             kinds[i] = result.kind.value
             messages[i] = result.message
-    rejected = ~ok
     out = pd.DataFrame({"ok": ok, "error_kind": kinds, "error_message": messages})
-    out["source_topic"] = pd.Series(np.where(rejected, topics.to_numpy(dtype=object), None), dtype=object)
-    out["source_partition"] = pd.Series(np.where(rejected, partitions.to_numpy(dtype=object), None), dtype=object)
-    out["source_offset"] = pd.Series(np.where(rejected, offsets.to_numpy(dtype=object), None), dtype=object)
-    out["raw_value"] = pd.Series(np.where(rejected, values.to_numpy(dtype=object), None), dtype=object)
+    out["source_topic"] = pd.Series(topics.to_numpy(dtype=object), dtype=object)
+    out["source_partition"] = pd.Series(partitions.to_numpy(dtype=object), dtype=object)
+    out["source_offset"] = pd.Series(offsets.to_numpy(dtype=object), dtype=object)
+    raw = values.to_numpy(dtype=object)
+    out["raw_value"] = pd.Series(raw if keep_raw else np.where(ok, None, raw), dtype=object)
     for n in names:
         out[n] = pd.Series(cols[n], dtype=object)  # object keeps nulls as None for Arrow
     return out
@@ -141,8 +145,9 @@ def _epoch_millis(timestamps: pd.Series, *, missing: int | None = None) -> np.nd
 
 
 class _Decode(ScalarFunction):
-    def __init__(self, contract: Contract) -> None:
+    def __init__(self, contract: Contract, keep_raw: bool) -> None:
         self._contract = contract
+        self._keep_raw = keep_raw
         self._late: Any = None
         self._rejected: Any = None
 
@@ -162,7 +167,7 @@ class _Decode(ScalarFunction):
     ) -> pd.DataFrame:
         out = decode_batch(
             self._contract, values, topics=topics, partitions=partitions, offsets=offsets,
-            timestamps=timestamps, watermarks=watermarks,
+            timestamps=timestamps, watermarks=watermarks, keep_raw=self._keep_raw,
         )
         if self._late is not None:
             self._late.inc(int((out["error_kind"] == serde.ErrorKind.LATE.value).sum()))
@@ -170,9 +175,12 @@ class _Decode(ScalarFunction):
         return out
 
 
-def decoder(contract: Contract) -> Any:
-    """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``."""
-    return udf(_Decode(contract), result_type=decoded_type(contract), func_type="pandas")
+def decoder(contract: Contract, *, keep_raw: bool = False) -> Any:
+    """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``.
+
+    ``keep_raw`` keeps the bytes of good rows too (price requests: a later duplicate check may dead-letter them).
+    """
+    return udf(_Decode(contract, keep_raw), result_type=decoded_type(contract), func_type="pandas")
 
 
 _REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_currency")
@@ -240,6 +248,9 @@ def pricer(policy: Policy, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
 
 
 class _EncodeDeadLetter(ScalarFunction):
+    def __init__(self, max_raw_bytes: int) -> None:
+        self._max_raw_bytes = max_raw_bytes
+
     def eval(
         self,
         topic: pd.Series,
@@ -250,30 +261,47 @@ class _EncodeDeadLetter(ScalarFunction):
         message: pd.Series,
         record_time: pd.Series,
     ) -> pd.Series:
-        now = int(time.time() * 1000)
-        record_ms = _epoch_millis(record_time)
-        kinds = {k.value for k in serde.ErrorKind}
-        return pd.Series(
-            [
-                serde.encode(
-                    Contract.DEAD_LETTER,
-                    {
-                        "source_topic": t,
-                        "partition": int(p),
-                        "offset": int(o),
-                        "record_time": int(rt),
-                        "raw": bytes(r) if r is not None else b"",
-                        "error_kind": k if k in kinds else "other",
-                        "error_message": m or "",
-                        "time": now,
-                    },
-                )
-                for t, p, o, r, k, m, rt in zip(topic, partition, offset, raw, kind, message, record_ms)
-            ],
-            dtype=object,
+        return encode_dead_letters(
+            topic, partition, offset, raw, kind, message, _epoch_millis(record_time),
+            max_raw_bytes=self._max_raw_bytes, now_ms=int(time.time() * 1000),
         )
 
 
-def dead_letter_encoder() -> Any:
+def encode_dead_letters(
+    topic: Any, partition: Any, offset: Any, raw: Any, kind: Any, message: Any, record_ms: Any,
+    *, max_raw_bytes: int, now_ms: int,
+) -> pd.Series:
+    """Framed DeadLetters whose size does not depend on the input: at most ``max_raw_bytes`` of
+    the bad value (with its whole size and SHA-256) and a clipped message, so that no input can
+    make the dead-letter sink fail with a record too large for the topic."""
+    kinds = {k.value for k in serde.ErrorKind}
+    out = []
+    for t, p, o, r, k, m, rt in zip(topic, partition, offset, raw, kind, message, record_ms):
+        value = bytes(r) if r is not None else b""
+        out.append(
+            serde.encode(
+                Contract.DEAD_LETTER,
+                {
+                    "source_topic": t,
+                    "partition": int(p),
+                    "offset": int(o),
+                    "record_time": int(rt),
+                    "raw": value[:max_raw_bytes],
+                    "error_kind": k if k in kinds else serde.ErrorKind.OTHER.value,
+                    "error_message": (m or "")[:MAX_ERROR_MESSAGE_CHARS],
+                    "time": now_ms,
+                    "raw_size": len(value),
+                    "raw_sha256": hashlib.sha256(value).hexdigest(),
+                    "raw_truncated": len(value) > max_raw_bytes,
+                },
+            )
+        )
+    return pd.Series(out, dtype=object)
+
+
+MAX_ERROR_MESSAGE_CHARS = 2_000
+
+
+def dead_letter_encoder(*, max_raw_bytes: int) -> Any:
     """A pandas UDF ``(topic, partition, offset, raw, kind, message, record_time) -> framed DeadLetter``."""
-    return udf(_EncodeDeadLetter(), result_type=DataTypes.BYTES(), func_type="pandas")
+    return udf(_EncodeDeadLetter(max_raw_bytes), result_type=DataTypes.BYTES(), func_type="pandas")

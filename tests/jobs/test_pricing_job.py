@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 
@@ -53,18 +54,40 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
         rec = {"request_id": f"r{i}", "user_id": f"u{rng.randrange(50)}", "product_id": f"p{i % N_PRODUCTS}",
                "channel": rng.choice(["web", "app"]), "event_time": ts}
         requests[rec["request_id"]] = rec
-        producer.produce(topics.requests.name, serde.encode(Contract.PRICE_REQUEST, rec), key=rec["product_id"].encode(), timestamp=ts)
+    # Retried requests, each sent after the request whose event time it follows (an older one
+    # would be late): r5's bytes again, and r7's request_id again 30 s of event time later.
+    retries = {"r5": requests["r5"], "r36": requests["r7"] | {"event_time": requests["r7"]["event_time"] + 30_000}}
+    for rid, rec in requests.items():
+        for r in (rec, retries.get(rid)):
+            if r is not None:
+                producer.produce(topics.requests.name, serde.encode(Contract.PRICE_REQUEST, r), key=r["product_id"].encode(),
+                                 timestamp=r["event_time"])
     good = serde.encode(Contract.PRICE_REQUEST, {"request_id": "x", "user_id": "u", "product_id": "p1", "channel": "web", "event_time": t0})
+    # The largest value the broker takes (message.max.bytes minus the batch overhead): a dead
+    # letter wrapping it whole would not fit the dead-letter topic.
+    huge = bytes(random.Random(3).getrandbits(8) for _ in range(1_048_450))
     malformed = {
         "bad_framing": (topics.requests.name, b"{\"request_id\": \"json?\"}", t0 + 5),
         "unknown_schema": (topics.requests.name, serde.MAGIC + b"\x01" * 8 + good[10:], t0 + 6),
         "bad_payload": (topics.requests.name, good[:-4], t0 + 7),
         "invalid_value": (topics.requests.name, good, t0 + 8),  # payload time != record timestamp
         "market_bad_payload": (topics.market.name, _market_header() + b"\xff\xff", t0 + 9),
+        "huge_bad_framing": (topics.requests.name, huge, t0 + 150_000),
     }
+    big = Producer(settings.kafka.client_config() | {"message.max.bytes": 4_000_000})
     for topic, value, ts in malformed.values():
-        producer.produce(topic, value, timestamp=ts)
-    producer.flush()
+        big.produce(topic, value, key=b"p5" if topic == topics.requests.name else None, timestamp=ts)
+    # (sent above, in their place; checked with the others below)
+    malformed |= {
+        "duplicate": (topics.requests.name, serde.encode(Contract.PRICE_REQUEST, retries["r5"]), retries["r5"]["event_time"]),
+        "duplicate_later": (topics.requests.name, serde.encode(Contract.PRICE_REQUEST, retries["r36"]), retries["r36"]["event_time"]),
+    }
+    assert big.flush(30) == 0
+    # Beyond the broker's limit a record never reaches the topic: the producer is told.
+    refused: list = []
+    big.produce(topics.requests.name, huge + b"x" * 200, timestamp=t0 + 150_001, on_delivery=lambda e, m: refused.append(e))
+    big.flush(30)
+    assert refused and refused[0] is not None and refused[0].name() == "MSG_SIZE_TOO_LARGE", refused
 
     pricing_job.run(settings, wait=True)  # bounded: returns after the final checkpoint commits
 
@@ -92,9 +115,13 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
 
     letters = [serde.decode(Contract.DEAD_LETTER, m.value()) for m in dead]
     assert all(d.ok for d in letters)
-    by_raw = {(d.record["source_topic"], bytes(d.record["raw"])): d.record for d in letters}
-    assert len(letters) == len(malformed) == len(by_raw), "each bad record must appear exactly once"
+    by_digest = {(d.record["source_topic"], d.record["raw_sha256"]): d.record for d in letters}
+    assert len(letters) == len(malformed) == len(by_digest), "each bad record must appear exactly once"
     for name, (topic, value, ts) in malformed.items():
-        letter = by_raw[(topic, value)]
-        assert letter["error_kind"] == name.removeprefix("market_"), letter
+        letter = by_digest[(topic, hashlib.sha256(value).hexdigest())]
+        kind = {"market_bad_payload": "bad_payload", "duplicate_later": "duplicate", "huge_bad_framing": "bad_framing"}.get(name, name)
+        assert letter["error_kind"] == kind, (letter["error_kind"], letter["error_message"], name)
         assert letter["record_time"] == ts and letter["error_message"]
+        keep = settings.job.dead_letter_max_raw_bytes
+        assert (bytes(letter["raw"]), letter["raw_size"], letter["raw_truncated"]) == (value[:keep], len(value), len(value) > keep)
+    assert by_digest[(topics.requests.name, hashlib.sha256(huge).hexdigest())]["raw_truncated"]

@@ -48,7 +48,7 @@ SAMPLES = {
     },
     Contract.DEAD_LETTER: {
         "source_topic": "t", "partition": 3, "offset": 99, "record_time": T, "raw": b"\x00\xff", "error_kind": "bad_payload",
-        "error_message": "boom", "time": T,
+        "error_message": "boom", "time": T, "raw_size": 2, "raw_sha256": "ab" * 32, "raw_truncated": False,
     },
 }
 

@@ -81,3 +81,23 @@ def test_late_rows_are_rejected_with_their_bytes() -> None:
     assert out["ok"].tolist() == [True, False, True]
     assert out.loc[1, "error_kind"] == "late" and out.loc[1, "raw_value"] == values[1]
     assert "4000 ms behind the watermark" in out.loc[1, "error_message"]
+
+
+def test_a_dead_letter_carries_a_capped_prefix_with_the_whole_size_and_digest() -> None:
+    import hashlib
+
+    huge = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than any Kafka record may hold
+    small = b"\x00junk"
+    encoded = udfs.encode_dead_letters(
+        ["t", "t"], [0, 1], [5, 6], [huge, small], ["bad_framing", "made-up-kind"], ["x" * 10_000, None],
+        [T, T], max_raw_bytes=1_000, now_ms=T + 1,
+    )
+    big, little = (serde.decode(Contract.DEAD_LETTER, b).record for b in encoded)
+    assert len(encoded[0]) < 1_000 + 3_000  # the prefix, a clipped message and a few fixed fields
+    assert (big["raw"], big["raw_size"], big["raw_truncated"]) == (huge[:1_000], len(huge), True)
+    assert big["raw_sha256"] == hashlib.sha256(huge).hexdigest()
+    assert len(big["error_message"]) == udfs.MAX_ERROR_MESSAGE_CHARS
+    assert (little["raw"], little["raw_size"], little["raw_truncated"]) == (small, len(small), False)
+    assert little["raw_sha256"] == hashlib.sha256(small).hexdigest()
+    assert little["error_kind"] == "other" and little["error_message"] == ""
+    assert (little["partition"], little["offset"], little["record_time"], little["time"]) == (1, 6, T, T + 1)

@@ -21,6 +21,19 @@ public class WindowedDistinct extends AggregateFunction<Long, WindowedDistinct.A
         public TimeDeque times = new TimeDeque();
         public ArrayDeque<String> keys = new ArrayDeque<>();
         public HashMap<String, Integer> counts = new HashMap<>();
+
+        void add(long eventTime, String key) {
+            times.addLast(eventTime);
+            keys.addLast(key);
+            counts.merge(key, 1, Integer::sum);
+        }
+
+        /** Drops the entries older than {@code from}. */
+        void evictBefore(long from) {
+            for (int n = times.removeBefore(from); n > 0; n--) {
+                counts.compute(keys.removeFirst(), (k, c) -> c == 1 ? null : c - 1);
+            }
+        }
     }
 
     @Override
@@ -33,13 +46,9 @@ public class WindowedDistinct extends AggregateFunction<Long, WindowedDistinct.A
             return;
         }
         if (key != null) {
-            acc.times.addLast(eventTime);
-            acc.keys.addLast(key);
-            acc.counts.merge(key, 1, Integer::sum);
+            acc.add(eventTime, key);
         }
-        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
-            acc.counts.compute(acc.keys.removeFirst(), (k, c) -> c == 1 ? null : c - 1);
-        }
+        acc.evictBefore(eventTime - windowMs);
     }
 
     @Override

@@ -143,6 +143,27 @@ class WindowFunctionsTest {
     }
 
     @Test
+    void repeatsCountTheEarlierCopiesOfTheRowsKeyInTheWindow() {
+        replayEverySeed(() -> {
+            WindowedRepeats f = new WindowedRepeats();
+            WindowedRepeats.Acc acc = f.createAccumulator();
+            return (rows, i, where) -> {
+                Row r = rows.get(i);
+                String key = r.value == null ? null : "r" + (r.value % 7);
+                f.accumulate(acc, r.time, key, W);
+                long expected = 0;
+                for (int j = 0; j < i && key != null; j++) {
+                    Row e = rows.get(j);
+                    if (e.value != null && e.value % 7 == r.value % 7 && e.time >= r.time - W) {
+                        expected++;
+                    }
+                }
+                assertEquals(expected, f.getValue(acc), where);
+            };
+        });
+    }
+
+    @Test
     void theWindowIncludesItsLowerEdgeAndNothingBefore() {
         WindowedCount f = new WindowedCount();
         TimeDeque acc = f.createAccumulator();
