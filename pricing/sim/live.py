@@ -16,8 +16,9 @@ on the same requests, and how many requests got no answer within the timeout.
 Open loop (``closed_loop=False``): no consumer; shoppers see the historical policy's
 price at once (``policies.historical_prices``, as in ``pricing simulate history``).
 
-Market dynamics are event-driven here (each market event is one update drawn with
-the scenario's relative rates), since a live run lasts minutes, not days.
+Market dynamics are the world's model (``world.Dynamics``), moved one event at a time
+(each market change is one update whose kind is drawn with the model's daily rates
+as weights), since a live run lasts minutes, not days.
 
 Late events: a share of the paced window's behaviour and market events is *produced*
 late (held back, then sent with their original event_time), so consumers see them out
@@ -44,7 +45,7 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_LIVE, MarketState, build_market, sample_products
 from pricing.sim.policies import historical_prices
 from pricing.sim.scenario import Scenario
-from pricing.sim.world import CHANNELS
+from pricing.sim.world import CHANNELS, Dynamics
 from pricing_udfs.serde import Contract, decode, encode, money_kinds
 
 _MONEY = money_kinds()
@@ -199,17 +200,17 @@ class _Totals:
 
 
 class _LiveMarket:
-    """Mutable market state for a live run, moved one event at a time with the scenario's dynamics."""
+    """Mutable market state for a live run: the world's ``Dynamics``, moved one event at a time."""
 
     def __init__(self, market: MarketState, rng: np.random.Generator) -> None:
         sc = market.scenario
         self.m = market
+        self.model = model = Dynamics(market)
         self.rng = rng
         self.list_price = market.list_price_minor.astype(np.int64).copy()
         self.cost = market.unit_cost_minor.astype(np.int64).copy()
-        self.exists = np.isfinite(market.competitor_ratio)
-        ratio = np.nan_to_num(market.competitor_ratio, nan=1.0)
-        self.level = np.log(market.list_price_minor[:, None] * ratio)
+        self.exists = model.exists
+        self.level = model.initial_log_price()
         self.log_price = self.level.copy()
         self.war_left = np.zeros(market.n_products, np.int64)
         self.war_factor = np.ones(market.n_products)
@@ -217,32 +218,21 @@ class _LiveMarket:
         self.stock = market.capacity.astype(np.int64).copy()
         self.with_comp = np.flatnonzero(market.n_competitors > 0)
         c = sc.competitors
-        n = market.n_products
-        daily = np.array(
-            [
-                market.n_competitors.sum() * c.updates_per_day,
-                n * sc.promotions.starts_per_day * 2,
-                n * sc.catalogue.list_price_changes_per_day,
-                n * sc.catalogue.cost_changes_per_day,
-                (1.0 / market.restock_period_days).sum(),
-            ]
-        )
-        if self.with_comp.size == 0:
-            daily[0] = 0.0
-        self.kind_p = daily / daily.sum() if daily.sum() > 0 else np.array([0, 0, 0, 0, 1.0])
+        rates = model.daily_rates()
+        self.kinds = tuple(rates)
+        daily = np.array(list(rates.values()))
+        self.kind_p = daily / daily.sum() if daily.sum() > 0 else np.array([k == "inventory" for k in self.kinds], float)
         mean_comp = max(market.n_competitors[self.with_comp].mean(), 1.0) if self.with_comp.size else 1.0
         self.p_war = min(1.0, c.price_war_per_day / (mean_comp * c.updates_per_day))
         self.p_shift = min(1.0, c.step_changes_per_day / c.updates_per_day)
-        self.reversion = min(1.0, c.mean_reversion_daily / c.updates_per_day)
-        self.update_sd = c.volatility_daily / np.sqrt(c.updates_per_day)
 
     def competitor_prices(self, j: int) -> list[tuple[int, int]]:
         comps = np.flatnonzero(self.exists[j])
-        prices = np.maximum(1, np.rint(np.exp(self.log_price[j, comps]) * self.war_factor[j])).astype(np.int64)
+        prices = self.model.competitor_prices(self.log_price[j, comps], self.war_factor[j]).astype(np.int64)
         return list(zip(comps.tolist(), prices.tolist()))
 
     def competitor_min(self, products: np.ndarray) -> np.ndarray:
-        prices = np.maximum(1, np.rint(np.exp(self.log_price[products]) * self.war_factor[products, None]))
+        prices = self.model.competitor_prices(self.log_price[products], self.war_factor[products, None])
         low = np.where(self.exists[products], prices, np.inf).min(axis=1)
         return np.where(np.isfinite(low), low, 0).astype(np.int64)
 
@@ -258,42 +248,39 @@ class _LiveMarket:
         return out
 
     def step(self) -> list[tuple[int, str, int, int]]:
-        """One market change drawn with the scenario's relative rates; may yield several events (a price war)."""
+        """One market change drawn with the model's daily rates as weights; may yield several events (a price war)."""
         sc = self.m.scenario
         rng = self.rng
-        kind = int(rng.choice(5, p=self.kind_p))
-        if kind == 0:
+        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))]
+        if kind == "competitor_price":
             j = int(rng.choice(self.with_comp))
             if self.war_left[j] > 0:
                 self.war_left[j] -= 1
                 if self.war_left[j] == 0:
                     self.war_factor[j] = 1.0
-                    return [(j, "competitor_price", c, p) for c, p in self.competitor_prices(j)]
+                    return [(j, kind, c, p) for c, p in self.competitor_prices(j)]
             elif rng.random() < self.p_war:
                 c = sc.competitors
-                self.war_factor[j] = 1 - rng.uniform(c.price_war_depth.low, c.price_war_depth.high)
+                self.war_factor[j] = self.model.war_factor(rng)
                 days = rng.uniform(c.price_war_duration_hours.low, c.price_war_duration_hours.high) / 24
                 self.war_left[j] = max(1, int(round(days * c.updates_per_day * self.m.n_competitors[j])))
-                return [(j, "competitor_price", c_, p) for c_, p in self.competitor_prices(j)]
+                return [(j, kind, c_, p) for c_, p in self.competitor_prices(j)]
             comp = int(rng.choice(np.flatnonzero(self.exists[j])))
             if rng.random() < self.p_shift:
                 self.level[j, comp] += rng.normal(0, sc.competitors.step_change_sd)
-            x = self.log_price[j, comp]
-            self.log_price[j, comp] = x + self.reversion * (self.level[j, comp] - x) + rng.normal(0, self.update_sd)
-            return [(j, "competitor_price", c, p) for c, p in self.competitor_prices(j) if c == comp]
+            noise = rng.normal(0, self.model.update_sd)
+            self.log_price[j, comp] = self.model.revert(self.log_price[j, comp], self.level[j, comp], noise)
+            return [(j, kind, c, p) for c, p in self.competitor_prices(j) if c == comp]
         j = int(rng.integers(self.m.n_products))
-        if kind == 1:
-            p = sc.promotions
-            self.promo_bp[j] = 0 if self.promo_bp[j] else int(round(rng.uniform(p.depth_bp.low, p.depth_bp.high)))
-            return [(j, "promotion", -1, int(self.promo_bp[j]))]
-        if kind == 2:
-            sd = sc.catalogue.list_price_change_sd
-            self.list_price[j] = max(1, int(round(self.list_price[j] * np.exp(rng.normal(0, sd)))))
-            return [(j, "list_price", -1, int(self.list_price[j]))]
-        if kind == 3:
-            sd = sc.catalogue.cost_change_sd
-            self.cost[j] = max(1, int(round(self.cost[j] * np.exp(rng.normal(0, sd)))))
-            return [(j, "cost", -1, int(self.cost[j]))]
+        if kind == "promotion":
+            self.promo_bp[j] = 0 if self.promo_bp[j] else int(self.model.promotion_bp(rng))
+            return [(j, kind, -1, int(self.promo_bp[j]))]
+        if kind == "list_price":
+            self.list_price[j] = int(self.model.drift(self.list_price[j], rng.normal(0, sc.catalogue.list_price_change_sd)))
+            return [(j, kind, -1, int(self.list_price[j]))]
+        if kind == "cost":
+            self.cost[j] = int(self.model.drift(self.cost[j], rng.normal(0, sc.catalogue.cost_change_sd)))
+            return [(j, kind, -1, int(self.cost[j]))]
         self.stock[j] = self.m.capacity[j]
         return [(j, "inventory", -1, int(self.stock[j]))]
 

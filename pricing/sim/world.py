@@ -13,6 +13,10 @@ State changes on a grid of ``step_minutes``; within a step each product's change
 take effect at a random offset (``change_offset_ms``), and views before that offset
 still see the previous state, so market events and purchases agree to the millisecond.
 Restocks happen at step starts; the policy sees the stock at the start of the step.
+
+The dynamics model itself (rates, the competitors' random walk, price wars, promotions,
+drift) is ``Dynamics``, shared with the live simulator, which moves the same model one
+event at a time (see ``Dynamics`` for why there are two drivers).
 """
 
 from __future__ import annotations
@@ -39,6 +43,90 @@ KIND_COMPETITOR, KIND_INVENTORY, KIND_PROMOTION, KIND_LIST_PRICE, KIND_COST = (
 )
 CHANNELS = enum_symbols(Contract.PRICE_REQUEST, "channel")  # in Avro order: Views.channel indexes it
 DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """The scenario's market dynamics, written once for the two drivers that move them.
+
+    ``build_world`` steps the model on the scenario's time grid over days: in each step every
+    product and competitor changes with probability rate x step length. The live simulator
+    (``pricing.sim.live``) moves it one event at a time instead, drawing the kind of the next
+    change with ``daily_rates`` as weights, because a live run lasts minutes: on an hourly grid
+    nothing would change during a run, and on a grid fine enough almost every draw would be "no
+    change". The two drivers cannot share the stepping code, so they share everything else:
+    the rates, the initial state, the competitors' mean-reverting random walk, the price-war and
+    promotion draws, and the list-price and cost drift. ``tests/pricing/sim/test_sim_dynamics.py``
+    checks that they agree: the same initial state, the world's realised changes per day match
+    the rates the live driver weighs its draws with, and competitor prices spread alike.
+    One known difference: the live driver picks a product, then one of its competitors, so a
+    product's competitors share its update rate (each competitor updates at the world's rate on
+    average over products, not each one).
+    """
+
+    market: MarketState
+
+    @property
+    def exists(self) -> np.ndarray:
+        """[product, competitor]: whether the competitor sells the product."""
+        return np.isfinite(self.market.competitor_ratio)
+
+    @property
+    def reversion(self) -> float:
+        """Share of the gap to its level that a competitor price closes in one update."""
+        c = self.market.scenario.competitors
+        return min(1.0, c.mean_reversion_daily / c.updates_per_day)
+
+    @property
+    def update_sd(self) -> float:
+        """sd of the log-price noise of one competitor update."""
+        c = self.market.scenario.competitors
+        return c.volatility_daily / np.sqrt(c.updates_per_day)
+
+    def initial_log_price(self) -> np.ndarray:
+        """[product, competitor]: log of the initial competitor prices (their levels); 0 where absent."""
+        m = self.market
+        return np.where(self.exists, np.log(m.list_price_minor[:, None] * np.nan_to_num(m.competitor_ratio, nan=1.0)), 0.0)
+
+    def daily_rates(self) -> dict[str, float]:
+        """Expected changes per day of each market kind (a promotion counts twice: start and end).
+
+        The order is the live driver's draw order: changing it reshuffles live runs of a seed.
+        """
+        m = self.market
+        sc = m.scenario
+        n = m.n_products
+        return {
+            "competitor_price": float(m.n_competitors.sum() * sc.competitors.updates_per_day),
+            "promotion": n * sc.promotions.starts_per_day * 2,
+            "list_price": n * sc.catalogue.list_price_changes_per_day,
+            "cost": n * sc.catalogue.cost_changes_per_day,
+            "inventory": float((1.0 / m.restock_period_days).sum()),
+        }
+
+    def revert(self, log_price: np.ndarray, level: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """One competitor update: part of the way back to the level, plus noise."""
+        return log_price + (self.reversion * (level - log_price) + noise)
+
+    @staticmethod
+    def competitor_prices(log_price: np.ndarray, war_factor: np.ndarray) -> np.ndarray:
+        """Prices in whole minor units (at least 1) from log prices, cut by any price war."""
+        return np.maximum(1, np.rint(np.exp(log_price) * war_factor))
+
+    @staticmethod
+    def drift(price: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """A list price or cost after a log-normal change, in whole minor units (at least 1)."""
+        return np.maximum(1, np.rint(price * np.exp(noise)))
+
+    def war_factor(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """Competitor prices are multiplied by this during a price war."""
+        depth = self.market.scenario.competitors.price_war_depth
+        return 1 - rng.uniform(depth.low, depth.high, size)
+
+    def promotion_bp(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """The discount of a new promotion, in basis points."""
+        depth = self.market.scenario.promotions.depth_bp
+        return np.rint(rng.uniform(depth.low, depth.high, size))
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,11 +242,12 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
     cat = sc.catalogue
     promo_spec = sc.promotions
 
+    model = Dynamics(market)
     offset = rng.integers(0, step_ms, (n_steps, n))
     offset[0] = 0
-    exists = np.isfinite(market.competitor_ratio)
+    exists = model.exists
     n_comp = exists.shape[1]
-    level = np.where(exists, np.log(market.list_price_minor[:, None] * np.nan_to_num(market.competitor_ratio, nan=1.0)), 0.0)
+    level = model.initial_log_price()
     log_price = level.copy()
     list_price = market.list_price_minor.astype(np.float64)
     unit_cost = market.unit_cost_minor.astype(np.float64)
@@ -168,8 +257,6 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
     promo_bp = np.zeros(n, np.int64)
     steps_per_hour = 60 / sc.step_minutes
     p_update = min(1.0, comp.updates_per_day * step_days)
-    reversion = min(1.0, comp.mean_reversion_daily / comp.updates_per_day)
-    update_sd = comp.volatility_daily / np.sqrt(comp.updates_per_day)
 
     t_days = np.arange(n_steps) * step_days
     cycle = np.floor((t_days[:, None] - market.restock_phase_days[None, :]) / market.restock_period_days[None, :])
@@ -186,26 +273,26 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
     for s in range(n_steps):
         if s > 0:
             ch = rng.random(n) < cat.list_price_changes_per_day * step_days
-            list_price[ch] = np.maximum(1, np.rint(list_price[ch] * np.exp(rng.normal(0, cat.list_price_change_sd, ch.sum()))))
+            list_price[ch] = model.drift(list_price[ch], rng.normal(0, cat.list_price_change_sd, ch.sum()))
             ch = rng.random(n) < cat.cost_changes_per_day * step_days
-            unit_cost[ch] = np.maximum(1, np.rint(unit_cost[ch] * np.exp(rng.normal(0, cat.cost_change_sd, ch.sum()))))
+            unit_cost[ch] = model.drift(unit_cost[ch], rng.normal(0, cat.cost_change_sd, ch.sum()))
             shift = exists & (rng.random(exists.shape) < comp.step_changes_per_day * step_days)
             level[shift] += rng.normal(0, comp.step_change_sd, shift.sum())
             upd = exists & ((rng.random(exists.shape) < p_update) | shift)
-            log_price[upd] += reversion * (level[upd] - log_price[upd]) + rng.normal(0, update_sd, upd.sum())
+            log_price[upd] = model.revert(log_price[upd], level[upd], rng.normal(0, model.update_sd, upd.sum()))
             war_left[war_left > 0] -= 1
             war_factor[war_left == 0] = 1.0
             war = (war_left == 0) & (market.n_competitors > 0) & (rng.random(n) < comp.price_war_per_day * step_days)
-            war_factor[war] = 1 - rng.uniform(comp.price_war_depth.low, comp.price_war_depth.high, war.sum())
+            war_factor[war] = model.war_factor(rng, war.sum())
             war_left[war] = np.ceil(rng.uniform(comp.price_war_duration_hours.low, comp.price_war_duration_hours.high,
                                                 war.sum()) * steps_per_hour).astype(np.int64)  # fmt: skip
             promo_left[promo_left > 0] -= 1
             promo_bp[promo_left == 0] = 0
             start_promo = (promo_bp == 0) & (rng.random(n) < promo_spec.starts_per_day * step_days)
-            promo_bp[start_promo] = np.rint(rng.uniform(promo_spec.depth_bp.low, promo_spec.depth_bp.high, start_promo.sum()))
+            promo_bp[start_promo] = model.promotion_bp(rng, start_promo.sum())
             promo_left[start_promo] = np.ceil(rng.uniform(promo_spec.duration_hours.low, promo_spec.duration_hours.high,
                                                           start_promo.sum()) * steps_per_hour).astype(np.int64)  # fmt: skip
-        comp_price = np.where(exists, np.maximum(1, np.rint(np.exp(log_price) * war_factor[:, None])), 0).astype(np.int64)
+        comp_price = np.where(exists, model.competitor_prices(log_price, war_factor[:, None]), 0).astype(np.int64)
         out_list[s], out_cost[s], out_comp[s], out_promo[s] = list_price, unit_cost, comp_price, promo_bp
         t = start + s * step_ms + offset[s]
         if s == 0:
