@@ -519,6 +519,8 @@ def _checked_prices(prices: object, n: int, label: str) -> np.ndarray:
 
 def _exclusive_count_by_group(group: np.ndarray, flag: np.ndarray) -> np.ndarray:
     """For each row, how many earlier rows of the same group have ``flag`` set."""
+    if group.size == 0:
+        return np.zeros(0, np.int64)
     order = np.argsort(group, kind="stable")
     g = group[order]
     f = flag[order].astype(np.int64)
