@@ -25,6 +25,8 @@ from pricing.sim.scenario import SCENARIOS, Scenario, UnknownScenarioError, get_
 
 if TYPE_CHECKING:
     from pricing.config import Settings
+    from pricing.sim.live import LiveTopics
+    from pricing.sim.policies import PricingPolicy
 
 Handler = Callable[..., int]  # (args) or (args, settings) -> exit code
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -144,7 +146,7 @@ def _cmd_history(args: argparse.Namespace, settings: Settings | None) -> int:
     return 0
 
 
-def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[dict[str, Any], Any]:
+def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[dict[str, Any], LiveTopics]:
     """Client config and topic names: the settings' if given, ``--bootstrap`` overriding the address."""
     from pricing.sim.live import LiveTopics
 
@@ -192,7 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     return 0
 
 
-def _load_policy(spec: str) -> Any:
+def _load_policy(spec: str) -> PricingPolicy:
     """``module:attr`` -> a PricingPolicy (an object with ``price``, or a class built with no arguments)."""
     from pricing.sim.policies import PricingPolicy
 

@@ -27,7 +27,7 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_HISTORICAL_POLICY, STREAM_LATENESS, MarketState, build_market, rng_for
 from pricing.sim.policies import HistoricalPolicy
 from pricing.sim.scenario import Scenario
-from pricing.sim.world import CHANNELS, KIND_INVENTORY, MARKET_KINDS, World, build_world, replay
+from pricing.sim.world import CHANNELS, KIND_INVENTORY, MARKET_KINDS, Outcome, World, build_world, replay
 from pricing_udfs.serde import Contract, enum_symbols, money_kinds, published_schema, write_container
 
 FILES = {
@@ -112,7 +112,7 @@ def generate_history(
     return _assemble(world, outcome)
 
 
-def _assemble(world: World, outcome: Any) -> History:
+def _assemble(world: World, outcome: Outcome) -> History:
     sc = world.market.scenario
     m = world.market
     v = world.views
