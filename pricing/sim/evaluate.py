@@ -49,7 +49,7 @@ DEFAULT_STATIC_GRID = tuple(round(0.7 + 0.05 * i, 2) for i in range(17))  # 0.70
 class PolicyResult:
     """Realised metrics of one policy over the replay."""
 
-    name: str
+    name: str  # as reported; may add a detail to the key, as in "best-static (x0.85)"
     revenue_minor: int
     profit_minor: int
     views: int
@@ -62,6 +62,7 @@ class PolicyResult:
     price_spread_p95: float
     stockout_rate: float  # share of views that found the product out of stock
     cumulative_profit_minor: np.ndarray = field(repr=False)  # per time step
+    key: str  # what ``Evaluation.result`` finds it by: the name without its detail
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,8 +77,9 @@ class Evaluation:
     best_static_multiplier: float
 
     def result(self, name: str) -> PolicyResult:
+        """The result whose key or full name is ``name`` (``"best-static"`` finds ``"best-static (x0.85)"``)."""
         for r in self.results:
-            if r.name == name or r.name.split(" ")[0] == name:
+            if name in (r.key, r.name):
                 return r
         raise KeyError(f"no policy named {name!r}; have {[r.name for r in self.results]}")
 
@@ -204,7 +206,7 @@ def evaluate_policies(
             best_m, best_profit, best_outcome = float(m), profit, outcome
     results = [
         _measure(world, "static-reference", run("static-reference", StaticMultiplierPolicy(1.0, guardrails=guardrails)), guardrails),
-        _measure(world, f"best-static (x{best_m:.2f})", best_outcome, guardrails),
+        _measure(world, f"best-static (x{best_m:.2f})", best_outcome, guardrails, key="best-static"),
         _measure(world, "competitor-match", run("competitor-match", CompetitorMatchPolicy(guardrails=guardrails)), guardrails),
         _measure(world, "oracle", run("oracle", OraclePolicy(market, guardrails=guardrails)), guardrails),
         _measure(world, "always-2x", run("always-2x", StaticMultiplierPolicy(2.0)), guardrails),
@@ -236,7 +238,7 @@ def _profit(world: World, outcome: Outcome) -> np.ndarray:
     return np.where(outcome.purchased, outcome.price - world.at_views(world.unit_cost), 0)
 
 
-def _measure(world: World, name: str, outcome: Outcome | None, guardrails: Guardrails) -> PolicyResult:
+def _measure(world: World, name: str, outcome: Outcome | None, guardrails: Guardrails, *, key: str | None = None) -> PolicyResult:
     assert outcome is not None, "static grid must not be empty"
     v = world.views
     ref = world.at_views(world.list_price)
@@ -260,6 +262,7 @@ def _measure(world: World, name: str, outcome: Outcome | None, guardrails: Guard
         price_spread_p95=float(np.quantile(spread, 0.95)) if spread.size else 0.0,
         stockout_rate=float((outcome.inventory_at_view == 0).mean()) if n else 0.0,
         cumulative_profit_minor=np.cumsum(np.bincount(v.step, weights=profit, minlength=world.n_steps)),
+        key=key or name,
     )
 
 

@@ -84,3 +84,13 @@ def test_bad_policy_output_is_reported() -> None:
     with pytest.raises(TypeError, match="no price"):
         evaluate_policies(scenario, days=1, policies={"x": object()}, static_grid=[1.0])  # type: ignore[dict-item]
     assert StaticMultiplierPolicy(1.2).name == "static-x1.2"
+
+
+def test_results_are_found_by_their_key_or_full_name_only() -> None:
+    scenario = get_scenario("default").with_overrides(n_users=200, n_products=20)
+    ev = evaluate_policies(scenario, days=1, policies={"my policy": StaticMultiplierPolicy(1.0)}, static_grid=[0.9, 1.0])
+    assert ev.result("my policy").name == "my policy"
+    best = ev.result("best-static")
+    assert best.name == f"best-static (x{ev.best_static_multiplier:.2f})" and ev.result(best.name) is best
+    with pytest.raises(KeyError, match="no policy named 'my'"):
+        ev.result("my")  # a name's first word is not its key
