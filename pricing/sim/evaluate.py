@@ -181,6 +181,8 @@ def evaluate_policies(
     progress: TextIO | None = None,
 ) -> Evaluation:
     """Replay the baselines and ``policies`` through one simulated world and measure each."""
+    if not static_grid:
+        raise ValueError("static_grid must hold at least one multiplier (best-static is chosen from it)")
     guardrails = guardrails if guardrails is not None else Guardrails()
     market = market or build_market(scenario)
     world = build_world(market, days=days, progress=progress)
@@ -198,12 +200,9 @@ def evaluate_policies(
         status.update(f"evaluating {name} ({done}/{total})")
         return replay(world, policy.price, label=name)
 
-    best_m, best_profit, best_outcome = 1.0, -np.inf, None
-    for m in static_grid:
-        outcome = run(f"static-x{m:g}", StaticMultiplierPolicy(m, guardrails=guardrails))
-        profit = _profit(world, outcome).sum()
-        if profit > best_profit:
-            best_m, best_profit, best_outcome = float(m), profit, outcome
+    # the first multiplier of the highest profit; one replay held at a time besides the best
+    statics = ((float(m), run(f"static-x{m:g}", StaticMultiplierPolicy(m, guardrails=guardrails))) for m in static_grid)
+    best_m, best_outcome = max(statics, key=lambda m_outcome: _profit(world, m_outcome[1]).sum())
     results = [
         _measure(world, "static-reference", run("static-reference", StaticMultiplierPolicy(1.0, guardrails=guardrails)), guardrails),
         _measure(world, f"best-static (x{best_m:.2f})", best_outcome, guardrails, key="best-static"),
@@ -238,8 +237,7 @@ def _profit(world: World, outcome: Outcome) -> np.ndarray:
     return np.where(outcome.purchased, outcome.price - world.at_views(world.unit_cost), 0)
 
 
-def _measure(world: World, name: str, outcome: Outcome | None, guardrails: Guardrails, *, key: str | None = None) -> PolicyResult:
-    assert outcome is not None, "static grid must not be empty"
+def _measure(world: World, name: str, outcome: Outcome, guardrails: Guardrails, *, key: str | None = None) -> PolicyResult:
     v = world.views
     ref = world.at_views(world.list_price)
     cost = world.at_views(world.unit_cost)

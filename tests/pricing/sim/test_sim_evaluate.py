@@ -83,6 +83,8 @@ def test_bad_policy_output_is_reported() -> None:
         evaluate_policies(scenario, days=1, policies=[Broken()], static_grid=[1.0])
     with pytest.raises(TypeError, match="no price"):
         evaluate_policies(scenario, days=1, policies={"x": object()}, static_grid=[1.0])  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="static_grid must hold at least one multiplier"):
+        evaluate_policies(scenario, days=1, static_grid=[])
     assert StaticMultiplierPolicy(1.2).name == "static-x1.2"
 
 
