@@ -46,6 +46,7 @@ from typing import Any
 
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, TableResult
 
+from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings
 from pricing.jars import flink_jars, prometheus_reporter_jar
 from jobs.features import declare_feature_views, register_window_functions
@@ -55,16 +56,16 @@ from pricing_udfs.policy import BaselineListPrice, Policy
 from pricing_udfs.serde import Contract
 
 
-def create_table_env(settings: Settings, *, jobmanager: str | None = None) -> TableEnvironment:
+def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
     """A streaming TableEnvironment configured from ``settings`` (local MiniCluster by default)."""
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = t_env.get_config()
-    for key, value in _flink_conf(settings, jobmanager=jobmanager).items():
+    for key, value in _flink_conf(settings, jobmanager=jobmanager, start=start).items():
         conf.set(key, value)
     return t_env
 
 
-def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]:
+def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | None = None) -> dict[str, str]:
     job = settings.job
     exactly_once = job.delivery_guarantee == "exactly-once"
     conf = {
@@ -87,10 +88,14 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None) -> dict[str, str]
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
-    # the feature windows outgrow that quickly, so default to a folder in state_dir.
-    conf["execution.checkpointing.dir"] = job.checkpoint_dir or (settings.state_dir / "checkpoints").resolve().as_uri()
-    if job.restore_from:
-        conf["execution.state-recovery.path"] = job.restore_from
+    # the feature windows outgrow that quickly, so default to a folder in state_dir. They
+    # outlive a cancelled or crashed job, so that the next start resumes (pricing.checkpoints).
+    conf["execution.checkpointing.dir"] = checkpoint_root(settings)
+    conf["execution.checkpointing.externalized-checkpoint-retention"] = "RETAIN_ON_CANCELLATION"
+    restore_from = start.restore_from if start else job.restore_from
+    if restore_from:
+        conf["execution.state-recovery.path"] = restore_from
+        conf["execution.state-recovery.claim-mode"] = "CLAIM" if start and start.claim else "NO_CLAIM"
     if job.metrics_port:
         # A cluster loads the reporter from its plugins/ folder (every Flink distribution has it).
         conf["metrics.reporter.prom.factory.class"] = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
@@ -260,8 +265,14 @@ FROM {requests} WHERE ok
 
 
 def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True) -> TableResult:
-    """Build and submit the job; with ``wait`` block until it ends (bounded runs, or Ctrl-C)."""
-    t_env = create_table_env(settings, jobmanager=jobmanager)
+    """Build and submit the job; with ``wait`` block until it ends (bounded runs, or Ctrl-C).
+
+    It resumes from the deployment's latest retained checkpoint unless ``job.start`` is
+    ``fresh`` or ``job.restore_from`` names a savepoint (``pricing.checkpoints.plan_start``).
+    """
+    start = plan_start(settings)
+    print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
+    t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
     result = build(t_env, settings).execute()
     if wait:
         result.wait()

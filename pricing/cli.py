@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
     run.add_argument("--at-least-once", action="store_true", help="low-latency mode: no Kafka transactions")
     run.add_argument("--restore-from", default=None, metavar="PATH", help="start from this savepoint or retained checkpoint")
+    run.add_argument(
+        "--fresh", action="store_true",
+        help="start with empty state instead of resuming from the latest checkpoint (which is moved aside, not deleted)",
+    )
     run.set_defaults(func=_job_run)
 
     schemas = sub.add_parser("schemas", help="the Avro contracts").add_subparsers(metavar="ACTION")
@@ -163,6 +167,7 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
             "bounded": args.bounded or settings.job.bounded,
             **({"delivery_guarantee": "at-least-once"} if args.at_least_once else {}),
             **({"restore_from": args.restore_from} if args.restore_from else {}),
+            **({"start": "fresh"} if args.fresh else {}),
         }
     )
     settings = settings.model_copy(update={"job": job})

@@ -129,6 +129,12 @@ class JobSettings(_Section):
         description="savepoint or retained checkpoint (path or URI) to start from: its offsets and feature state "
         "win over startup_mode; None: fresh state",
     )
+    start: Literal["resume", "fresh"] = Field(
+        default="resume",
+        description="resume: continue from the deployment's latest retained checkpoint when there is one (after a "
+        "crash or a stop); fresh: start with empty state from the committed offsets (the old checkpoints are moved "
+        "aside). restore_from wins over both",
+    )
     bounded: bool = Field(default=False, description="stop after the offsets that were latest at start (tests, backfills)")
     watermark_out_of_orderness_ms: int = Field(default=2_000, ge=0)
     idle_timeout_ms: int = Field(default=5_000, ge=0)

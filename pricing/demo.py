@@ -9,12 +9,14 @@ is priced once the watermark passes it (README, "Latency").
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import uuid
 
 from confluent_kafka import Consumer, Producer
 
+from pricing.checkpoints import checkpoint_root, local_path
 from pricing.config import Settings
 from pricing.metrics import wait_for_counter
 from pricing_udfs import serde
@@ -59,6 +61,8 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
                 result.get_job_client().cancel().result()
             except Exception as exc:  # noqa: BLE001 - the job may already have failed; say so, keep stopping
                 _say(f"    job cancel: {exc}")
+            # The demo's consumer group is its own: nothing will resume its retained checkpoints.
+            shutil.rmtree(local_path(checkpoint_root(settings)) or "", ignore_errors=True)
         broker.stop()
 
 

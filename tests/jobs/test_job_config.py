@@ -1,6 +1,7 @@
 """How settings become Flink configuration and connector options (no cluster needed)."""
 
 from jobs.pricing_job import _flink_conf, _sink_ddl, _source_ddl
+from pricing.checkpoints import Start
 from pricing.config import load_settings
 
 
@@ -34,10 +35,11 @@ def test_bounded_runs_stop_at_the_latest_offsets() -> None:
 
 def test_checkpoints_go_to_a_directory_not_jobmanager_memory(tmp_path) -> None:
     """JobManager memory caps checkpoints at 5 MB, which the feature windows outgrow."""
-    conf = _flink_conf(load_settings(state_dir=tmp_path, job={"ship_jars": False}), jobmanager=None)
-    assert conf["execution.checkpointing.dir"] == (tmp_path / "checkpoints").as_uri()
-    explicit = load_settings(job={"ship_jars": False, "checkpoint_dir": "s3://b/ckpt"})
-    assert _flink_conf(explicit, jobmanager=None)["execution.checkpointing.dir"] == "s3://b/ckpt"
+    conf = _flink_conf(load_settings(state_dir=tmp_path, job={"ship_jars": False, "consumer_group": "g1"}), jobmanager=None)
+    assert conf["execution.checkpointing.dir"] == (tmp_path / "checkpoints").as_uri() + "/g1"
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == "RETAIN_ON_CANCELLATION"
+    explicit = load_settings(job={"ship_jars": False, "checkpoint_dir": "s3://b/ckpt/"})
+    assert _flink_conf(explicit, jobmanager=None)["execution.checkpointing.dir"] == "s3://b/ckpt/pricing-engine"
 
 
 def test_prometheus_reporter_only_when_a_metrics_port_is_set() -> None:
@@ -56,3 +58,11 @@ def test_restore_from_a_savepoint_only_when_asked() -> None:
     assert "execution.state-recovery.path" not in _flink_conf(load_settings(job={"ship_jars": False}), jobmanager=None)
     conf = _flink_conf(load_settings(job={"ship_jars": False, "restore_from": "s3://b/sp-1"}), jobmanager=None)
     assert conf["execution.state-recovery.path"] == "s3://b/sp-1"
+    assert conf["execution.state-recovery.claim-mode"] == "NO_CLAIM"  # a savepoint stays the user's
+
+
+def test_a_resumed_checkpoint_is_claimed() -> None:
+    start = Start("file:///c/g/j/chk-7", claim=True, note="")
+    conf = _flink_conf(load_settings(job={"ship_jars": False}), jobmanager=None, start=start)
+    assert (conf["execution.state-recovery.path"], conf["execution.state-recovery.claim-mode"]) == (
+        "file:///c/g/j/chk-7", "CLAIM")

@@ -25,4 +25,8 @@ def test_job_run_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli._parser().parse_args(["job", "run"])
     args.func(args, load_settings())
     job = seen["settings"].job
-    assert (job.bounded, job.delivery_guarantee, job.restore_from) == (False, "exactly-once", None)
+    assert (job.bounded, job.delivery_guarantee, job.restore_from, job.start) == (False, "exactly-once", None, "resume")
+
+    args = cli._parser().parse_args(["job", "run", "--fresh"])
+    args.func(args, load_settings())
+    assert seen["settings"].job.start == "fresh"
