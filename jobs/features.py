@@ -129,7 +129,7 @@ def declare_feature_views(
         "unit_cost": ("LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END)", "BIGINT"),
         "stock": ("LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END)", "BIGINT"),
         "promotion_bp": ("LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)", "BIGINT"),
-        "product_events": _count("src <> 'r'"),
+        "product_events": _count("src <> 'request'"),
     }
     competitor = "CASE WHEN m_kind = 'competitor_price' THEN m_value END"
     windows = _funnel("{}_5m", 5 * _MINUTE_MS) | {
@@ -149,46 +149,50 @@ def declare_feature_views(
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
         "u_last_purchase": ("MAX(CASE WHEN b_type = 'purchase' THEN event_time END)", "BIGINT"),
-        "u_events": _count("src = 'b'"),
+        "u_events": _count("src = 'behaviour'"),
     }
     views = {
         "feature_events": f"""
-SELECT 'm' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_time,
+SELECT 'market' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_time,
   kind AS m_kind, `value` AS m_value, currency AS m_currency,
   CAST(NULL AS STRING) AS b_type, CAST(NULL AS BIGINT) AS b_price, CAST(NULL AS INT) AS b_qty,
-  CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel
+  CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel,
+  CAST(NULL AS STRING) AS request_topic, CAST(NULL AS INT) AS request_partition,
+  CAST(NULL AS BIGINT) AS request_offset, CAST(NULL AS BYTES) AS request_bytes
 FROM {market} WHERE ok
 UNION ALL
-SELECT 'b', product_id, user_id, ts, event_time,
+SELECT 'behaviour', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), currency,
-  type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING)
+  type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING),
+  CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES)
 FROM {behaviour} WHERE ok
 UNION ALL
-SELECT 'r', product_id, user_id, ts, event_time,
+SELECT 'request', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
-  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel,
+  source_topic, source_partition, source_offset, raw_value
 FROM {requests} WHERE ok
 """,
         # Purchases carry their decayed weight split by hour parity (see _velocity()).
-        "fp0": """
+        "events_with_velocity": """
 SELECT *,
-  CASE WHEN b_type = 'purchase' AND MOD(event_time / 3600000, 2) = 0
-       THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_even,
-  CASE WHEN b_type = 'purchase' AND MOD(event_time / 3600000, 2) = 1
-       THEN b_qty * EXP(CAST(MOD(event_time, 3600000) AS DOUBLE) / {tau}) END AS vel_odd
+  CASE WHEN b_type = 'purchase' AND MOD(event_time / {hour}, 2) = 0
+       THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_even,
+  CASE WHEN b_type = 'purchase' AND MOD(event_time / {hour}, 2) = 1
+       THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_odd
 FROM feature_events
-""".format(tau=tau),
+""".format(tau=tau, hour=_HOUR_MS),
         # One stage per product, all rows: latest market values and every window.
-        "fp_all": _stage("fp0", "product_id", _ALL, latest | windows),
+        "by_product": _stage("events_with_velocity", "product_id", _ALL, latest | windows),
         # The user stage sees behaviour and requests only; anonymous traffic has no user state.
-        "fu0": """
+        "user_events": """
 SELECT *,
   CASE WHEN b_type = 'purchase' AND list_price > 0
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
-FROM fp_all WHERE src <> 'm' AND user_id <> ''
+FROM by_product WHERE src <> 'market' AND user_id <> ''
 """,
         # One stage per user: every window and the all-history values.
-        "fu_all": _stage("fu0", "user_id", _ALL, user_windows | user_all),
+        "by_user": _stage("user_events", "user_id", _ALL, user_windows | user_all),
     }
 
     c = spec.constants
@@ -222,9 +226,9 @@ FROM fp_all WHERE src <> 'm' AND user_id <> ''
             f"LEAST(CAST(event_time - u_last_purchase AS DOUBLE) / 1000.0, {c['never_purchased_secs']})"
         ),
         "user_distinct_products_30m": "u_distinct_30m",
-        "hour_of_day": "MOD(event_time / 3600000, 24)",
+        "hour_of_day": f"MOD(event_time / {_HOUR_MS}, 24)",
         # 1970-01-01 was a Thursday (3 with Monday = 0).
-        "day_of_week": "MOD(event_time / 86400000 + 3, 7)",
+        "day_of_week": f"MOD(event_time / {24 * _HOUR_MS} + 3, 7)",
         "channel_web": "CASE WHEN channel = 'web' THEN 1 ELSE 0 END",
         "channel_app": "CASE WHEN channel = 'app' THEN 1 ELSE 0 END",
         "channel_marketplace": "CASE WHEN channel = 'marketplace' THEN 1 ELSE 0 END",
@@ -241,15 +245,16 @@ FROM fp_all WHERE src <> 'm' AND user_id <> ''
     user_aggregates = user_windows | user_all
     user_cols = ", ".join(user_aggregates)
     base_cols = (
-        "request_id, user_id, product_id, channel, event_time, ts, list_currency, list_price, unit_cost, comp_min_15m,"
+        "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
+        " request_bytes, list_currency, list_price, unit_cost, comp_min_15m,"
         " comp_sum_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
         " purchases_1h, vel_sum_even, vel_sum_odd, product_events"
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
-SELECT {base_cols}, {user_cols} FROM fu_all WHERE src = 'r'
+SELECT {base_cols}, {user_cols} FROM by_user WHERE src = 'request'
 UNION ALL
-SELECT {base_cols}, {_skipped(user_aggregates)} FROM fp_all WHERE src = 'r' AND user_id = ''
+SELECT {base_cols}, {_skipped(user_aggregates)} FROM by_product WHERE src = 'request' AND user_id = ''
 """)
     columns = ",\n  ".join(
         f"CAST(COALESCE(CAST({expr[f.name]} AS DOUBLE), {f.default}) AS DOUBLE) AS {f.name}" for f in spec.features
@@ -257,6 +262,7 @@ SELECT {base_cols}, {_skipped(user_aggregates)} FROM fp_all WHERE src = 'r' AND 
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_requests AS
 SELECT request_id, user_id, product_id, channel, event_time, ts, list_currency,
+  request_topic, request_partition, request_offset, request_bytes,
   {columns}
 FROM featured_rows
 """)
@@ -264,16 +270,16 @@ FROM featured_rows
 
 
 def _velocity(tau: float) -> str:
-    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``fp_all``.
+    """Decayed purchases per hour at the row's time from the two hour-parity sums of ``by_product``.
 
     A purchase at t_i weighs exp(-(t - t_i)/tau). Summing exp(ms_into_hour(t_i)/tau)
-    per hour parity keeps every exponent below 3600000/tau (no overflow, no
+    per hour parity keeps every exponent below one hour / tau (no overflow, no
     cancellation); a one-hour window spans only the current and the previous hour.
     """
-    m = "CAST(MOD(event_time, 3600000) AS DOUBLE)"
-    cur = "CASE WHEN MOD(event_time / 3600000, 2) = 0 THEN vel_sum_even ELSE vel_sum_odd END"
-    prev = "CASE WHEN MOD(event_time / 3600000, 2) = 0 THEN vel_sum_odd ELSE vel_sum_even END"
+    m = f"CAST(MOD(event_time, {_HOUR_MS}) AS DOUBLE)"
+    cur = f"CASE WHEN MOD(event_time / {_HOUR_MS}, 2) = 0 THEN vel_sum_even ELSE vel_sum_odd END"
+    prev = f"CASE WHEN MOD(event_time / {_HOUR_MS}, 2) = 0 THEN vel_sum_odd ELSE vel_sum_even END"
     return (
-        f"(COALESCE({cur}, 0.0) * EXP(-{m} / {tau}) + COALESCE({prev}, 0.0) * EXP(-({m} + 3600000.0) / {tau}))"
+        f"(COALESCE({cur}, 0.0) * EXP(-{m} / {tau}) + COALESCE({prev}, 0.0) * EXP(-({m} + {float(_HOUR_MS)}) / {tau}))"
         f" * {_HOUR_MS / tau}"
     )

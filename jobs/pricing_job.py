@@ -27,6 +27,13 @@ Guarantees:
   * ``at-least-once``: no transactions; output is visible immediately; after a
     failure, records since the last checkpoint may be emitted again (same price:
     the policy is deterministic). Consumers dedupe on request_id.
+  * A start resumes from the deployment's latest retained checkpoint (after a crash,
+    ``kill -9`` or a cancel) unless ``job.start = "fresh"`` or ``job.restore_from`` says
+    otherwise (``pricing.checkpoints``): nothing read before the crash is lost.
+  * Requests are idempotent: a request_id repeated for the same product within
+    ``dedupe_window_ms`` of event time is dead-lettered as ``duplicate``, not priced again.
+  * No input can fail a sink: dead letters carry at most ``dead_letter_max_raw_bytes`` of
+    the bad record (with its size and SHA-256), ids are at most 256 characters.
   * On restore (a failover, or ``job.restore_from`` a savepoint) the Kafka offsets,
     the feature windows and the rows waiting for the watermark come back. Watermarks
     do not (Flink does not store them): until the sources emit the first one, a few
@@ -39,13 +46,16 @@ Run it locally with ``pricing job run``; submit the same file to a cluster with
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, TableResult
 
+from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings
 from pricing.jars import flink_jars, prometheus_reporter_jar
@@ -103,6 +113,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})
+    elif job.rest_port is not None:
+        conf["rest.port"] = str(job.rest_port)  # the local MiniCluster's web UI and REST API
     jars = flink_jars(settings.state_dir) if job.ship_jars else []
     if job.metrics_port and not jobmanager:
         jars.append(prometheus_reporter_jar())  # the MiniCluster finds reporters on the class path only
@@ -203,31 +215,31 @@ def build(t_env: TableEnvironment, settings: Settings, *, policy: Policy | None 
         default_price_minor=settings.job.default_price_minor, currency=settings.job.currency
     )
     inputs = declare_inputs(t_env, settings)
-    t_env.create_temporary_system_function("price_and_encode", udfs.pricer(policy))
+    t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(policy))
     t_env.create_temporary_system_function(
         "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes)
     )
     t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
     t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))
-    copies = _first_copies(t_env, requests="requests", window_ms=settings.job.dedupe_window_ms)
-    t_env.execute_sql(f"CREATE TEMPORARY VIEW first_requests AS SELECT * FROM {copies} WHERE repeats = 0")
-    featured = declare_feature_views(t_env, requests="first_requests", market="market", behaviour="behaviour")
+    featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
+    copies = _first_copies(t_env, requests=featured, window_ms=settings.job.dedupe_window_ms)
 
     statements = t_env.create_statement_set()
-    features = ", ".join(FEATURE_SPEC.names)
+    arguments = ", ".join((*udfs.REQUEST_COLUMNS, f"ARRAY[{', '.join(FEATURE_SPEC.names)}]"))
     statements.add_insert_sql(
         f"""
 INSERT INTO priced_sink
-SELECT CAST(request_id AS BYTES),
-  price_and_encode(request_id, user_id, product_id, channel, event_time, list_currency, ARRAY[{features}])
-FROM {featured}
+SELECT CAST(request_id AS BYTES), price_and_encode({arguments})
+FROM {copies} WHERE repeats = 0
 """
     )
     letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts"
     rejected = "\n  UNION ALL\n  ".join([*(f"{letter} FROM {view} WHERE NOT ok" for view in inputs), f"""{letter}
-  FROM (SELECT source_topic, source_partition, source_offset, raw_value, ts,
-      -- (a plain literal reaches the Python encoder cut to its first character in Flink 2.2)
-      COALESCE(error_kind, '{serde.ErrorKind.DUPLICATE.value}') AS error_kind,
+  FROM (SELECT request_topic AS source_topic, request_partition AS source_partition,
+      request_offset AS source_offset, request_bytes AS raw_value, ts,
+      -- (a constant here, even cast to STRING, reached the Python encoder cut to its first
+      -- character in Flink 2.2; an expression over a column is not folded into one)
+      IF(repeats > 0, '{serde.ErrorKind.DUPLICATE.value}', request_id) AS error_kind,
       CONCAT('price_request: request_id ', request_id, ' was already requested for product ', product_id,
              ' within dedupe_window_ms ({settings.job.dedupe_window_ms}) of event time; the first copy is priced')
         AS error_message
@@ -246,12 +258,14 @@ FROM (
 
 
 def _first_copies(t_env: TableEnvironment, *, requests: str, window_ms: int) -> str:
-    """The good requests, each with ``repeats``: how often its request_id was already requested for
-    the same product within ``window_ms`` of event time before it (0: the first copy).
+    """The featured requests, each with ``repeats``: how often its request_id was already requested
+    for the same product within ``window_ms`` of event time before it (0: the first copy).
 
     A ``ROWS`` frame gives every row its own answer in event-time order (ties: arrival order),
     and the window function keeps only the window's ids, so the state per product stays bounded.
-    Like the feature windows it emits once the watermark passes, so it adds no waiting.
+    It runs on the rows the feature stage releases, downstream of its watermark, so it adds no
+    waiting (placed before the feature union instead, requests silently went missing: the
+    stage's own requests-only watermark ran ahead of the union's).
     """
     register_window_functions(t_env)
     t_env.execute_sql(f"""
@@ -259,9 +273,13 @@ CREATE TEMPORARY VIEW request_copies AS
 SELECT *,
   windowed_repeats(event_time, request_id, CAST({window_ms} AS BIGINT)) OVER (
     PARTITION BY product_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS repeats
-FROM {requests} WHERE ok
+FROM {requests}
 """)
     return "request_copies"
+
+
+# Job id -> the REST address of the cluster it runs on (see wait_until_running).
+_REST_URLS: dict[str, str] = {}
 
 
 def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True) -> TableResult:
@@ -272,26 +290,43 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     """
     start = plan_start(settings)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
+    if jobmanager is None and settings.job.rest_port is None:  # the MiniCluster's REST API on a free port
+        settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
     t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
     result = build(t_env, settings).execute()
+    host, port = (jobmanager.partition(":")[0], jobmanager.partition(":")[2] or "8081") if jobmanager else (
+        "127.0.0.1", str(settings.job.rest_port))
+    _REST_URLS[str(result.get_job_client().get_job_id())] = f"http://{host}:{port}"
     if wait:
         result.wait()
     return result
 
 
-def wait_until_running(result: TableResult, *, timeout_s: float = 120.0, settle_s: float = 2.0) -> None:
-    """Block until a submitted job reports RUNNING (plus ``settle_s`` for its Kafka readers to open)."""
-    client = result.get_job_client()
+def wait_until_running(result: TableResult, *, timeout_s: float = 120.0) -> None:
+    """Block until every task of a submitted job runs (its Kafka readers are open), as Flink's REST API says.
+
+    The job's own status turns RUNNING while its tasks are still being deployed, so it
+    is not enough; each vertex of ``/jobs/<id>`` must be RUNNING.
+    """
+    job_id = str(result.get_job_client().get_job_id())
+    url = f"{_REST_URLS[job_id]}/jobs/{job_id}"
     deadline = time.monotonic() + timeout_s
+    last = "no answer from the REST API"
     while time.monotonic() < deadline:
-        status = client.get_job_status().result().name
-        if status == "RUNNING":
-            time.sleep(settle_s)
-            return
-        if status in {"FAILED", "CANCELED", "FINISHED"}:
-            raise RuntimeError(f"the job stopped while starting: {status}")
-        time.sleep(0.5)
-    raise RuntimeError(f"the job was not running after {timeout_s:.0f}s")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                job = json.load(response)
+        except OSError as exc:
+            last = str(exc)
+        else:
+            if job["state"] in {"FAILED", "CANCELED", "FINISHED"}:
+                raise RuntimeError(f"the job stopped while starting: {job['state']}")
+            pending = [v["name"] for v in job["vertices"] if v["status"] != "RUNNING"]
+            if job["state"] == "RUNNING" and not pending:
+                return
+            last = f"job {job['state']}, tasks not running yet: {pending}"
+        time.sleep(0.3)
+    raise RuntimeError(f"the job was not running after {timeout_s:.0f}s ({last})")
 
 
 def stop_with_savepoint(result: TableResult, *, directory: str, drain: bool = False, timeout_s: float = 120.0) -> str:

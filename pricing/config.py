@@ -167,6 +167,10 @@ class JobSettings(_Section):
         description="a request whose request_id was already seen for the same product within this much event time "
         "is dead-lettered as a duplicate instead of priced again",
     )
+    rest_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="local runs: port of the MiniCluster's web UI and REST API; None: a free port",
+    )
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
 

@@ -75,11 +75,18 @@ class _Answers(threading.Thread):
         self.join(10)
 
 
+# What an in-process PyFlink job of an earlier test leaves in this process's environment
+# (its loopback Python worker's settings): a shell starting the command has none of it.
+_WORKER_ENV = ("PYFLINK_", "PYTHON_LOOPBACK", "WORKER_ID", "PIPELINE_OPTIONS", "SEMI_PERSISTENT_DIRECTORY",
+               "LOGGING_API_SERVICE_DESCRIPTOR", "CONTROL_API_SERVICE_DESCRIPTOR", "BOOT_LOG_DIR", "FLINK_")
+
+
 def _start(config: Path, log: Path) -> subprocess.Popen:
     out = log.open("ab")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ENV)}
     return subprocess.Popen(
         [sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run"],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
     )
 
 
