@@ -98,7 +98,7 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
     elif mode == "product-stages":
         declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_p (request_id STRING, v BIGINT, l BIGINT) WITH ('connector' = 'blackhole')")
-        statements.add_insert_sql("INSERT INTO sink_p SELECT request_id, views_1h, list_price FROM fp_all WHERE src = 'r'")
+        statements.add_insert_sql("INSERT INTO sink_p SELECT request_id, views_1h, list_price FROM by_product WHERE src = 'request'")
     else:
         featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_features (request_id STRING, features ARRAY<DOUBLE>) "

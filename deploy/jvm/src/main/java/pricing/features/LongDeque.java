@@ -1,7 +1,7 @@
 package pricing.features;
 
 /** A growable ring buffer of longs (times or values), without boxing. */
-public class TimeDeque {
+public class LongDeque {
     public long[] items = new long[8];
     public int head;
     public int size;

@@ -9,16 +9,16 @@ import org.apache.flink.table.functions.AggregateFunction;
  * for the window semantics). Keeps only the times, unboxed.
  */
 @FunctionHint(
-        accumulator = @DataTypeHint(value = "RAW", bridgedTo = TimeDeque.class),
+        accumulator = @DataTypeHint(value = "RAW", bridgedTo = LongDeque.class),
         output = @DataTypeHint("BIGINT"))
-public class WindowedCount extends AggregateFunction<Long, TimeDeque> {
+public class WindowedCount extends AggregateFunction<Long, LongDeque> {
 
     @Override
-    public TimeDeque createAccumulator() {
-        return new TimeDeque();
+    public LongDeque createAccumulator() {
+        return new LongDeque();
     }
 
-    public void accumulate(TimeDeque times, Long eventTime, Boolean flag, Long windowMs) {
+    public void accumulate(LongDeque times, Long eventTime, Boolean flag, Long windowMs) {
         if (eventTime == null) {
             return;
         }
@@ -29,7 +29,7 @@ public class WindowedCount extends AggregateFunction<Long, TimeDeque> {
     }
 
     @Override
-    public Long getValue(TimeDeque times) {
+    public Long getValue(LongDeque times) {
         return (long) times.size;
     }
 }

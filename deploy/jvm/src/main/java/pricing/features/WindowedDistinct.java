@@ -18,7 +18,7 @@ public class WindowedDistinct extends AggregateFunction<Long, WindowedDistinct.A
 
     /** The window's entries in event-time order, and how often each key occurs in it. */
     public static class Acc {
-        public TimeDeque times = new TimeDeque();
+        public LongDeque times = new LongDeque();
         public ArrayDeque<String> keys = new ArrayDeque<>();
         public HashMap<String, Integer> counts = new HashMap<>();
 

@@ -15,8 +15,8 @@ public class WindowedMin extends AggregateFunction<Long, WindowedMin.Acc> {
 
     /** Candidates for the minimum: times and values, values increasing from head to tail. */
     public static class Acc {
-        public TimeDeque times = new TimeDeque();
-        public TimeDeque values = new TimeDeque();
+        public LongDeque times = new LongDeque();
+        public LongDeque values = new LongDeque();
     }
 
     @Override

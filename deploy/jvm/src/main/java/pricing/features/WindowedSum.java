@@ -22,7 +22,7 @@ public class WindowedSum extends AggregateFunction<Double, WindowedSum.Acc> {
 
     /** Entries of the window in event-time order, and their running sum. */
     public static class Acc {
-        public TimeDeque times = new TimeDeque();
+        public LongDeque times = new LongDeque();
         public ArrayDeque<Double> values = new ArrayDeque<>();
         public double sum;
     }

@@ -87,7 +87,7 @@ class WindowFunctionsTest {
     void countMatchesABruteForceRecount() {
         replayEverySeed(() -> {
             WindowedCount f = new WindowedCount();
-            TimeDeque acc = f.createAccumulator();
+            LongDeque acc = f.createAccumulator();
             return (rows, i, where) -> {
                 Row r = rows.get(i);
                 f.accumulate(acc, r.time, r.value != null && r.value > 0, W);
@@ -166,7 +166,7 @@ class WindowFunctionsTest {
     @Test
     void theWindowIncludesItsLowerEdgeAndNothingBefore() {
         WindowedCount f = new WindowedCount();
-        TimeDeque acc = f.createAccumulator();
+        LongDeque acc = f.createAccumulator();
         f.accumulate(acc, 99L, true, W);
         f.accumulate(acc, 100L, true, W);
         f.accumulate(acc, 100L + W, true, W); // 100 is exactly W before: in; 99 is out
@@ -178,7 +178,7 @@ class WindowFunctionsTest {
     @Test
     void dequeKeepsOrderWhileItGrowsAroundTheRing() {
         Random rng = new Random(7);
-        TimeDeque deque = new TimeDeque();
+        LongDeque deque = new LongDeque();
         ArrayDeque<Long> reference = new ArrayDeque<>();
         for (int i = 0; i < 10_000; i++) {
             int op = rng.nextInt(10);
