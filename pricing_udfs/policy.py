@@ -5,8 +5,8 @@ request) and returns a DataFrame of decisions with the columns of ``DECISION_COL
 The Flink UDF in ``pricing_udfs.udfs`` is a thin adapter around it, so a policy is
 tested without Flink and swapped without touching the job graph.
 
-Guarantee: a policy is a pure function of its input batch (plus wall clock for
-nothing); re-pricing a replayed request gives the same price, which is what makes
+Guarantee: a policy is a pure function of its input batch: it reads no clock and no
+other state, so re-pricing a replayed request gives the same price, which is what makes
 at-least-once replays harmless and exactly-once replays identical.
 """
 

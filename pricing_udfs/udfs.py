@@ -183,7 +183,8 @@ def decoder(contract: Contract, *, keep_raw: bool = False) -> Any:
     return udf(_Decode(contract, keep_raw), result_type=decoded_type(contract), func_type="pandas")
 
 
-_REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_currency")
+# The pricing UDF's arguments, in order, before the feature array: the job builds its SQL call from this.
+REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_currency")
 
 
 class _PriceAndEncode(ScalarFunction):
@@ -193,8 +194,8 @@ class _PriceAndEncode(ScalarFunction):
 
     def eval(self, *columns: pd.Series) -> pd.Series:
         *request_cols, features = columns
-        batch = request_batch(dict(zip(_REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
-        return price_and_encode(self._policy, batch, spec=self._spec, priced_time_ms=int(time.time() * 1000))
+        batch = request_batch(dict(zip(REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
+        return price_and_encode_batch(self._policy, batch, spec=self._spec, priced_time_ms=int(time.time() * 1000))
 
 
 def request_batch(request: dict[str, pd.Series], features: pd.Series, *, spec: FeatureSpec) -> pd.DataFrame:
@@ -211,7 +212,7 @@ def _column(value: Any, n: int) -> pd.Series:
     return pd.Series([value] * n, dtype=object)
 
 
-def price_and_encode(policy: Policy, batch: pd.DataFrame, *, spec: FeatureSpec, priced_time_ms: int) -> pd.Series:
+def price_and_encode_batch(policy: Policy, batch: pd.DataFrame, *, spec: FeatureSpec, priced_time_ms: int) -> pd.Series:
     """Decide prices for a batch and encode each as a framed PricedEvent, logging its feature vector."""
     decisions = policy.decide(batch)
     vectors = batch[spec.names].to_numpy(dtype=np.float64)
@@ -242,8 +243,8 @@ def price_and_encode(policy: Policy, batch: pd.DataFrame, *, spec: FeatureSpec, 
     return pd.Series(out, dtype=object)
 
 
-def pricer(policy: Policy, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
-    """A pandas UDF ``(request fields..., list_currency, features ARRAY<DOUBLE>) -> framed PricedEvent``."""
+def price_and_encode_udf(policy: Policy, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
+    """A pandas UDF ``(REQUEST_COLUMNS..., features ARRAY<DOUBLE>) -> framed PricedEvent``."""
     return udf(_PriceAndEncode(policy, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 

@@ -9,15 +9,20 @@ from pathlib import Path
 import pytest
 
 from pricing.broker import LocalBroker, free_port
-from pricing.config import Settings, load_settings
-from pricing.jars import PROJECT_ROOT
+from pricing.config import Settings, TopicsSettings, load_settings
+from pricing.jars import PROJECT_ROOT, JarsMissingError, flink_jars, kafka_classpath
 
 JARS_STATE_DIR = PROJECT_ROOT / ".pricing"
 
 
 @pytest.fixture(scope="session")
 def broker_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh state folder whose ``jars`` link to the project's fetched jars."""
+    """A fresh state folder whose ``jars`` link to the project's fetched jars (skips without them)."""
+    try:
+        flink_jars(JARS_STATE_DIR)
+        kafka_classpath(JARS_STATE_DIR)
+    except JarsMissingError as exc:
+        pytest.skip(f"integration tests need the JVM jars; `make test` fetches them first ({exc})")
     state = tmp_path_factory.mktemp("pricing-state")
     (state / "jars").symlink_to(JARS_STATE_DIR / "jars", target_is_directory=True)
     return state
@@ -43,14 +48,8 @@ def unique() -> str:
 def kafka_settings(kafka_broker: LocalBroker, broker_state_dir: Path, unique: str) -> Settings:
     """Settings pointing at the session broker, with topics private to this test."""
     topics = {
-        key: {"name": f"{name}-{unique}", "partitions": parts}
-        for key, name, parts in (
-            ("behaviour", "behaviour-events", 2),
-            ("market", "market-events", 2),
-            ("requests", "price-requests", 2),
-            ("priced", "priced-events", 2),
-            ("dead_letters", "dead-letters", 1),
-        )
+        key: {"name": f"{topic['name']}-{unique}", "partitions": topic["partitions"]}
+        for key, topic in TopicsSettings().model_dump().items()
     }
     return load_settings(
         state_dir=broker_state_dir,

@@ -104,9 +104,17 @@ def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: 
     return pd.DataFrame.from_dict(rows, orient="index", columns=FEATURE_SPEC.names)
 
 
-def without_late(frames: dict[Contract, pd.DataFrame], dead_letters: Iterable[dict]) -> tuple[dict[Contract, pd.DataFrame], int]:
+def without_late(
+    frames: dict[Contract, pd.DataFrame], dead_letters: Iterable[dict], *, allowance_ms: int
+) -> tuple[dict[Contract, pd.DataFrame], int]:
     """The events the job kept: each frame minus the events it dead-lettered as late (matched by their bytes),
-    with ``seq`` = arrival order. Also returns how many were dropped."""
+    with ``seq`` = arrival order. Also returns how many were dropped.
+
+    Which out-of-order events are late depends on when the source emits watermarks, but a
+    late event must be behind the allowance of some event of its topic that was sent before
+    it (a watermark never runs ahead of what the source has read): checked for each one, so
+    a job that rejected on-time events would fail here.
+    """
     late_raw = {bytes(d["raw"]) for d in dead_letters}
     kept = {}
     for contract, frame in frames.items():
@@ -114,7 +122,11 @@ def without_late(frames: dict[Contract, pd.DataFrame], dead_letters: Iterable[di
         frame = frame.sort_values("arrival_time", kind="stable").reset_index(drop=True)
         frame["seq"] = frame.index
         encoded = [serde.encode(contract, _record(r)) for r in frame.reindex(columns=fields).to_dict("records")]
-        kept[contract] = frame[[e not in late_raw for e in encoded]]
+        late = pd.Series([e in late_raw for e in encoded], index=frame.index)
+        newest_before = frame["event_time"].cummax().shift(1)
+        wrongly_late = frame[late & ~(frame["event_time"] < newest_before - allowance_ms)]
+        assert wrongly_late.empty, f"{contract.value}: dead-lettered as late, but on time:\n{wrongly_late.head()}"
+        kept[contract] = frame[~late]
     return kept, sum(len(frames[c]) - len(kept[c]) for c in frames)
 
 
@@ -127,7 +139,7 @@ def expected_features(settings: Settings, frames: dict[Contract, pd.DataFrame]) 
     dlq = settings.kafka.topics.dead_letters.name
     late = [serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, dlq)]
     assert {d["error_kind"] for d in late} <= {"late"}, "only late events may be rejected here"
-    kept, n_late = without_late(frames, late)
+    kept, n_late = without_late(frames, late, allowance_ms=settings.job.watermark_out_of_orderness_ms)
     assert n_late == len(late), "every late event is dead-lettered once"
     expected = reference_features(kept[Contract.PRICE_REQUEST], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT])
     return expected, n_late

@@ -31,10 +31,7 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
         sim = LiveSimulator(
             get_scenario("default").with_overrides(n_users=300, n_products=25),
             kafka_config=settings.kafka.client_config(),
-            topics=LiveTopics(
-                behaviour=topics.behaviour.name, market=topics.market.name,
-                requests=topics.requests.name, priced=topics.priced.name,
-            ),
+            topics=LiveTopics.of(topics),
             rate=150,
             duration_s=20,
             answer_timeout_s=90,  # completeness, not speed: a cold, busy machine may take long to warm up

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settings: Settings) -> None:
     metrics_port = free_port()
     job = kafka_settings.job.model_copy(update={
-        "checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 1_000, "idle_timeout_ms": 1_000,
+        "checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 1_000,  # default idle timeout: safe when busy
         "metrics_port": str(metrics_port)})
     settings = kafka_settings.model_copy(update={"job": job})
     topics = settings.kafka.topics

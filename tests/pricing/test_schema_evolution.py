@@ -8,7 +8,7 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from pricing import contracts
+from pricing import schema_evolution
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract, Ok
 
@@ -37,15 +37,15 @@ def _add_optional_field(schema: dict) -> None:
 
 
 def test_repo_schemas_are_compatible_with_their_history() -> None:
-    assert contracts.check_all() == []
+    assert schema_evolution.check_all() == []
     for contract in Contract:
-        assert list(contracts.history_dir(contract).glob("v*.avsc")), f"{contract.value} has no frozen version"
+        assert list(schema_evolution.history_dir(contract).glob("v*.avsc")), f"{contract.value} has no frozen version"
 
 
 def test_optional_field_with_default_is_read_by_old_and_new_readers(schema_dir: Path, monkeypatch) -> None:
     old = json.loads((schema_dir / "price_request.avsc").read_text())
     new = _edit(schema_dir, Contract.PRICE_REQUEST, _add_optional_field)
-    assert contracts.check_all(schema_dir=schema_dir) == []
+    assert schema_evolution.check_all(schema_dir=schema_dir) == []
 
     # New reader, old data: the serde of a deployment whose current schema is `new` and
     # whose history holds `old` decodes old-framed records, filling the default.
@@ -77,15 +77,15 @@ def test_optional_field_with_default_is_read_by_old_and_new_readers(schema_dir: 
 )
 def test_incompatible_changes_are_caught(schema_dir: Path, change, fragment: str) -> None:
     _edit(schema_dir, Contract.PRICE_REQUEST, change)
-    problems = contracts.check_all(schema_dir=schema_dir)
+    problems = schema_evolution.check_all(schema_dir=schema_dir)
     assert problems, "the check let an incompatible change through"
     assert all(p.startswith("price_request vs v1.avsc") for p in problems)
     assert any(fragment in p for p in problems), problems
 
 
 def test_freeze_adds_a_version_only_when_the_schema_changed(schema_dir: Path) -> None:
-    assert contracts.freeze(schema_dir=schema_dir) == []
+    assert schema_evolution.freeze(schema_dir=schema_dir) == []
     _edit(schema_dir, Contract.PRICE_REQUEST, _add_optional_field)
-    written = contracts.freeze(schema_dir=schema_dir)
+    written = schema_evolution.freeze(schema_dir=schema_dir)
     assert [p.name for p in written] == ["v2.avsc"]
-    assert contracts.freeze(schema_dir=schema_dir) == []
+    assert schema_evolution.freeze(schema_dir=schema_dir) == []

@@ -57,7 +57,7 @@ def test_price_and_encode_logs_the_served_feature_vector() -> None:
         pd.Series(vectors),
         spec=FEATURE_SPEC,
     )
-    encoded = udfs.price_and_encode(policy, batch, spec=FEATURE_SPEC, priced_time_ms=T + 10)
+    encoded = udfs.price_and_encode_batch(policy, batch, spec=FEATURE_SPEC, priced_time_ms=T + 10)
     records = [serde.decode(Contract.PRICED_EVENT, b).record for b in encoded]
     assert [(r["request_id"], r["price_minor"], r["fallback_used"]) for r in records] == [
         ("a", 1234, False), ("b", 500, True),

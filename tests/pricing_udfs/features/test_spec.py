@@ -2,16 +2,29 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs import features as feature_sql
 from pricing_udfs.features.spec import FEATURE_SPEC, SPEC_FILE, FeatureSpec
 
 
-def test_spec_has_unique_names_defaults_and_a_version() -> None:
+def test_spec_has_a_version_groups_and_defaults() -> None:
     assert FEATURE_SPEC.version.startswith("features/")
-    assert len(FEATURE_SPEC.names) == len(set(FEATURE_SPEC.names)) == FEATURE_SPEC.defaults.shape[0]
     assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "context", "flags"}
     assert FEATURE_SPEC.defaults[FEATURE_SPEC.index("is_new_user")] == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(FEATURE_SPEC.names),
+                       st.none() | st.floats(allow_nan=True, allow_infinity=False) | st.integers(-10**9, 10**9)))
+def test_vector_puts_each_value_in_its_place_and_defaults_elsewhere(values: dict) -> None:
+    v = FEATURE_SPEC.vector(values)
+    assert v.shape == (len(FEATURE_SPEC.names),) and v.dtype == np.float64
+    for i, feature in enumerate(FEATURE_SPEC.features):
+        given_value = values.get(feature.name)
+        missing = given_value is None or (isinstance(given_value, float) and np.isnan(given_value))
+        assert v[i] == (feature.default if missing else float(given_value))
 
 
 def test_vector_fills_defaults_and_rejects_unknown_names() -> None:
