@@ -181,7 +181,7 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schemas_check(args: argparse.Namespace, settings: Settings) -> int:
-    from pricing.contracts import check_all
+    from pricing.schema_evolution import check_all
 
     problems = check_all()
     for p in problems:
@@ -191,7 +191,7 @@ def _schemas_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schemas_freeze(args: argparse.Namespace, settings: Settings) -> int:
-    from pricing.contracts import freeze
+    from pricing.schema_evolution import freeze
 
     for path in freeze():
         print(f"froze {path}")
