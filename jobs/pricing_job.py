@@ -131,6 +131,15 @@ def _q(value: str) -> str:
     return value.replace("'", "''")
 
 
+def _interval(ms: int) -> str:
+    """A SQL interval literal of ``ms`` milliseconds (up to 99 days; SECOND alone stops at 99 s)."""
+    seconds, millis = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
+
+
 def _source_ddl(settings: Settings, *, table: str, topic: str) -> str:
     job = settings.job
     bounded = "'scan.bounded.mode' = 'latest-offset'," if job.bounded else ""
@@ -140,8 +149,12 @@ CREATE TEMPORARY TABLE {table} (
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
-  WATERMARK FOR `ts` AS `ts` - INTERVAL '{job.watermark_out_of_orderness_ms / 1000:.3f}' SECOND
+  `record_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+  -- A record stamped further ahead of the wall clock than max_clock_skew_ms gets the epoch as its
+  -- event time: the decoder dead-letters it, and it cannot drag the watermark into the future
+  -- (which would make every later record late).
+  `ts` AS IF(`record_ts` > NOW() + {_interval(job.max_clock_skew_ms)}, TO_TIMESTAMP_LTZ(0, 3), `record_ts`),
+  WATERMARK FOR `ts` AS `ts` - {_interval(job.watermark_out_of_orderness_ms)}
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{_q(topic)}',
@@ -180,13 +193,15 @@ CREATE TEMPORARY TABLE {table} (
 
 
 def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
-    """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``,
-    so the planner shares one Python decode operator between them."""
+    """Decode once. Both the priced and the dead-letter branch read only ``ts``, ``record_ts`` and
+    ``d``, so the planner shares one Python decode operator between them."""
     return f"""
 CREATE TEMPORARY VIEW {view} AS
-SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
+SELECT `ts`, `record_ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
 FROM (
-  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
+  SELECT `ts`, `record_ts`,
+    {decoder}(`value`, `topic`, `partition`, `offset`, `record_ts`, CURRENT_WATERMARK(`ts`)) AS d
+  FROM {source}
 ) AS x
 """
 
@@ -202,7 +217,9 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
     for view, topic, contract, decoder in inputs:
         # Requests keep their bytes: a duplicate is dead-lettered after decoding (see _first_copies).
         keep_raw = contract is Contract.PRICE_REQUEST
-        t_env.create_temporary_system_function(decoder, udfs.decoder(contract, keep_raw=keep_raw))
+        t_env.create_temporary_system_function(
+            decoder, udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=settings.job.max_clock_skew_ms)
+        )
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic))
         t_env.execute_sql(_decoded_view(view=view, source=f"{view}_src", decoder=decoder, contract=contract))
     return [view for view, *_ in inputs]
@@ -233,10 +250,10 @@ SELECT CAST(request_id AS BYTES), price_and_encode({arguments})
 FROM {copies} WHERE repeats = 0
 """
     )
-    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts"
+    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, record_ts"
     rejected = "\n  UNION ALL\n  ".join([*(f"{letter} FROM {view} WHERE NOT ok" for view in inputs), f"""{letter}
   FROM (SELECT request_topic AS source_topic, request_partition AS source_partition,
-      request_offset AS source_offset, request_bytes AS raw_value, ts,
+      request_offset AS source_offset, request_bytes AS raw_value, ts AS record_ts,
       -- (a constant here, even cast to STRING, reached the Python encoder cut to its first
       -- character in Flink 2.2; an expression over a column is not folded into one)
       IF(repeats > 0, '{serde.ErrorKind.DUPLICATE.value}', request_id) AS error_kind,
@@ -248,7 +265,7 @@ FROM {copies} WHERE repeats = 0
         f"""
 INSERT INTO dead_letter_sink
 SELECT CAST(source_topic AS BYTES),
-  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts)
+  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, record_ts)
 FROM (
   {rejected}
 )

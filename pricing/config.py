@@ -136,8 +136,15 @@ class JobSettings(_Section):
         "aside). restore_from wins over both",
     )
     bounded: bool = Field(default=False, description="stop after the offsets that were latest at start (tests, backfills)")
-    watermark_out_of_orderness_ms: int = Field(default=2_000, ge=0)
+    watermark_out_of_orderness_ms: int = Field(default=2_000, ge=0, lt=99 * 86_400_000)
     idle_timeout_ms: int = Field(default=5_000, ge=0)
+    max_clock_skew_ms: int = Field(
+        default=600_000,
+        ge=0,
+        lt=99 * 86_400_000,
+        description="a record whose event time is further ahead of the wall clock is dead-lettered (invalid_value) "
+        "and does not move the watermark",
+    )
     default_price_minor: int = Field(default=1_999, gt=0)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     restart_attempts: int = Field(default=10, ge=0, description="fixed-delay restarts before the job fails")
@@ -190,6 +197,14 @@ class JobSettings(_Section):
         return self
 
 
+class ModelSettings(_Section):
+    """The model registry (``pricing models``, ``pricing train``, the job's model)."""
+
+    registry_dir: Path | None = Field(
+        default=None, description="a folder on one POSIX filesystem (a mounted volume); None: <state_dir>/models"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PRICING_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -199,6 +214,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     broker: BrokerSettings = BrokerSettings()
     job: JobSettings = JobSettings()
+    models: ModelSettings = ModelSettings()
 
     @classmethod
     def settings_customise_sources(

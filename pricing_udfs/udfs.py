@@ -77,6 +77,8 @@ def decode_batch(
     timestamps: pd.Series,
     watermarks: pd.Series | None = None,
     keep_raw: bool = False,
+    max_clock_skew_ms: int | None = None,
+    now_ms: int | None = None,
 ) -> pd.DataFrame:
     """Decode a batch of framed records into columns; rejects become ok=False rows.
 
@@ -84,7 +86,9 @@ def decode_batch(
     event time. A record whose payload ``event_time`` differs is rejected, because
     watermarks and joins would otherwise disagree with the payload. ``watermarks``
     (the source's current watermark per row, null before the first) mark a record
-    ``late`` when its time is behind: event-time windows would drop it silently.
+    ``late`` when its time is behind: event-time windows would drop it silently. A record
+    stamped more than ``max_clock_skew_ms`` ahead of the wall clock (``now_ms``) is invalid: the
+    source gives it no say in the watermark, which it would otherwise move into the future.
     """
     names = [n for n, _ in _fields(contract)]
     n_rows = len(values)
@@ -94,9 +98,16 @@ def decode_batch(
     kinds: list[str | None] = [None] * n_rows
     messages: list[str | None] = [None] * n_rows
     cols: dict[str, list[Any]] = {n: [None] * n_rows for n in names}
+    horizon = None if max_clock_skew_ms is None else (now_ms or int(time.time() * 1000)) + max_clock_skew_ms
     for i, raw in enumerate(values):
         result = serde.decode(contract, raw)
-        if result.ok and result.record["event_time"] != ts_ms[i]:
+        if result.ok and horizon is not None and ts_ms[i] > horizon:
+            kinds[i] = serde.ErrorKind.INVALID_VALUE.value
+            messages[i] = (
+                f"{contract.value}: event_time {ts_ms[i]} is {ts_ms[i] - horizon + max_clock_skew_ms} ms ahead of "
+                f"the engine's clock, more than max_clock_skew_ms ({max_clock_skew_ms})"
+            )
+        elif result.ok and result.record["event_time"] != ts_ms[i]:
             kinds[i] = serde.ErrorKind.INVALID_VALUE.value
             messages[i] = (
                 f"{contract.value}: event_time {result.record['event_time']} differs from the Kafka record "
@@ -145,9 +156,10 @@ def _epoch_millis(timestamps: pd.Series, *, missing: int | None = None) -> np.nd
 
 
 class _Decode(ScalarFunction):
-    def __init__(self, contract: Contract, keep_raw: bool) -> None:
+    def __init__(self, contract: Contract, keep_raw: bool, max_clock_skew_ms: int | None) -> None:
         self._contract = contract
         self._keep_raw = keep_raw
+        self._max_clock_skew_ms = max_clock_skew_ms
         self._late: Any = None
         self._rejected: Any = None
 
@@ -168,6 +180,7 @@ class _Decode(ScalarFunction):
         out = decode_batch(
             self._contract, values, topics=topics, partitions=partitions, offsets=offsets,
             timestamps=timestamps, watermarks=watermarks, keep_raw=self._keep_raw,
+            max_clock_skew_ms=self._max_clock_skew_ms,
         )
         if self._late is not None:
             self._late.inc(int((out["error_kind"] == serde.ErrorKind.LATE.value).sum()))
@@ -175,12 +188,12 @@ class _Decode(ScalarFunction):
         return out
 
 
-def decoder(contract: Contract, *, keep_raw: bool = False) -> Any:
+def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None) -> Any:
     """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``.
 
     ``keep_raw`` keeps the bytes of good rows too (price requests: a later duplicate check may dead-letter them).
     """
-    return udf(_Decode(contract, keep_raw), result_type=decoded_type(contract), func_type="pandas")
+    return udf(_Decode(contract, keep_raw, max_clock_skew_ms), result_type=decoded_type(contract), func_type="pandas")
 
 
 # The pricing UDF's arguments, in order, before the feature array: the job builds its SQL call from this.

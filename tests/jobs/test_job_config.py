@@ -66,3 +66,13 @@ def test_a_resumed_checkpoint_is_claimed() -> None:
     conf = _flink_conf(load_settings(job={"ship_jars": False}), jobmanager=None, start=start)
     assert (conf["execution.state-recovery.path"], conf["execution.state-recovery.claim-mode"]) == (
         "file:///c/g/j/chk-7", "CLAIM")
+
+
+def test_intervals_are_exact_beyond_99_seconds() -> None:
+    from jobs.pricing_job import _interval
+
+    assert _interval(2_000) == "INTERVAL '0 00:00:02.000' DAY TO SECOND(3)"
+    assert _interval(600_000) == "INTERVAL '0 00:10:00.000' DAY TO SECOND(3)"
+    assert _interval(90_061_001) == "INTERVAL '1 01:01:01.001' DAY TO SECOND(3)"
+    ddl = _source_ddl(load_settings(job={"watermark_out_of_orderness_ms": 150_000}), table="t", topic="x")
+    assert "WATERMARK FOR `ts` AS `ts` - INTERVAL '0 00:02:30.000' DAY TO SECOND(3)" in ddl

@@ -66,6 +66,9 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
     # The largest value the broker takes (message.max.bytes minus the batch overhead): a dead
     # letter wrapping it whole would not fit the dead-letter topic.
     huge = bytes(random.Random(3).getrandbits(8) for _ in range(1_048_450))
+    # 50 min ahead: the broker takes it (Kafka refuses timestamps more than log.message.timestamp.after.max.ms,
+    # 1 h by default, ahead), the engine's max_clock_skew_ms (10 min) does not.
+    future = requests["r9"] | {"request_id": "from-the-future", "event_time": int(time.time() * 1000) + 50 * 60_000}
     malformed = {
         "bad_framing": (topics.requests.name, b"{\"request_id\": \"json?\"}", t0 + 5),
         "unknown_schema": (topics.requests.name, serde.MAGIC + b"\x01" * 8 + good[10:], t0 + 6),
@@ -73,6 +76,8 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
         "invalid_value": (topics.requests.name, good, t0 + 8),  # payload time != record timestamp
         "market_bad_payload": (topics.market.name, _market_header() + b"\xff\xff", t0 + 9),
         "huge_bad_framing": (topics.requests.name, huge, t0 + 150_000),
+        # Stamped far ahead: dead-lettered, and it must not drag the watermark (and every later record) along.
+        "future_invalid_value": (topics.requests.name, serde.encode(Contract.PRICE_REQUEST, future), future["event_time"]),
     }
     big = Producer(settings.kafka.client_config() | {"message.max.bytes": 4_000_000})
     for topic, value, ts in malformed.values():
@@ -119,7 +124,8 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
     assert len(letters) == len(malformed) == len(by_digest), "each bad record must appear exactly once"
     for name, (topic, value, ts) in malformed.items():
         letter = by_digest[(topic, hashlib.sha256(value).hexdigest())]
-        kind = {"market_bad_payload": "bad_payload", "duplicate_later": "duplicate", "huge_bad_framing": "bad_framing"}.get(name, name)
+        kind = {"market_bad_payload": "bad_payload", "duplicate_later": "duplicate", "huge_bad_framing": "bad_framing",
+                "future_invalid_value": "invalid_value"}.get(name, name)
         assert letter["error_kind"] == kind, (letter["error_kind"], letter["error_message"], name)
         assert letter["record_time"] == ts and letter["error_message"]
         keep = settings.job.dead_letter_max_raw_bytes

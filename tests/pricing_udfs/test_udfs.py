@@ -40,6 +40,20 @@ def test_decode_batch_splits_good_and_bad_rows_and_keeps_bad_bytes() -> None:
     assert "differs from the Kafka record timestamp" in out.loc[2, "error_message"]
 
 
+def test_a_record_stamped_too_far_ahead_of_the_clock_is_invalid() -> None:
+    skew = 600_000
+    values = [_request(0, ts=T + skew), _request(1, ts=T + skew + 1)]
+    out = udfs.decode_batch(
+        Contract.PRICE_REQUEST, pd.Series(values, dtype=object), topics=pd.Series(["req"] * 2),
+        partitions=pd.Series([0, 0]), offsets=pd.Series([1, 2]),
+        timestamps=pd.Series(pd.to_datetime([T + skew, T + skew + 1], unit="ms", utc=True)),
+        max_clock_skew_ms=skew, now_ms=T,
+    )
+    assert out["ok"].tolist() == [True, False]
+    assert out.loc[1, "error_kind"] == "invalid_value"
+    assert f"is {skew + 1} ms ahead of the engine's clock" in out.loc[1, "error_message"]
+
+
 def test_decoded_columns_match_the_declared_row_type() -> None:
     out = _decode([_request(0)], [T])
     assert list(out.columns) == udfs.decoded_field_names(Contract.PRICE_REQUEST)
