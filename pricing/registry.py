@@ -1,0 +1,610 @@
+"""The model registry: a folder of immutable model versions and an atomic ``latest`` pointer.
+
+The streaming job (to load and hot-swap its model) and the ``pricing models`` commands read
+the registry through this module only; ``pricing train`` writes to it with
+:meth:`Registry.publish`. It uses the standard library only, so that it can run anywhere
+the model is loaded.
+
+Layout::
+
+    <root>/
+      versions/<version>/model/          the model files (a TensorFlow SavedModel; opaque here)
+      versions/<version>/manifest.json   a Manifest, as JSON
+      latest                             the promoted version's id and a newline
+      history.jsonl                      one JSON line per promotion or rollback
+      .incoming/                         publishes in progress (or left by a crashed one)
+      .lock                              writers' advisory lock (flock)
+
+A version id is ``v<created, UTC, %Y%m%dT%H%M%SZ>-<first 8 hex of the content hash>``, e.g.
+``v20261129T071500Z-1a2b3c4d``: ids sort by creation time and are unique (a publish within
+the same second as the newest version takes the next free second, so ids stay strictly
+increasing in publish order).
+
+Guarantees:
+
+- **Immutable versions.** A version folder is complete when it appears and is never
+  written again: publish copies the model into ``.incoming/<tmp>/``, writes the manifest,
+  fsyncs every file and folder, then renames the folder into ``versions/`` in one
+  ``rename``, which never replaces an existing version. Model files are made read-only.
+  The manifest's ``content_hash`` (SHA-256 over the files' relative paths and bytes) lets a
+  reader check a copy with :meth:`Registry.verify`.
+- **Crashes.** A crash while publishing leaves at most a folder in ``.incoming/``, which
+  readers never look at and the next writer removes. ``latest`` changes by writing a
+  temporary file, fsyncing it and ``os.replace``-ing it over ``latest``: after a crash at
+  any point, ``latest`` names either the old or the new version, never a mix or nothing.
+  The promotion is appended to ``history.jsonl`` afterwards; a crash in between loses
+  only that history line, which the next promote or rollback takes into account.
+- **Concurrent readers** need no lock: they see a version folder either complete or not
+  at all, and ``latest`` either before or after a promotion. Writers (publish, promote,
+  rollback) serialise on an advisory ``flock`` of ``<root>/.lock``, which the kernel
+  releases when a writer dies.
+- **Where this holds.** ``rename`` and ``os.replace`` are atomic within one POSIX
+  filesystem. On Kubernetes, mount the registry as a volume (a PersistentVolume: a local
+  or block-backed filesystem, or NFS, whose rename is atomic on the server, though
+  another client may see a new ``latest`` only when its attribute cache expires, and
+  whose flock Linux maps to NFS locks). An object store (S3, GCS) offers no atomic rename and
+  is not a valid root, not even through a FUSE mount; copy a version from there into the
+  volume and publish it instead.
+
+Everything a user can get wrong (an unknown version, an empty registry, nothing to roll
+back to) raises :class:`RegistryError`, a ``ValueError`` with a message that says what to
+do; ``pricing`` prints it as ``pricing: error: ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+MANIFEST_VERSION = 1
+LATEST = "latest"
+_VERSION_RE = re.compile(r"^v(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
+_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+_CHUNK = 1 << 20
+
+
+class RegistryError(ValueError):
+    """A registry operation cannot be done as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The event-time span of the training data, epoch milliseconds, both ends included."""
+
+    start_ms: int
+    end_ms: int
+
+    def __post_init__(self) -> None:
+        for name in ("start_ms", "end_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RegistryError(f"training_window.{name} must be an integer (epoch ms), got {value!r}")
+        if self.start_ms > self.end_ms:
+            raise RegistryError(f"training_window starts after it ends ({self.start_ms} > {self.end_ms})")
+
+    @classmethod
+    def of(cls, value: "TrainingWindow | tuple[int, int] | Mapping[str, Any]") -> "TrainingWindow":
+        """Accept a TrainingWindow, a ``(start_ms, end_ms)`` pair or ``{"start_ms": .., "end_ms": ..}``."""
+        if isinstance(value, TrainingWindow):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return cls(start_ms=value["start_ms"], end_ms=value["end_ms"])
+            except KeyError as exc:
+                raise RegistryError(f"training_window needs start_ms and end_ms, got {dict(value)!r}") from None
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return cls(start_ms=value[0], end_ms=value[1])
+        raise RegistryError(f"training_window must be (start_ms, end_ms), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a version is: stored as ``manifest.json`` next to its ``model/`` folder."""
+
+    version: str
+    created: str  # ISO 8601, UTC, seconds: "2026-11-29T07:15:00Z"
+    feature_spec_version: str
+    training_window: TrainingWindow
+    metrics: Mapping[str, float]  # e.g. log_loss, auc, base_rate_log_loss, calibration_error
+    content_hash: str  # hex SHA-256 over the model files (see content_hash())
+    parent: str | None  # the version that was latest when this one was published
+    extra: Mapping[str, Any] = field(default_factory=dict)  # free-form, JSON values (notes, seed, data path, ...)
+    manifest_version: int = MANIFEST_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manifest_version": self.manifest_version,
+            "version": self.version,
+            "created": self.created,
+            "feature_spec_version": self.feature_spec_version,
+            "training_window": {"start_ms": self.training_window.start_ms, "end_ms": self.training_window.end_ms},
+            "metrics": dict(self.metrics),
+            "content_hash": self.content_hash,
+            "parent": self.parent,
+            "extra": dict(self.extra),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
+        """Read a manifest; keys this version does not know are ignored (a newer writer may add some)."""
+        try:
+            return cls(
+                version=_check_version_id(data["version"]),
+                created=_str(data["created"], "created"),
+                feature_spec_version=_str(data["feature_spec_version"], "feature_spec_version"),
+                training_window=TrainingWindow.of(data["training_window"]),
+                metrics=_metrics(data["metrics"]),
+                content_hash=_hex_hash(data["content_hash"]),
+                parent=None if data.get("parent") is None else _check_version_id(data["parent"]),
+                extra=dict(data.get("extra") or {}),
+                manifest_version=int(data.get("manifest_version", MANIFEST_VERSION)),
+            )
+        except KeyError as exc:
+            raise RegistryError(f"manifest lacks {exc.args[0]!r}") from None
+        except (TypeError, AttributeError) as exc:
+            raise RegistryError(f"malformed manifest: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PointerChange:
+    """What a promote or rollback did to ``latest``."""
+
+    previous: str | None
+    latest: str
+
+
+def content_hash(model_dir: Path) -> str:
+    """Hex SHA-256 over every file and folder under ``model_dir``: relative POSIX paths and bytes.
+
+    Deterministic: entries are taken in sorted path order and each is length-prefixed, so
+    the hash depends only on the tree's names and contents (not on timestamps, permissions
+    or the order the filesystem lists them in). Symbolic links are refused.
+    """
+    digest = hashlib.sha256()
+    for rel, path in _tree(Path(model_dir)):
+        if path.is_dir():
+            _hash_entry(digest, b"D", rel, 0)
+        else:
+            _hash_entry(digest, b"F", rel, path.stat().st_size)
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Registry:
+    """A model registry rooted at ``root`` (created by the first publish)."""
+
+    def __init__(self, root: Path | str, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.root = Path(root)
+        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def latest_file(self) -> Path:
+        return self.root / LATEST
+
+    @property
+    def history_file(self) -> Path:
+        return self.root / "history.jsonl"
+
+    @property
+    def _incoming(self) -> Path:
+        return self.root / ".incoming"
+
+    # -- reading (no lock) ---------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Every complete version, oldest first (newest last)."""
+        try:
+            names = os.listdir(self.versions_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            n for n in names if _VERSION_RE.match(n) and (self.versions_dir / n / "manifest.json").is_file()
+        )
+
+    def latest_version(self) -> str | None:
+        """The promoted version, or None when nothing was promoted yet."""
+        try:
+            text = self.latest_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not _VERSION_RE.match(text):
+            raise RegistryError(
+                f"{self.latest_file} is corrupt ({text[:80]!r}); promote a version again with "
+                "'pricing models promote VERSION'"
+            )
+        return text
+
+    def resolve(self, version: str = LATEST) -> Path:
+        """The folder of ``version`` (or of the promoted version for ``"latest"``); its model is in ``model/``."""
+        name = self._name(version)
+        path = self.versions_dir / name
+        if not (path / "manifest.json").is_file():
+            if version == LATEST:
+                raise RegistryError(
+                    f"{self.latest_file} names {name}, which is not in {self.versions_dir}; "
+                    "promote an existing version with 'pricing models promote VERSION'"
+                )
+            raise RegistryError(self._unknown(name))
+        return path
+
+    def model_dir(self, version: str = LATEST) -> Path:
+        """The model files of ``version`` (the SavedModel folder)."""
+        return self.resolve(version) / "model"
+
+    def manifest(self, version: str = LATEST) -> Manifest:
+        path = self.resolve(version) / "manifest.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{path} is not valid JSON: {exc}") from None
+        manifest = Manifest.from_dict(data)
+        if manifest.version != path.parent.name:
+            raise RegistryError(f"{path} describes {manifest.version}, not {path.parent.name}")
+        return manifest
+
+    def verify(self, version: str = LATEST) -> Manifest:
+        """Recompute the content hash of ``version``'s files; RegistryError if they changed."""
+        manifest = self.manifest(version)
+        actual = content_hash(self.resolve(manifest.version) / "model")
+        if actual != manifest.content_hash:
+            raise RegistryError(
+                f"the files of {manifest.version} changed after publishing (content hash {actual[:12]}..., "
+                f"manifest {manifest.content_hash[:12]}...); publish the model again as a new version"
+            )
+        return manifest
+
+    # -- writing (under the lock) --------------------------------------------------------
+    def publish(
+        self,
+        model_dir: Path | str,
+        *,
+        feature_spec_version: str,
+        training_window: TrainingWindow | tuple[int, int] | Mapping[str, Any],
+        metrics: Mapping[str, float],
+        extra: Mapping[str, Any] | None = None,
+        promote: bool = False,
+    ) -> Manifest:
+        """Copy ``model_dir`` into a new immutable version and return its manifest.
+
+        ``latest`` changes only with ``promote=True``. ``parent`` is the version that was
+        latest at the time. If copying or writing fails, nothing becomes visible; if only
+        the promotion fails, the version is published (complete) and ``latest`` unchanged.
+        """
+        source = Path(model_dir)
+        if not source.is_dir():
+            raise RegistryError(f"model folder {source} does not exist or is not a folder")
+        feature_spec_version = _str(feature_spec_version, "feature_spec_version")
+        window = TrainingWindow.of(training_window)
+        metrics = _metrics(metrics)
+        extra = dict(extra or {})
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"extra must hold JSON values only: {exc}") from None
+
+        with self._lock(create=True):
+            tmp = self._incoming / f"publish-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                digest = _copy_tree(source, tmp / "model")
+                parent = self.latest_version()
+                created = self._created()
+                while True:
+                    version = f"v{created.strftime(_TIME_FORMAT)}-{digest[:8]}"
+                    manifest = Manifest(
+                        version=version,
+                        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        feature_spec_version=feature_spec_version,
+                        training_window=window,
+                        metrics=metrics,
+                        content_hash=digest,
+                        parent=parent,
+                        extra=extra,
+                    )
+                    _write_file(tmp / "manifest.json", manifest.to_json().encode("utf-8"), mode=0o444)
+                    _fsync_dir(tmp)
+                    try:
+                        os.rename(tmp, self.versions_dir / version)  # never replaces a non-empty folder
+                    except OSError as exc:
+                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                            raise
+                        (tmp / "manifest.json").unlink()
+                        created += dt.timedelta(seconds=1)
+                        continue
+                    break
+            except BaseException:
+                _rmtree(tmp)
+                raise
+            _fsync_dir(self.versions_dir)
+            _fsync_dir(self._incoming)
+            if promote:
+                self._set_latest(version, action="promote")
+        return manifest
+
+    def promote(self, version: str) -> PointerChange:
+        """Make ``version`` the one ``latest`` names (atomically); no-op if it already is."""
+        with self._lock():
+            name = self.resolve(version).name
+            previous = self.latest_version()
+            if previous == name:
+                return PointerChange(previous=previous, latest=name)
+            return self._set_latest(name, action="promote")
+
+    def rollback(self) -> PointerChange:
+        """Make ``latest`` name the version promoted before the current one again."""
+        with self._lock():
+            current = self.latest_version()
+            if current is None:
+                raise RegistryError(
+                    f"nothing to roll back in {self.root}: no version was promoted yet "
+                    "(promote one with 'pricing models promote VERSION')"
+                )
+            stack = self._promotion_stack(current)
+            if len(stack) < 2:
+                raise RegistryError(
+                    f"nothing to roll back to: no version was promoted before {current} in {self.root}; "
+                    "promote the one you want with 'pricing models promote VERSION'"
+                )
+            target = stack[-2]
+            self.resolve(target)  # it exists (versions are never removed), but say so clearly if not
+            return self._set_latest(target, action="rollback")
+
+    def history(self) -> list[dict[str, Any]]:
+        """The recorded promotions and rollbacks, oldest first (a torn last line is skipped)."""
+        try:
+            lines = self.history_file.read_text(encoding="utf-8").split("\n")
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # empty, or torn by a crash mid-append
+            if isinstance(event, dict) and _VERSION_RE.match(str(event.get("version", ""))):
+                events.append(event)
+        return events
+
+    # -- internals -----------------------------------------------------------------------
+    def _name(self, version: str) -> str:
+        if version == LATEST:
+            latest = self.latest_version()
+            if latest is None:
+                if not self.versions():
+                    raise RegistryError(self._empty())
+                raise RegistryError(
+                    f"no version of {self.root} is promoted yet; promote one with "
+                    "'pricing models promote VERSION' (see 'pricing models list')"
+                )
+            return latest
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise RegistryError(
+                f"{version!r} is not a version id (like v20261129T071500Z-1a2b3c4d) or 'latest'; "
+                "see 'pricing models list'"
+            )
+        return version
+
+    def _empty(self) -> str:
+        return f"no model versions in {self.root}; publish one with 'pricing train' (or check --registry)"
+
+    def _unknown(self, name: str) -> str:
+        known = self.versions()
+        if not known:
+            return f"unknown version {name}: {self._empty()}"
+        return f"unknown version {name} in {self.root}; 'pricing models list' shows the {len(known)} known ones"
+
+    def _created(self) -> dt.datetime:
+        now = self._clock().astimezone(dt.timezone.utc).replace(microsecond=0)
+        known = self.versions()
+        if known:
+            newest = dt.datetime.strptime(_VERSION_RE.match(known[-1]).group(1), _TIME_FORMAT)  # type: ignore[union-attr]
+            newest = newest.replace(tzinfo=dt.timezone.utc)
+            if now <= newest:
+                now = newest + dt.timedelta(seconds=1)
+        return now
+
+    def _promotion_stack(self, current: str | None) -> list[str]:
+        """Replay the history into the stack of promoted versions; its top is ``current``."""
+        stack: list[str] = []
+        for event in self.history():
+            version = event["version"]
+            if event.get("action") == "rollback" and version in stack:
+                del stack[len(stack) - stack[::-1].index(version):]
+            elif not stack or stack[-1] != version:
+                stack.append(version)
+        if current is not None and (not stack or stack[-1] != current):
+            stack.append(current)  # promoted, then a crash before its history line
+        return stack
+
+    def _set_latest(self, version: str, *, action: str) -> PointerChange:
+        previous = self.latest_version()
+        recorded = self._promotion_stack(None)
+        if previous is not None and (not recorded or recorded[-1] != previous):
+            # `previous` was promoted, then a crash lost its history line: record it first,
+            # so that a later rollback can return to it.
+            self._append_history({"action": "promote", "version": previous, "previous": None, "recovered": True})
+        _atomic_write(self.latest_file, (version + "\n").encode("utf-8"))
+        self._append_history({"action": action, "version": version, "previous": previous})
+        return PointerChange(previous=previous, latest=version)
+
+    def _append_history(self, event: dict[str, Any]) -> None:
+        event = {"at": _iso(self._clock()), **event}
+        line = json.dumps(event, sort_keys=True) + "\n"
+        fd = os.open(self.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                with open(self.history_file, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line  # a crash tore the last line: do not glue this one to it
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _clean_incoming(self) -> None:
+        """Remove what crashed writers left (we hold the lock, so no other writer is active)."""
+        if self._incoming.is_dir():
+            for entry in self._incoming.iterdir():
+                _rmtree(entry)
+        for entry in self.root.glob(f".{LATEST}.tmp-*"):
+            entry.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _lock(self, *, create: bool = False) -> Iterator[None]:
+        """Serialise writers; ``create``: make the registry's folders (publish) instead of requiring them."""
+        if create:
+            for d in (self.root, self.versions_dir, self._incoming):
+                d.mkdir(parents=True, exist_ok=True)
+        elif not self.versions_dir.is_dir():
+            raise RegistryError(self._empty())
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._clean_incoming()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _tree(root: Path) -> list[tuple[str, Path]]:
+    """(relative POSIX path, path) of every file and folder under root, sorted by relative path."""
+    entries: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            path = base / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise RegistryError(f"{path} is a symbolic link; the registry stores plain files and folders only")
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise RegistryError(f"{path} is not a regular file or folder")
+            entries.append((path.relative_to(root).as_posix(), path))
+    entries.sort(key=lambda e: e[0].encode("utf-8"))
+    return entries
+
+
+def _hash_entry(digest: "hashlib._Hash", kind: bytes, rel: str, size: int) -> None:
+    name = rel.encode("utf-8")
+    digest.update(kind + len(name).to_bytes(8, "big") + name + size.to_bytes(8, "big"))
+
+
+def _copy_tree(source: Path, dest: Path) -> str:
+    """Copy source to dest (fsynced, files read-only) and return the content hash of the copy."""
+    entries = _tree(source)
+    if not any(p.is_file() for _, p in entries):
+        raise RegistryError(f"model folder {source} holds no files")
+    dest.mkdir()
+    for rel, path in entries:
+        if path.is_dir():
+            (dest / rel).mkdir()
+        else:
+            _copy_file(path, dest / rel)
+    for dirpath, _, _ in os.walk(dest, topdown=False):
+        _fsync_dir(Path(dirpath))
+    return content_hash(dest)
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.chmod(dst, 0o444)
+
+
+def _write_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, mode)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers and crashes see the old or the new bytes, nothing else."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RegistryError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_version_id(value: Any) -> str:
+    if not isinstance(value, str) or not _VERSION_RE.match(value):
+        raise RegistryError(f"{value!r} is not a version id (like v20261129T071500Z-1a2b3c4d)")
+    return value
+
+
+def _hex_hash(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise RegistryError(f"content_hash must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def _metrics(values: Any) -> dict[str, float]:
+    if not isinstance(values, Mapping):
+        raise RegistryError(f"metrics must be a mapping of names to numbers, got {type(values).__name__}")
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key:
+            raise RegistryError(f"metric names must be non-empty strings, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise RegistryError(f"metric {key} must be a number, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise RegistryError(f"metric {key} is {number}; the manifest holds finite numbers only (leave it out)")
+        out[key] = number
+    return out
