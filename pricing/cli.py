@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         pass
     else:
         register_sim(sub)
+    from pricing.models_cli import register as register_models
+    register_models(sub)
     return p
 
 

@@ -1,0 +1,152 @@
+"""``pricing models list|show|promote|rollback``: the model registry from the command line.
+
+Each sub-command takes ``--registry DIR``; the default is ``[models] registry_dir`` of the
+settings, else ``<state_dir>/models`` (:func:`registry_dir`). Errors are
+:class:`pricing.registry.RegistryError` (a ``ValueError``), which ``pricing`` prints as
+``pricing: error: ...`` with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from pricing.registry import LATEST, Manifest, Registry, RegistryError
+
+if TYPE_CHECKING:
+    from pricing.config import Settings
+
+_SHOWN_METRICS = ("log_loss", "auc")
+
+
+def registry_dir(settings: "Settings") -> Path:
+    """Where the registry is: ``[models] registry_dir``, else ``<state_dir>/models``."""
+    return settings.models.registry_dir or settings.state_dir / "models"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``models list|show|promote|rollback`` to the ``pricing`` command."""
+    models = subparsers.add_parser(
+        "models",
+        help="the model registry: list, show, promote, roll back versions",
+        description="Immutable model versions and the 'latest' pointer the job serves.",
+    )
+    sub = models.add_subparsers(title="actions", dest="models_action", metavar="ACTION", required=True)
+
+    ls = sub.add_parser("list", help="every version, oldest first; '*' marks latest")
+    _registry_arg(ls)
+    ls.set_defaults(func=_guarded(_list))
+
+    show = sub.add_parser("show", help="one version's manifest: metrics, training window, parent")
+    show.add_argument("version", metavar="VERSION", help="a version id, or 'latest'")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _registry_arg(show)
+    show.set_defaults(func=_guarded(_show))
+
+    promote = sub.add_parser("promote", help="make VERSION the one 'latest' names (atomically)")
+    promote.add_argument("version", metavar="VERSION", help="a version id (see 'pricing models list')")
+    _registry_arg(promote)
+    promote.set_defaults(func=_guarded(_promote))
+
+    rollback = sub.add_parser("rollback", help="point 'latest' back at the previously promoted version")
+    _registry_arg(rollback)
+    rollback.set_defaults(func=_guarded(_rollback))
+
+
+def _registry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry", type=Path, default=None, metavar="DIR",
+        help="registry folder (default: [models] registry_dir, else <state_dir>/models)",
+    )
+
+
+def _guarded(handler: Callable[[argparse.Namespace, Registry], int]) -> Callable[[argparse.Namespace, "Settings"], int]:
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace, settings: "Settings") -> int:
+        registry = Registry(args.registry or registry_dir(settings))
+        try:
+            return handler(args, registry)
+        except RegistryError:
+            raise
+        except OSError as exc:  # a read-only mount, no permission, ...
+            raise RegistryError(f"registry {registry.root}: {exc}") from exc
+
+    return run
+
+
+def _list(args: argparse.Namespace, registry: Registry) -> int:
+    versions = registry.versions()
+    if not versions:
+        print(f"no model versions in {registry.root} (publish one with 'pricing train')", file=sys.stderr)
+        return 0
+    latest = registry.latest_version()
+    rows = [("", "VERSION", "CREATED", "FEATURES", *(m.upper() for m in _SHOWN_METRICS), "PARENT")]
+    for version in versions:
+        mark = "*" if version == latest else ""
+        try:
+            m = registry.manifest(version)
+        except RegistryError as exc:
+            rows.append((mark, version, f"(unreadable manifest: {exc})", "", *("" for _ in _SHOWN_METRICS), ""))
+            continue
+        metrics = (f"{m.metrics[k]:.4f}" if k in m.metrics else "-" for k in _SHOWN_METRICS)
+        rows.append((mark, version, m.created, m.feature_spec_version, *metrics, m.parent or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print(f"latest: {latest}" if latest else "latest: none promoted yet ('pricing models promote VERSION')")
+    return 0
+
+
+def _show(args: argparse.Namespace, registry: Registry) -> int:
+    manifest = registry.manifest(args.version)
+    if args.json:
+        sys.stdout.write(manifest.to_json())
+        return 0
+    print(_describe(manifest, registry))
+    return 0
+
+
+def _describe(m: Manifest, registry: Registry) -> str:
+    w = m.training_window
+    lines = [
+        ("version", m.version + ("  (latest)" if m.version == registry.latest_version() else "")),
+        ("created", m.created),
+        ("feature spec", m.feature_spec_version),
+        ("training window", f"{_ms(w.start_ms)} .. {_ms(w.end_ms)}  ({w.start_ms} .. {w.end_ms} ms)"),
+        ("parent", m.parent or "-"),
+        ("content hash", m.content_hash),
+        ("model", str(registry.model_dir(m.version))),
+    ]
+    out = [f"{k:<16} {v}" for k, v in lines]
+    out.append("metrics:" if m.metrics else "metrics:        none")
+    out += [f"  {k:<22} {v:.6g}" for k, v in sorted(m.metrics.items())]
+    if m.extra:
+        out.append("extra:")
+        out += [f"  {k:<22} {json.dumps(v)}" for k, v in sorted(m.extra.items())]
+    return "\n".join(out)
+
+
+def _ms(epoch_ms: int) -> str:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _promote(args: argparse.Namespace, registry: Registry) -> int:
+    if args.version == LATEST:
+        raise RegistryError("promote takes a version id, not 'latest' (see 'pricing models list')")
+    change = registry.promote(args.version)
+    if change.previous == change.latest:
+        print(f"{change.latest} is already latest")
+    else:
+        print(f"latest: {change.previous or 'none'} -> {change.latest}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, registry: Registry) -> int:
+    change = registry.rollback()
+    print(f"rolled back latest: {change.previous} -> {change.latest}")
+    return 0
