@@ -149,12 +149,12 @@ CREATE TEMPORARY TABLE {table} (
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  `record_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
-  -- A record stamped further ahead of the wall clock than max_clock_skew_ms gets the epoch as its
-  -- event time: the decoder dead-letters it, and it cannot drag the watermark into the future
-  -- (which would make every later record late).
-  `ts` AS IF(`record_ts` > NOW() + {_interval(job.max_clock_skew_ms)}, TO_TIMESTAMP_LTZ(0, 3), `record_ts`),
-  WATERMARK FOR `ts` AS `ts` - {_interval(job.watermark_out_of_orderness_ms)}
+  `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+  -- A record stamped further ahead of the wall clock than max_clock_skew_ms counts as the epoch
+  -- for the watermark (the decoder dead-letters it), so it cannot drag the watermark into the
+  -- future, which would make every later record late.
+  WATERMARK FOR `ts` AS IF(`ts` > NOW() + {_interval(job.max_clock_skew_ms)}, TO_TIMESTAMP_LTZ(0, 3), `ts`)
+    - {_interval(job.watermark_out_of_orderness_ms)}
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{_q(topic)}',
@@ -193,15 +193,15 @@ CREATE TEMPORARY TABLE {table} (
 
 
 def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
-    """Decode once. Both the priced and the dead-letter branch read only ``ts``, ``record_ts`` and
-    ``d``, so the planner shares one Python decode operator between them."""
+    """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``, so the
+    planner shares one Python decode operator between them (if one branch read another source
+    column, the planner would split it in two and decode every record twice:
+    ``tests/jobs/test_job_plan.py``)."""
     return f"""
 CREATE TEMPORARY VIEW {view} AS
-SELECT `ts`, `record_ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
+SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
 FROM (
-  SELECT `ts`, `record_ts`,
-    {decoder}(`value`, `topic`, `partition`, `offset`, `record_ts`, CURRENT_WATERMARK(`ts`)) AS d
-  FROM {source}
+  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
 ) AS x
 """
 
@@ -250,10 +250,10 @@ SELECT CAST(request_id AS BYTES), price_and_encode({arguments})
 FROM {copies} WHERE repeats = 0
 """
     )
-    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, record_ts"
+    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts"
     rejected = "\n  UNION ALL\n  ".join([*(f"{letter} FROM {view} WHERE NOT ok" for view in inputs), f"""{letter}
   FROM (SELECT request_topic AS source_topic, request_partition AS source_partition,
-      request_offset AS source_offset, request_bytes AS raw_value, ts AS record_ts,
+      request_offset AS source_offset, request_bytes AS raw_value, ts,
       -- (a constant here, even cast to STRING, reached the Python encoder cut to its first
       -- character in Flink 2.2; an expression over a column is not folded into one)
       IF(repeats > 0, '{serde.ErrorKind.DUPLICATE.value}', request_id) AS error_kind,
@@ -265,7 +265,7 @@ FROM {copies} WHERE repeats = 0
         f"""
 INSERT INTO dead_letter_sink
 SELECT CAST(source_topic AS BYTES),
-  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, record_ts)
+  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts)
 FROM (
   {rejected}
 )
