@@ -4,10 +4,12 @@ The simulated world is replayed under the historical policy (list price x a rand
 multiplier, see ``HistoricalPolicy``), and the outcome is turned into the three
 input contracts of the engine: behaviour events (views, carts, purchases, reviews),
 market events (competitor prices, stock, promotions, list prices, costs) and price
-requests (one per view, slightly before it). A configurable share of behaviour and
-market events arrives late: files are in arrival order, so those event_times are
-out of order, exactly as a consumer would see them. Price requests are never late:
-a storefront asks synchronously.
+requests (one per view, slightly before it). The view and the cart, purchase and review
+that follow it carry that request's ``request_id``, as live traffic answering an engine
+price does, so training attributes purchases to offers the same way for both. A
+configurable share of behaviour and market events arrives late: files are in arrival
+order, so those event_times are out of order, exactly as a consumer would see them.
+Price requests are never late: a storefront asks synchronously.
 
 Everything is columnar numpy; only the final dict rows fastavro needs are built,
 lazily, while writing.
@@ -149,6 +151,9 @@ def _assemble(world: World, outcome: Outcome) -> History:
             "quantity": np.ones(rows.size, np.int32),
             "session_id": session_ids[v.session[rows]],
             "event_time": btime,
+            # The request whose answer (the historical price) the view showed; its cart, purchase and
+            # review follow that price too, as in the live closed loop: training attributes by it.
+            "request_id": request_ids[rows],
             "arrival_time": arrival,
         }
     )

@@ -54,7 +54,7 @@ def test_cli_history_files_decode_with_zero_rejects(tmp_path: Path, week_history
         assert rejected == []
         assert all(isinstance(r["event_time"], int) and r["event_time"] > 0 for r in records)
         # the files hold exactly the history the function returns (same seed, same content); a field the
-        # frame lacks (behaviour's request_id: history does not link events to requests) is its default, null
+        # frame lacks would be written as its default, null
         written, frame = pd.DataFrame(records), week_history.frames()[contract].reset_index(drop=True)
         fields = [f["name"] for f in published_schema(contract)["fields"]]
         assert list(written.columns) == fields
@@ -90,6 +90,26 @@ def test_events_are_consistent_with_the_contracts(week_history: History) -> None
     assert len(both) == len(r)
     assert (both["event_time_request"] < both["event_time_view"]).all()
     assert (both["event_time_view"] - both["event_time_request"] < 1_000).all()
+
+
+def test_behaviour_carries_the_request_whose_price_it_followed(week_history: History) -> None:
+    """Every view, cart, purchase and review names the request answered with the price it saw (attribution
+    for training, as in live traffic): same user, product and price as that request's impression."""
+    m = build_market(week_history.scenario)
+    imp = week_history.impressions.assign(user_id=lambda d: m.user_ids[d["user_index"]],
+                                          product_id=lambda d: m.product_ids[d["product_index"]])  # fmt: skip
+    b = week_history.behaviour
+    assert b["request_id"].notna().all()
+    both = b.merge(imp, on="request_id", suffixes=("", "_imp"), validate="m:1")
+    assert len(both) == len(b)
+    for col in ("user_id", "product_id"):
+        assert (both[col] == both[f"{col}_imp"]).all()
+    assert (both["price_seen_minor"] == both["price_minor"]).all()
+    assert (both["event_time"] >= both["event_time_imp"]).all()  # the view itself, or after it
+    views = b[b["type"] == "view"]
+    assert views["request_id"].is_unique and set(views["request_id"]) == set(week_history.requests["request_id"])
+    bought = b.loc[b["type"] == "purchase", "request_id"]
+    assert bought.is_unique and set(bought) == set(imp.loc[imp["purchased"], "request_id"])
 
 
 def test_purchases_happen_at_the_logged_price_and_only_in_stock(week_history: History) -> None:
