@@ -252,6 +252,8 @@ def test_labels_on_a_hand_built_log(tmp_path: Path) -> None:
         "other-user": ("u5", "pA", t, 0),  # u6 bought pA
         "by-request-id": ("u7", "pA", t, 1),  # the purchase names it
         "named-too-late": ("u8", "pA", t, 0),  # names it, but after the window
+        "named-before": ("u15", "pA", t, 0),  # names it, but was bought before it (clock trouble upstream)
+        "named-at-the-edge": ("u16", "pA", t, 1),  # names it, bought exactly at t + window
         "named-elsewhere": ("u9", "pA", t, 0),  # within the window, but the purchase names the next offer
         "named-next": ("u9", "pA", t + MIN, 1),
         "earlier-touch": ("u10", "pA", t, 0),  # the same user's later offer gets the unnamed purchase
@@ -272,19 +274,25 @@ def test_labels_on_a_hand_built_log(tmp_path: Path) -> None:
         _behaviour("b5", "u6", "pA", "purchase", t + MIN),
         _behaviour("b7", "u7", "pA", "purchase", t + 5 * MIN, request_id="by-request-id"),
         _behaviour("b8", "u8", "pA", "purchase", t + w + 1, request_id="named-too-late"),
+        _behaviour("b15", "u15", "pA", "purchase", t - 1, request_id="named-before"),
+        _behaviour("b16", "u16", "pA", "purchase", t + w, request_id="named-at-the-edge"),
         _behaviour("b9", "u9", "pA", "purchase", t + 2 * MIN, request_id="named-next"),
         _behaviour("b10", "u10", "pA", "purchase", t + 20 * MIN),
         _behaviour("b11", "u11", "pA", "purchase", t + MIN, arrival=t + 2 * HOUR),
         _behaviour("b12", "u13", "pA", "purchase", t + MIN, request_id="anonymous"),
         _behaviour("b13", "u14", "pA", "purchase", t + 2 * MIN),
     ]
-    later = [_behaviour("tick", "u0", "pC", "view", t + 2 * HOUR - 1)]  # moves the watermark past b11
+    later = [
+        _behaviour("again", "u7", "pA", "view", t + MIN, price=1, request_id="by-request-id"),  # the first view's price
+        _behaviour("tick", "u0", "pC", "view", t + 2 * HOUR - 1),  # moves the watermark past b11
+    ]
     frames = {Contract.PRICE_REQUEST: pd.DataFrame(requests),
               Contract.MARKET_EVENT: pd.DataFrame([_market("pA", "list_price", 1000, t - HOUR)]),
               Contract.BEHAVIOUR_EVENT: pd.DataFrame(views + purchases + later)}  # fmt: skip
     folder = write_history_dir(tmp_path / "h", frames)
+    # one bucket: every product meets every purchase, so "never another product" is the rule's doing
     summary = ts.run_backfill(folder, tmp_path / "out", allowance_ms=ALLOWANCE_MS, attribution_window_ms=w,
-                              show_progress=False)  # fmt: skip
+                              buckets=1, show_progress=False)  # fmt: skip
     assert summary.counts["behaviour_event_late"] == 1  # b11
     rows = read_rows(tmp_path / "out").set_index("request_id")
     got = rows["label"].to_dict()
