@@ -1001,8 +1001,23 @@ def _pipeline_options(runner: str, values: dict[str, Any], pipeline_args: Sequen
                            **{k: v for k, v in values.items() if v is not None})  # fmt: skip
 
 
+def _check_beam_worker() -> None:
+    """PyFlink's Python worker, once loaded into a process (a local job run), registers its own handler for
+    Beam's ParDo and Beam's in-process runner then fails with a protobuf DecodeError: say so instead."""
+    from apache_beam.portability import common_urns
+    from apache_beam.runners.worker import bundle_processor
+
+    creator, _ = getattr(bundle_processor.BeamTransformFactory, "_known_urns", {}).get(
+        common_urns.primitives.PAR_DO.urn, (None, None))
+    if creator is not None and getattr(creator, "__module__", "").startswith("pyflink"):
+        raise RuntimeError("this process has run a PyFlink job, whose worker took over Beam's ParDo handler; "
+                           "run the training-set pipeline in its own process (python -m jobs.training_set)")
+
+
 def _run(source: str, out: Path, options: PipelineOptions, build: Any) -> Summary:
     t0 = time.perf_counter()
+    if options.view_as(StandardOptions).runner in ("DirectRunner", "FnApiRunner", None):
+        _check_beam_worker()
     opts = _Opts.of(options)
     runner = options.view_as(StandardOptions).runner
     opts.say(f"{source}: Beam pipeline on {runner}")
