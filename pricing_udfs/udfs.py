@@ -113,10 +113,10 @@ def decode_batch(
                 f"{contract.value}: event_time {result.record['event_time']} differs from the Kafka record "
                 f"timestamp {ts_ms[i]}; producers must set the record timestamp to event_time"
             )
-        elif result.ok and wm_ms is not None and ts_ms[i] < wm_ms[i]:
+        elif result.ok and wm_ms is not None and ts_ms[i] <= wm_ms[i]:  # Flink's event-time operators drop ts == watermark too
             kinds[i] = serde.ErrorKind.LATE.value
             messages[i] = (
-                f"{contract.value}: event_time {ts_ms[i]} is {wm_ms[i] - ts_ms[i]} ms behind the watermark "
+                f"{contract.value}: event_time {ts_ms[i]} is not after the watermark (it is {wm_ms[i] - ts_ms[i]} ms behind) "
                 f"{wm_ms[i]}; raise watermark_out_of_orderness_ms to accept such events"
             )
         elif result.ok:

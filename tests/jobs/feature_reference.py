@@ -124,7 +124,7 @@ def without_late(
         encoded = [serde.encode(contract, _record(r)) for r in frame.reindex(columns=fields).to_dict("records")]
         late = pd.Series([e in late_raw for e in encoded], index=frame.index)
         newest_before = frame["event_time"].cummax().shift(1)
-        wrongly_late = frame[late & ~(frame["event_time"] < newest_before - allowance_ms)]
+        wrongly_late = frame[late & ~(frame["event_time"] <= newest_before - allowance_ms)]
         assert wrongly_late.empty, f"{contract.value}: dead-lettered as late, but on time:\n{wrongly_late.head()}"
         kept[contract] = frame[~late]
     return kept, sum(len(frames[c]) - len(kept[c]) for c in frames)

@@ -146,13 +146,13 @@ def write_history_dir(path: Path, frames: dict[Contract, pd.DataFrame]) -> Path:
 
 def kept_events(frames: dict[Contract, pd.DataFrame], allowance_ms: int) -> dict[Contract, pd.DataFrame]:
     """What the job keeps, by the rule stated independently: in arrival order, an event is late when it is
-    more than the allowance behind the newest event time before it on its topic. ``seq``: arrival order."""
+    the allowance or more behind the newest event time before it on its topic. ``seq``: arrival order."""
     kept = {}
     for contract, frame in frames.items():
         frame = frame.sort_values("arrival_time", kind="stable").reset_index(drop=True)
         frame["seq"] = frame.index
         newest_before = frame["event_time"].cummax().shift(1)
-        kept[contract] = frame[~(frame["event_time"] < newest_before - allowance_ms)]
+        kept[contract] = frame[~(frame["event_time"] <= newest_before - allowance_ms)]
     return kept
 
 
@@ -394,10 +394,10 @@ def test_late_mask_matches_a_loop() -> None:
     for allowance in (0, 500, 2_000):
         newest, expected = None, []
         for x in times.tolist():
-            expected.append(newest is not None and x < newest - allowance)
+            expected.append(newest is not None and x <= newest - allowance)
             newest = x if newest is None else max(newest, x)
         assert ts.late_mask(times, allowance).tolist() == expected
-    assert ts.late_mask(np.array([5, 5, 4]), 0).tolist() == [False, False, True]  # equal is on time
+    assert ts.late_mask(np.array([5, 7, 6, 7]), 1).tolist() == [False, False, True, False]  # at the watermark is late
 
 
 def test_invalid_mask_agrees_with_the_decoder() -> None:

@@ -83,18 +83,18 @@ def test_price_and_encode_logs_the_served_feature_vector() -> None:
 
 
 def test_late_rows_are_rejected_with_their_bytes() -> None:
-    n = 3
-    values = [_request(0, ts=T), _request(1, ts=T - 5_000), _request(2, ts=T)]
+    n = 4
+    values = [_request(0, ts=T), _request(1, ts=T - 5_000), _request(2, ts=T), _request(3, ts=T - 1_000)]
     out = udfs.decode_batch(
         Contract.PRICE_REQUEST,
         pd.Series(values, dtype=object),
         topics=pd.Series(["req"] * n), partitions=pd.Series([0] * n), offsets=pd.Series(range(n)),
-        timestamps=pd.Series(pd.to_datetime([T, T - 5_000, T], unit="ms", utc=True)),
-        watermarks=pd.Series(pd.to_datetime([None, T - 1_000, T - 1_000], unit="ms", utc=True)),
+        timestamps=pd.Series(pd.to_datetime([T, T - 5_000, T, T - 1_000], unit="ms", utc=True)),
+        watermarks=pd.Series(pd.to_datetime([None, T - 1_000, T - 1_000, T - 1_000], unit="ms", utc=True)),
     )
-    assert out["ok"].tolist() == [True, False, True]
+    assert out["ok"].tolist() == [True, False, True, False]  # at the watermark is late: Flink's windows drop it
     assert out.loc[1, "error_kind"] == "late" and out.loc[1, "raw_value"] == values[1]
-    assert "4000 ms behind the watermark" in out.loc[1, "error_message"]
+    assert "not after the watermark (it is 4000 ms behind)" in out.loc[1, "error_message"]
 
 
 def test_a_dead_letter_carries_a_capped_prefix_with_the_whole_size_and_digest() -> None:
