@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         register_sim(sub)
     from pricing.models_cli import register as register_models
     register_models(sub)
+    from pricing.training_cli import register as register_training
+    register_training(sub)
     return p
 
 

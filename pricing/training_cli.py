@@ -1,0 +1,68 @@
+"""``pricing backfill`` and ``pricing training-set``: make a training set (Beam, ``jobs/training_set.py``).
+
+The late-event allowance and the dedupe window come from the job's settings (``[job]``),
+so the backfill applies the rules the running job applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pricing.config import Settings
+
+_MINUTE_MS = 60_000
+
+
+def register(sub: Any) -> None:
+    backfill = sub.add_parser(
+        "backfill",
+        help="training set from event history (Avro files as `pricing simulate history` writes them)",
+        description="For every price request, the feature vector the job would have served, the offered price "
+        "and whether the user bought within the attribution window; Parquet (pricing.training_rows).",
+    )
+    backfill.add_argument("--history", type=Path, required=True, help="folder with the three topics' Avro files")
+    _common(backfill)
+    backfill.set_defaults(func=_backfill)
+
+    serving = sub.add_parser(
+        "training-set",
+        help="training set from serving logs: priced events joined with the purchases that answer them",
+    )
+    serving.add_argument("--priced", type=Path, nargs="+", required=True, help="PricedEvent Avro files or folders")
+    serving.add_argument("--behaviour", type=Path, nargs="+", required=True, help="BehaviourEvent Avro files or folders")
+    _common(serving)
+    serving.set_defaults(func=_serving)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
+    parser.add_argument("--attribution-window-min", type=float, default=30.0, metavar="MIN",
+                        help="a purchase counts for an offer within this many minutes after it (default 30)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing training set in --out")
+    parser.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.training_set import run_backfill
+
+    summary = run_backfill(
+        args.history, args.out, allowance_ms=settings.job.watermark_out_of_orderness_ms,
+        attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
+        dedupe_window_ms=settings.job.dedupe_window_ms, runner=args.runner, overwrite=args.overwrite,
+    )
+    print(summary.text())
+    return 0 if summary.rows else 1
+
+
+def _serving(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.training_set import run_from_serving_logs
+
+    summary = run_from_serving_logs(
+        args.priced, args.behaviour, args.out, attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
+        runner=args.runner, overwrite=args.overwrite,
+    )
+    print(summary.text(), file=sys.stdout)
+    return 0 if summary.rows else 1
