@@ -1,4 +1,5 @@
-"""``pricing backfill`` and ``pricing training-set``: make a training set (Beam, ``jobs/training_set.py``).
+"""``pricing backfill`` and ``pricing training-set`` make a training set (Beam, ``jobs/training_set.py``);
+``pricing train`` trains the demand model on one and publishes it to the registry.
 
 The late-event allowance and the dedupe window come from the job's settings (``[job]``),
 so the backfill applies the rules the running job applies.
@@ -37,6 +38,20 @@ def register(sub: Any) -> None:
     serving.set_defaults(func=_serving)
 
 
+    train = sub.add_parser(
+        "train",
+        help="train the demand model on a training set and publish it to the model registry",
+        description="Time-based holdout, deterministic for a seed; prints progress per epoch, then the metrics "
+        "against the base rate and the calibration table, and publishes a new registry version.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="training set folder (pricing backfill --out)")
+    train.add_argument("--registry", type=Path, default=None, help="registry folder (default from [models])")
+    train.add_argument("--promote", action="store_true", help="make the new version latest")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping)")
+    train.set_defaults(func=_train)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
     parser.add_argument("--attribution-window-min", type=float, default=30.0, metavar="MIN",
@@ -66,3 +81,17 @@ def _serving(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(summary.text(), file=sys.stdout)
     return 0 if summary.rows else 1
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.models_cli import registry_dir
+    from pricing.registry import Registry
+    from pricing.training import train
+
+    trained = train(args.data, seed=args.seed, epochs=args.epochs)
+    manifest = Registry(args.registry or registry_dir(settings)).publish(
+        trained.model_dir, **trained.registry_metadata(), promote=args.promote
+    )
+    print(trained.report())
+    print(f"published {manifest.version}{' (latest)' if args.promote else ''}")
+    return 0

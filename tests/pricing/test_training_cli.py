@@ -32,3 +32,29 @@ def test_backfill_takes_the_jobs_rules_from_the_settings(monkeypatch: pytest.Mon
     assert args.func(args, settings) == 0
     assert (seen["allowance_ms"], seen["dedupe_window_ms"], seen["attribution_window_ms"]) == (7_000, 120_000, 2_700_000)
     assert seen["history"] == tmp_path / "h"
+
+
+def test_train_publishes_the_trained_model_to_the_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pricing.registry import Registry
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "saved_model.pb").write_bytes(b"model")
+
+    class _Trained:
+        def __init__(self) -> None:
+            self.model_dir = model_dir
+
+        def registry_metadata(self) -> dict[str, Any]:
+            return {"feature_spec_version": "features/1", "training_window": (1, 2), "metrics": {"log_loss": 0.25}}
+
+        def report(self) -> str:
+            return "report"
+
+    monkeypatch.setattr("pricing.training.train", lambda data, **kwargs: _Trained())
+    registry = tmp_path / "registry"
+    args = cli._parser().parse_args(["train", "--data", str(tmp_path), "--registry", str(registry), "--promote"])
+    assert args.func(args, load_settings()) == 0
+    manifest = Registry(registry).manifest("latest")
+    assert (manifest.feature_spec_version, dict(manifest.metrics)) == ("features/1", {"log_loss": 0.25})
+    assert (Registry(registry).resolve("latest") / "model" / "saved_model.pb").read_bytes() == b"model"
