@@ -144,9 +144,7 @@ def _scratch(name: str) -> Path:
     if _ROOT is None:
         _ROOT = Path(tempfile.mkdtemp(prefix="pricing-model-tests-"))
         atexit.register(shutil.rmtree, _ROOT, True)
-    path = _ROOT / name
-    path.mkdir()
-    return path
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_ROOT))
 
 
 @functools.cache
