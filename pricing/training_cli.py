@@ -84,14 +84,17 @@ def _serving(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
     from pricing.models_cli import registry_dir
     from pricing.registry import Registry
     from pricing.training import train
 
-    trained = train(args.data, seed=args.seed, epochs=args.epochs)
-    manifest = Registry(args.registry or registry_dir(settings)).publish(
-        trained.model_dir, **trained.registry_metadata(), promote=args.promote
-    )
+    with tempfile.TemporaryDirectory(prefix="pricing-train-") as scratch:  # the registry keeps its own copy
+        trained = train(args.data, seed=args.seed, epochs=args.epochs, out_dir=Path(scratch) / "model")
+        manifest = Registry(args.registry or registry_dir(settings)).publish(
+            trained.model_dir, **trained.registry_metadata(), promote=args.promote
+        )
     print(trained.report())
     print(f"published {manifest.version}{' (latest)' if args.promote else ''}")
     return 0

@@ -51,7 +51,7 @@ def test_train_publishes_the_trained_model_to_the_registry(monkeypatch: pytest.M
         def report(self) -> str:
             return "report"
 
-    monkeypatch.setattr("pricing.training.train", lambda data, **kwargs: _Trained())
+    monkeypatch.setattr("pricing.training.train", lambda data, **kwargs: _Trained())  # ignores its scratch out_dir
     registry = tmp_path / "registry"
     args = cli._parser().parse_args(["train", "--data", str(tmp_path), "--registry", str(registry), "--promote"])
     assert args.func(args, load_settings()) == 0
