@@ -413,12 +413,7 @@ def product_features(market: pd.DataFrame, behaviour: pd.DataFrame, requests: pd
     b_type = behaviour["type"].to_numpy(object)
     b_time = behaviour["event_time"].to_numpy(np.int64)
     b_seq = behaviour["seq"].to_numpy(np.int64)
-    for kind, name in (("view", "views"), ("add_to_cart", "carts"), ("purchase", "purchases")):
-        sel = b_type == kind
-        ev = _Events.of(keys, b_code[sel], b_time[sel], b_seq[sel])
-        upto = ev.upto(q_at)
-        for label, window in (("5m", 5 * _MINUTE_MS), ("1h", _HOUR_MS)):
-            out[f"{name}_{label}"] = (upto - ev.since(keys(q_code, t - window))).astype(np.float64)
+    _funnel_counts(out, keys, b_type, b_code, b_time, b_seq, q_code, t, {"5m": 5 * _MINUTE_MS, "1h": _HOUR_MS})
     out["conversion_1h"] = np.where(out["views_1h"] > 0, out["purchases_1h"] / np.maximum(out["views_1h"], 1), np.nan)
     out["demand_velocity"] = _velocity(keys, q_code, t, behaviour[b_type == "purchase"], b_code[b_type == "purchase"],
                                        float(spec.constants["demand_velocity_tau_ms"]))  # fmt: skip
@@ -436,6 +431,19 @@ def product_features(market: pd.DataFrame, behaviour: pd.DataFrame, requests: pd
     for ch in ("web", "app", "marketplace"):
         out[f"channel_{ch}"] = (channel == ch).astype(np.float64)
     return pd.DataFrame(out, index=requests.index)
+
+
+def _funnel_counts(out: Any, keys: "_Keys", b_type: np.ndarray, b_code: np.ndarray, b_time: np.ndarray,
+                   b_seq: np.ndarray, q_code: np.ndarray, t: np.ndarray, windows: dict[str, int], *,
+                   prefix: str = "") -> None:
+    """Views, carts and purchases in each window ending at each request (``<prefix><name>_<label>`` columns)."""
+    q_at = keys(q_code, t)
+    for kind, name in (("view", "views"), ("add_to_cart", "carts"), ("purchase", "purchases")):
+        sel = b_type == kind
+        ev = _Events.of(keys, b_code[sel], b_time[sel], b_seq[sel])
+        upto = ev.upto(q_at)
+        for label, window in windows.items():
+            out[f"{prefix}{name}_{label}"] = (upto - ev.since(keys(q_code, t - window))).astype(np.float64)
 
 
 def _velocity(keys: _Keys, q_code: np.ndarray, t: np.ndarray, purchases: pd.DataFrame, p_code: np.ndarray,
@@ -498,12 +506,8 @@ def user_features(behaviour: pd.DataFrame, requests: pd.DataFrame, spec: Feature
     keys = _Keys((t, b_time), len(uniques), _DAY_MS)
     q_at = keys(q_code, t)
 
-    for kind, name in (("view", "views"), ("add_to_cart", "carts"), ("purchase", "purchases")):
-        sel = b_type == kind
-        ev = _Events.of(keys, b_code[sel], b_time[sel], b_seq[sel])
-        upto = ev.upto(q_at)
-        for label, window in (("30m", 30 * _MINUTE_MS), ("24h", _DAY_MS)):
-            out[f"user_{name}_{label}"] = (upto - ev.since(keys(q_code, t - window))).astype(np.float64)
+    _funnel_counts(out, keys, b_type, b_code, b_time, b_seq, q_code, t, {"30m": 30 * _MINUTE_MS, "24h": _DAY_MS},
+                   prefix="user_")
 
     views = b_type == "view"
     ev = _Events.of(keys, b_code[views], b_time[views], b_seq[views])
