@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     train.add_argument("--promote", action="store_true", help="make the new version latest")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping)")
+    train.add_argument("--scenario", default=None, metavar="NAME",
+                       help="the simulator scenario the data came from: the evaluation report then compares the "
+                       "model's price sensitivity and demand curves with the simulator's truth")
     train.set_defaults(func=_train)
 
 
@@ -90,11 +93,43 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.registry import Registry
     from pricing.training import train
 
+    if args.scenario:
+        from pricing.sim.scenario import get_scenario
+
+        get_scenario(args.scenario)  # an unknown name fails before training
     with tempfile.TemporaryDirectory(prefix="pricing-train-") as scratch:  # the registry keeps its own copy
         trained = train(args.data, seed=args.seed, epochs=args.epochs, out_dir=Path(scratch) / "model")
+        report = _write_report(args, trained)  # inside the model folder, so the version holds it (immutable)
         manifest = Registry(args.registry or registry_dir(settings)).publish(
             trained.model_dir, **trained.registry_metadata(), promote=args.promote
         )
     print(trained.report())
+    if report is not None:
+        print(f"evaluation report: model/report/{report.name} in the version")
     print(f"published {manifest.version}{' (latest)' if args.promote else ''}")
     return 0
+
+
+def _write_report(args: argparse.Namespace, trained: Any) -> Path | None:
+    """The evaluation report (``pricing.model_report``) in ``<model>/report/``; None, with a warning, when the
+    exported model or the test rows cannot be read back."""
+    from pricing.model_report import load_row_ids, write_report
+    from pricing.training import TrainedModel, load_training_set, split
+
+    if not isinstance(trained, TrainedModel):
+        print("pricing: warning: no evaluation report (not a trained demand model)", file=sys.stderr)
+        return None
+    from pricing.sim.scenario import get_scenario
+    from pricing_udfs.model.tf_handler import TFDemandModel
+
+    scenario = get_scenario(args.scenario) if args.scenario else None
+    config = trained.config
+    data = load_training_set(args.data)
+    train_rows, _, test = split(data, holdout=config.holdout, holdout_fraction=config.holdout_fraction,
+                                seed=config.seed)  # fmt: skip
+    products = users = None
+    if scenario is not None:
+        products, users = load_row_ids(args.data, test)
+    model = TFDemandModel.load(trained.model_dir)
+    return write_report(model, test, trained.model_dir / "report", scenario=scenario, trained=trained,
+                        baseline_data=train_rows, product_ids=products, user_ids=users)
