@@ -60,3 +60,13 @@ def kafka_settings(kafka_broker: LocalBroker, broker_state_dir: Path, unique: st
             "restart_attempts": 0,  # a bug fails the test at once instead of restarting until the timeout
         },
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests without services first, then the integration tests.
+
+    Fast feedback first, and a process that has run a local PyFlink job cannot run a Beam
+    pipeline any more (PyFlink's worker takes over Beam's ParDo handler), so the in-process
+    Beam tests must come before the first Flink job.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
