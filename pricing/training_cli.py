@@ -104,22 +104,16 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             trained.model_dir, **trained.registry_metadata(), promote=args.promote
         )
     print(trained.report())
-    if report is not None:
-        print(f"evaluation report: model/report/{report.name} in the version")
+    print(f"evaluation report: model/report/{report.name} in the version")
     print(f"published {manifest.version}{' (latest)' if args.promote else ''}")
     return 0
 
 
-def _write_report(args: argparse.Namespace, trained: Any) -> Path | None:
-    """The evaluation report (``pricing.model_report``) in ``<model>/report/``; None, with a warning, when the
-    exported model or the test rows cannot be read back."""
+def _write_report(args: argparse.Namespace, trained: Any) -> Path:
+    """The evaluation report (``pricing.model_report``) in ``<model>/report/``, on the same test rows as the metrics."""
     from pricing.model_report import load_row_ids, write_report
-    from pricing.training import TrainedModel, load_training_set, split
-
-    if not isinstance(trained, TrainedModel):
-        print("pricing: warning: no evaluation report (not a trained demand model)", file=sys.stderr)
-        return None
     from pricing.sim.scenario import get_scenario
+    from pricing.training import load_training_set, split
     from pricing_udfs.model.tf_handler import TFDemandModel
 
     scenario = get_scenario(args.scenario) if args.scenario else None

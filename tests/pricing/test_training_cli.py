@@ -52,6 +52,7 @@ def test_train_publishes_the_trained_model_to_the_registry(monkeypatch: pytest.M
             return "report"
 
     monkeypatch.setattr("pricing.training.train", lambda data, **kwargs: _Trained())  # ignores its scratch out_dir
+    monkeypatch.setattr("pricing.training_cli._write_report", lambda args, trained: model_dir / "report.md")
     registry = tmp_path / "registry"
     args = cli._parser().parse_args(["train", "--data", str(tmp_path), "--registry", str(registry), "--promote"])
     assert args.func(args, load_settings()) == 0
