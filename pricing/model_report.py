@@ -39,6 +39,7 @@ from pricing.training import (
     TrainingSet,
     calibration_table,
     expected_calibration_error,
+    json_safe,
     log_loss,
     roc_auc,
 )
@@ -125,7 +126,7 @@ def write_report(
     lines += ["", "## Baseline: the seed's approach", ""] + _baseline_text(baseline)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps(_finite(summary), indent=2, sort_keys=True) + "\n")
+    (out / "report.json").write_text(json.dumps(json_safe(summary), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -353,13 +354,3 @@ def load_row_ids(data_dir: Path | str, test: TrainingSet) -> tuple[np.ndarray, n
 
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -294,7 +294,7 @@ class TrainedModel:
             "feature_spec_version": self.feature_spec_version,
             "training_window": self.training_window,
             "metrics": dict(self.metrics),
-            "extra": _finite({"calibration": [asdict(b) for b in self.calibration], "config": _config_json(self.config),
+            "extra": json_safe({"calibration": [asdict(b) for b in self.calibration], "config": _config_json(self.config),
                               "epochs": self.epochs}),  # fmt: skip
         }
 
@@ -438,7 +438,7 @@ def train_on(
     window = (int(data.event_time.min()), int(data.event_time.max()))
     trained = TrainedModel(model_dir=target, metrics=metrics, calibration=table, training_window=window,
                            feature_spec_version=spec.version, config=config, epochs=log.epochs)  # fmt: skip
-    net.export_saved_model(target, extra_info={"training": _finite({
+    net.export_saved_model(target, extra_info={"training": json_safe({
         "metrics": metrics, "training_window": {"start_ms": window[0], "end_ms": window[1]},
         "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": log.epochs,
     })})  # fmt: skip
@@ -481,14 +481,14 @@ def _prepare_out_dir(out_dir: Path | str | None) -> Path:
     return out
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
