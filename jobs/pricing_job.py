@@ -59,7 +59,7 @@ from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings
 from pricing.jars import flink_jars, prometheus_reporter_jar
-from jobs.features import declare_feature_views, register_window_functions
+from jobs.features import declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.policy import BaselineListPrice, Policy
@@ -111,8 +111,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         conf["metrics.reporter.prom.factory.class"] = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
         conf["metrics.reporter.prom.port"] = job.metrics_port
     if jobmanager:
-        host, _, port = jobmanager.partition(":")
-        conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"})
+        host, port = _rest_address(settings, jobmanager)
+        conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port})
     elif job.rest_port is not None:
         conf["rest.port"] = str(job.rest_port)  # the local MiniCluster's web UI and REST API
     jars = flink_jars(settings.state_dir) if job.ship_jars else []
@@ -282,9 +282,9 @@ def _first_copies(t_env: TableEnvironment, *, requests: str, window_ms: int) -> 
     and the window function keeps only the window's ids, so the state per product stays bounded.
     It runs on the rows the feature stage releases, downstream of its watermark, so it adds no
     waiting (placed before the feature union instead, requests silently went missing: the
-    stage's own requests-only watermark ran ahead of the union's).
+    stage's own requests-only watermark ran ahead of the union's). ``windowed_repeats`` is
+    one of the Java window functions the feature stage declares.
     """
-    register_window_functions(t_env)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW request_copies AS
 SELECT *,
@@ -293,6 +293,14 @@ SELECT *,
 FROM {requests}
 """)
     return "request_copies"
+
+
+def _rest_address(settings: Settings, jobmanager: str | None) -> tuple[str, str]:
+    """Host and port of the REST API the job is submitted to: the remote JobManager's, else the local MiniCluster's."""
+    if jobmanager:
+        host, _, port = jobmanager.partition(":")
+        return host, port or "8081"
+    return "127.0.0.1", str(settings.job.rest_port)
 
 
 # Job id -> the REST address of the cluster it runs on (see wait_until_running).
@@ -311,8 +319,7 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
         settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
     t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
     result = build(t_env, settings).execute()
-    host, port = (jobmanager.partition(":")[0], jobmanager.partition(":")[2] or "8081") if jobmanager else (
-        "127.0.0.1", str(settings.job.rest_port))
+    host, port = _rest_address(settings, jobmanager)
     _REST_URLS[str(result.get_job_client().get_job_id())] = f"http://{host}:{port}"
     if wait:
         result.wait()
