@@ -6,7 +6,7 @@ and compute every window ending at the row itself; the request rows then carry
 exactly the features as of their own event time:
 
     union(market, behaviour, requests)
-      -> by product, all rows:          latest values, 5 min, 15 min and 1 h windows
+      -> by product, all rows:          latest values, 5 min, 15 min, 1 h and 24 h windows
       -> by user, behaviour + requests: 30 min and 24 h windows, all-history values
       -> request rows: defaults for unknowns, the vector in spec order
 
@@ -31,7 +31,7 @@ Semantics (checked against an independent pandas implementation in
 * "latest" values (list price, cost, stock, promotion) are the last by event time,
   ties by arrival order;
 * state: each window's deque holds the entries of its length that feed it (24 h
-  at most, per user); per-key state expires ``state_ttl_ms`` after the key's last
+  at most, per product and per user); per-key state expires ``state_ttl_ms`` after the key's last
   event.
 
 Guarantee: the stage is deterministic given the input, so exactly-once replays after
@@ -137,6 +137,8 @@ def declare_feature_views(
         "comp_sum_15m": _windowed("windowed_sum", f"CAST({competitor} AS DOUBLE)", 15 * _MINUTE_MS, "DOUBLE"),
         "comp_n_15m": _windowed_count("m_kind = 'competitor_price'", 15 * _MINUTE_MS),
     } | _funnel("{}_1h", _HOUR_MS) | {
+        "views_24h": _windowed_count("b_type = 'view'", 24 * _HOUR_MS),
+        "purchases_24h": _windowed_count("b_type = 'purchase'", 24 * _HOUR_MS),
         "vel_sum_even": _windowed("windowed_sum", "vel_even", _HOUR_MS, "DOUBLE"),
         "vel_sum_odd": _windowed("windowed_sum", "vel_odd", _HOUR_MS, "DOUBLE"),
     }
@@ -211,6 +213,9 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         "carts_1h": "carts_1h",
         "purchases_1h": "purchases_1h",
         "conversion_1h": "CASE WHEN views_1h > 0 THEN CAST(purchases_1h AS DOUBLE) / views_1h END",
+        "views_24h": "views_24h",
+        "purchases_24h": "purchases_24h",
+        "conversion_24h": "CASE WHEN views_24h > 0 THEN CAST(purchases_24h AS DOUBLE) / views_24h END",
         "demand_velocity": _velocity(tau),
         "user_views_30m": "u_views_30m",
         "user_carts_30m": "u_carts_30m",
@@ -248,7 +253,7 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
         " request_bytes, list_currency, list_price, unit_cost, comp_min_15m,"
         " comp_sum_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
-        " purchases_1h, vel_sum_even, vel_sum_odd, product_events"
+        " purchases_1h, views_24h, purchases_24h, vel_sum_even, vel_sum_odd, product_events"
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS

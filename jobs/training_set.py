@@ -105,7 +105,7 @@ _NAMESPACE = "training_set"
 _PRODUCT_FEATURES = (
     "list_price_minor", "unit_cost_minor", "competitor_min_15m_minor", "competitor_mean_15m_minor",
     "competitor_events_15m", "inventory", "promotion_active", "views_5m", "carts_5m", "purchases_5m", "views_1h",
-    "carts_1h", "purchases_1h", "conversion_1h", "demand_velocity", "hour_of_day", "day_of_week", "channel_web",
+    "carts_1h", "purchases_1h", "conversion_1h", "views_24h", "purchases_24h", "conversion_24h", "demand_velocity", "hour_of_day", "day_of_week", "channel_web",
     "channel_app", "channel_marketplace", "is_new_product",
 )  # fmt: skip
 _USER_FEATURES = (
@@ -115,7 +115,7 @@ _USER_FEATURES = (
 
 
 def _check_spec(spec: FeatureSpec) -> None:
-    """This pipeline computes features/1's semantics; a new spec must be taught here (as in jobs/features.py)."""
+    """This pipeline computes features/2's semantics; a new spec must be taught here (as in jobs/features.py)."""
     missing = set(spec.names) ^ set(_PRODUCT_FEATURES + _USER_FEATURES)
     if missing:
         raise ValueError(f"training_set and feature spec {spec.version} disagree on: {sorted(missing)}")
@@ -378,7 +378,7 @@ def product_features(market: pd.DataFrame, behaviour: pd.DataFrame, requests: pd
     m_code = products[n : n + len(market)].astype(np.int64)
     b_code = products[n + len(market) :].astype(np.int64)
     t = requests["event_time"].to_numpy(np.int64)
-    keys = _Keys((t, market["event_time"].to_numpy(), behaviour["event_time"].to_numpy()), len(uniques), _HOUR_MS)
+    keys = _Keys((t, market["event_time"].to_numpy(), behaviour["event_time"].to_numpy()), len(uniques), _DAY_MS)
     q_at = keys(q_code, t)
 
     m_kind = market["kind"].to_numpy(object)
@@ -413,8 +413,10 @@ def product_features(market: pd.DataFrame, behaviour: pd.DataFrame, requests: pd
     b_type = behaviour["type"].to_numpy(object)
     b_time = behaviour["event_time"].to_numpy(np.int64)
     b_seq = behaviour["seq"].to_numpy(np.int64)
-    _funnel_counts(out, keys, b_type, b_code, b_time, b_seq, q_code, t, {"5m": 5 * _MINUTE_MS, "1h": _HOUR_MS})
-    out["conversion_1h"] = np.where(out["views_1h"] > 0, out["purchases_1h"] / np.maximum(out["views_1h"], 1), np.nan)
+    _funnel_counts(out, keys, b_type, b_code, b_time, b_seq, q_code, t, {"5m": 5 * _MINUTE_MS, "1h": _HOUR_MS, "24h": _DAY_MS})
+    for w in ("1h", "24h"):
+        views, bought = out[f"views_{w}"], out[f"purchases_{w}"]
+        out[f"conversion_{w}"] = np.where(views > 0, bought / np.maximum(views, 1), np.nan)
     out["demand_velocity"] = _velocity(keys, q_code, t, behaviour[b_type == "purchase"], b_code[b_type == "purchase"],
                                        float(spec.constants["demand_velocity_tau_ms"]))  # fmt: skip
 

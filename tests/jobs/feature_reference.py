@@ -73,6 +73,7 @@ def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: 
             "views_5m": count(b, "view", 5 * MIN), "carts_5m": count(b, "add_to_cart", 5 * MIN),
             "purchases_5m": count(b, "purchase", 5 * MIN), "views_1h": count(b, "view", 60 * MIN),
             "carts_1h": count(b, "add_to_cart", 60 * MIN), "purchases_1h": count(b, "purchase", 60 * MIN),
+            "views_24h": count(b, "view", 24 * 60 * MIN), "purchases_24h": count(b, "purchase", 24 * 60 * MIN),
             "demand_velocity": float((purchases.quantity * np.exp(-(t - purchases.event_time) / tau)).sum()) * 3_600_000 / tau,
             "hour_of_day": (t // 3_600_000) % 24, "day_of_week": pd.Timestamp(t, unit="ms").dayofweek,
             "channel_web": float(req.channel == "web"), "channel_app": float(req.channel == "app"),
@@ -80,6 +81,7 @@ def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: 
             "is_new_product": float(len(m) + len(b) == 0),
         }
         f["conversion_1h"] = f["purchases_1h"] / f["views_1h"] if f["views_1h"] else None
+        f["conversion_24h"] = f["purchases_24h"] / f["views_24h"] if f["views_24h"] else None
         if u:
             ub = behaviour[(behaviour.user_id == u) & (behaviour.event_time <= t)]
             bought = ub[ub.type == "purchase"]

@@ -41,7 +41,8 @@ def _crafted(start: int) -> tuple[list[dict], list[dict], list[dict]]:
         {"product_id": "edge", "kind": "promotion", "competitor_id": None, "value": 1500, "currency": "", "event_time": t},
     ]
     behaviour = []
-    for i, (dt, kind) in enumerate([(5 * MIN, "view"), (5 * MIN + 1, "view"), (60 * MIN, "purchase"), (60 * MIN + 1, "purchase"), (0, "purchase")]):
+    for i, (dt, kind) in enumerate([(5 * MIN, "view"), (5 * MIN + 1, "view"), (60 * MIN, "purchase"), (60 * MIN + 1, "purchase"), (0, "purchase"),
+                                     (24 * 60 * MIN, "view"), (24 * 60 * MIN + 1, "view")]):
         behaviour.append({
             "event_id": f"edge-e{i}", "user_id": "edge-user", "product_id": "edge", "type": kind, "price_seen_minor": 950,
             "currency": "EUR", "quantity": 2, "session_id": "edge-s", "event_time": t - dt, "request_id": None,
@@ -87,5 +88,7 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
     # The crafted cases say what the windows mean at their edges.
     edge = expected.loc["edge-r0"]
     assert edge["views_5m"] == 1 and edge["purchases_1h"] == 2 and edge["competitor_events_15m"] == 1
+    assert edge["views_24h"] == 3 and edge["purchases_24h"] == 3 and edge["conversion_24h"] == 1.0
+    assert edge["user_views_24h"] == 3
     assert edge["promotion_active"] == 1 and edge["user_secs_since_purchase"] == 0
     assert expected.loc["edge-r1", "is_new_user"] == 1 and expected.loc["edge-r2", "is_new_product"] == 1
