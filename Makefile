@@ -9,7 +9,7 @@ PY_STAMP := $(VENV)/.installed
 JAR_STAMP := $(STATE)/jars/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup jars test unit integration demo schemas-check clean
+.PHONY: help setup jars test unit integration demo schemas-check manifests-check clean
 
 help:
 	@echo "make demo   run Kafka + the pricing job on the Flink MiniCluster with sample traffic"
@@ -45,7 +45,13 @@ schemas-check: $(PY_STAMP)
 unit: $(PY_STAMP)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: setup schemas-check
+# Kubernetes manifests and Dockerfiles against the real schemas, offline; the tools and CRDs are
+# fetched once into $(STATE)/validate (deploy/validate/fetch.py, deploy/KUBERNETES.md).
+manifests-check: $(PY_STAMP)
+	$(BIN)/python deploy/validate/fetch.py
+	$(STATE)/validate/venv/bin/python deploy/validate/check.py
+
+test: setup schemas-check manifests-check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: setup
