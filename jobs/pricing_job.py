@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -57,18 +58,30 @@ from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, T
 
 from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
-from pricing.config import Settings, load_settings
-from pricing.jars import flink_jars, prometheus_reporter_jar
+from pricing.config import Settings, load_settings, registry_dir
+from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
 from jobs.features import declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
-from pricing_udfs.policy import BaselineListPrice, Policy
+from pricing_udfs.scoring import ScoringConfig
 from pricing_udfs.serde import Contract
 
 
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
     """A streaming TableEnvironment configured from ``settings`` (local MiniCluster by default)."""
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    # Submitted to a cluster, the Python workers run on its TaskManagers. Told nothing, PyFlink sees
+    # its gateway's local target and starts a loopback server in this process, whose address it then
+    # ships to the remote workers (which fail to reach it): "process" mode tells it they are remote.
+    mode = os.environ.get("_python_worker_execution_mode")
+    if jobmanager:
+        os.environ["_python_worker_execution_mode"] = "process"
+    try:
+        t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    finally:
+        if jobmanager and mode is None:
+            del os.environ["_python_worker_execution_mode"]
+        elif jobmanager:
+            os.environ["_python_worker_execution_mode"] = mode
     conf = t_env.get_config()
     for key, value in _flink_conf(settings, jobmanager=jobmanager, start=start).items():
         conf.set(key, value)
@@ -91,7 +104,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(job.restart_attempts),
         "restart-strategy.fixed-delay.delay": f"{job.restart_delay_ms} ms",
-        "python.executable": sys.executable,
+        # The workers' Python is a path on the TaskManagers (python3 in the images); the client's is ours.
+        "python.executable": job.python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
         "python.fn-execution.bundle.time": str(job.python_bundle_time_ms),
@@ -115,9 +129,16 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         conf.update({"execution.target": "remote", "rest.address": host, "rest.port": port})
     elif job.rest_port is not None:
         conf["rest.port"] = str(job.rest_port)  # the local MiniCluster's web UI and REST API
-    jars = flink_jars(settings.state_dir) if job.ship_jars else []
-    if job.metrics_port and not jobmanager:
-        jars.append(prometheus_reporter_jar())  # the MiniCluster finds reporters on the class path only
+    if jobmanager:
+        # ship_jars = false: the cluster has the connector in lib/. The job's own jar travels with the
+        # job all the same (it must match the job file), and so does the Python runtime's jar, which
+        # every distribution keeps in opt/, not lib/ (`flink run -py` adds it the same way).
+        jars = [*(connector_jars(settings.state_dir) if job.ship_jars else []), project_jar(settings.state_dir),
+                flink_python_jar()]
+    else:
+        jars = flink_jars(settings.state_dir) if job.ship_jars else []
+        if job.metrics_port:
+            jars.append(prometheus_reporter_jar())  # the MiniCluster finds reporters on the class path only
     if jars:
         conf["pipeline.jars"] = ";".join(j.resolve().as_uri() for j in jars)
     return conf
@@ -225,14 +246,21 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
     return [view for view, *_ in inputs]
 
 
-def build(t_env: TableEnvironment, settings: Settings, *, policy: Policy | None = None) -> StatementSet:
+def scoring_config(settings: Settings) -> ScoringConfig:
+    """What each Python worker needs to build its scoring stage; the model itself is loaded there."""
+    m = settings.models
+    return ScoringConfig(
+        registry_dir=str(registry_dir(settings).absolute()), model_version=m.version,
+        watch_interval_s=m.watch_interval_s, device=m.device, policy=settings.policy,
+        default_price_minor=settings.job.default_price_minor, currency=settings.job.currency,
+    )  # fmt: skip
+
+
+def build(t_env: TableEnvironment, settings: Settings) -> StatementSet:
     """Declare sources, views and sinks on ``t_env``; return the statements to execute as one job."""
     topics = settings.kafka.topics
-    policy = policy or BaselineListPrice(
-        default_price_minor=settings.job.default_price_minor, currency=settings.job.currency
-    )
     inputs = declare_inputs(t_env, settings)
-    t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(policy))
+    t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(scoring_config(settings)))
     t_env.create_temporary_system_function(
         "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes)
     )
@@ -317,6 +345,8 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
     if jobmanager is None and settings.job.rest_port is None:  # the MiniCluster's REST API on a free port
         settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
+    if jobmanager:
+        flink_jars(settings.state_dir)  # the job's own jar ships to the cluster: fail here, saying how to fetch it
     t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
     result = build(t_env, settings).execute()
     host, port = _rest_address(settings, jobmanager)

@@ -24,6 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pricing_udfs.policy import PolicySettings
+
 DeliveryGuarantee = Literal["exactly-once", "at-least-once"]
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_CONFIG_FILE", default=None)
 _DEFAULT_FILE = Path("pricing.toml")
@@ -154,7 +156,9 @@ class JobSettings(_Section):
     )
     ship_jars: bool = Field(
         default=True,
-        description="add the fetched connector jars to pipeline.jars; false on a cluster image that has them in lib/",
+        description="add the fetched connector jars to pipeline.jars; false only where the submitting client's own "
+        "class path has them (the planner runs in the client): `flink run -py` inside an image with them in lib/. "
+        "A job submitted with --jobmanager ships pricing-features.jar and flink-python whatever this says",
     )
     metrics_port: str | None = Field(
         default=None,
@@ -178,6 +182,13 @@ class JobSettings(_Section):
         default=None, ge=1, le=65535,
         description="local runs: port of the MiniCluster's web UI and REST API; None: a free port",
     )
+    python_executable: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the Python that runs the UDFs on the TaskManagers: a path (or a name on their PATH) valid "
+        "there, e.g. python3 in the images; None: the interpreter running this command (right for the local "
+        "MiniCluster and for `pricing cluster`, which runs on this machine from the same venv)",
+    )
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int = Field(default=200, ge=1, description="max ms a bundle waits to fill")
 
@@ -197,12 +208,57 @@ class JobSettings(_Section):
         return self
 
 
+_MEMORY_SIZE = r"^\d+[mMgG]$"
+
+
+class ClusterSettings(_Section):
+    """The local standalone Flink session cluster of ``pricing cluster start`` (``pricing.cluster``).
+
+    One JobManager and ``taskmanagers`` TaskManagers, each its own process, run from the
+    apache-flink wheel's distribution with files under ``<state_dir>/cluster``.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="address every process binds to and advertises")
+    rest_port: int = Field(default=8081, ge=1, le=65535, description="the JobManager's REST API and web UI")
+    rpc_port: int = Field(default=6123, ge=1, le=65535, description="the JobManager's RPC port (TaskManagers register there)")
+    taskmanagers: int = Field(default=2, ge=1, le=16)
+    slots_per_taskmanager: int = Field(default=2, ge=1, le=64)
+    jobmanager_memory: str = Field(default="768m", pattern=_MEMORY_SIZE, description="JobManager process size")
+    taskmanager_memory: str = Field(default="1024m", pattern=_MEMORY_SIZE, description="process size of each TaskManager")
+    taskmanager_managed_memory: str = Field(
+        default="128m", pattern=_MEMORY_SIZE,
+        description="managed (off-heap) memory per TaskManager; the Python workers' share comes from it",
+    )
+    start_timeout_s: float = Field(default=120.0, gt=0, description="how long `start` waits for every TaskManager")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "ClusterSettings":
+        if self.rest_port == self.rpc_port:
+            raise ValueError(f"rest_port and rpc_port must differ, both are {self.rest_port}")
+        return self
+
+    @property
+    def rest_address(self) -> str:
+        return f"{self.host}:{self.rest_port}"
+
+
 class ModelSettings(_Section):
     """The model registry (``pricing models``, ``pricing train``, the job's model)."""
 
     registry_dir: Path | None = Field(
         default=None, description="a folder on one POSIX filesystem (a mounted volume); None: <state_dir>/models"
     )
+    version: str = Field(
+        default="latest", pattern=r"^(latest|v\d{8}T\d{6}Z-[0-9a-f]{8})$",
+        description="the version the job serves: latest (follows promotions and rollbacks) or a pinned version id",
+    )
+    watch_interval_s: float = Field(
+        default=10.0, gt=0, le=3_600, description="how often each Python worker checks the registry for a new version"
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="where TensorFlow scores: auto (a GPU when the worker sees one), cpu, or gpu (required)"
+    )
+
 
 
 class Settings(BaseSettings):
@@ -215,6 +271,8 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     job: JobSettings = JobSettings()
     models: ModelSettings = ModelSettings()
+    policy: PolicySettings = PolicySettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -230,6 +288,11 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def registry_dir(settings: Settings) -> Path:
+    """Where the registry is: ``[models] registry_dir``, else ``<state_dir>/models``."""
+    return settings.models.registry_dir or settings.state_dir / "models"
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

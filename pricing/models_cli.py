@@ -2,7 +2,7 @@
 
 Each sub-command takes ``--registry DIR``; the default is ``[models] registry_dir`` of the
 settings, else ``<state_dir>/models`` (:func:`registry_dir`). Errors are
-:class:`pricing.registry.RegistryError` (a ``ValueError``), which ``pricing`` prints as
+:class:`pricing_udfs.model.registry.RegistryError` (a ``ValueError``), which ``pricing`` prints as
 ``pricing: error: ...`` with exit code 1.
 """
 
@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from pricing.registry import LATEST, Manifest, Registry, RegistryError
+from pricing.config import registry_dir
+from pricing_udfs.model.registry import LATEST, Manifest, Registry, RegistryError
 
 if TYPE_CHECKING:
     from pricing.config import Settings
 
 _SHOWN_METRICS = ("log_loss", "auc")
 
-
-def registry_dir(settings: "Settings") -> Path:
-    """Where the registry is: ``[models] registry_dir``, else ``<state_dir>/models``."""
-    return settings.models.registry_dir or settings.state_dir / "models"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -89,8 +89,8 @@ def _serving(args: argparse.Namespace, settings: Settings) -> int:
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
-    from pricing.models_cli import registry_dir
-    from pricing.registry import Registry
+    from pricing.config import registry_dir
+    from pricing_udfs.model.registry import Registry
     from pricing.training import train
 
     if args.scenario:

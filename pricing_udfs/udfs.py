@@ -1,8 +1,9 @@
-"""Flink SQL adapters: thin vectorized (pandas/Arrow) UDFs around serde and policy.
+"""Flink SQL adapters: thin vectorized (pandas/Arrow) UDFs around serde and the scoring stage.
 
 Every function here works on whole Arrow batches: one Python call per batch, not
-per row. They hold no state, so they add nothing to the job's delivery guarantee:
-what Flink replays after a restart is decoded and priced again, identically.
+per row. The decoders and encoders hold no state; the pricing UDF's stage holds its model
+and per-product anchors (``pricing_udfs.scoring`` says what a restart does to them). What
+Flink replays after a restart is decoded and priced again.
 
 Bad input is data: the decoders return ``ok = FALSE`` with an error kind and
 message instead of raising, and the job routes those rows to the dead-letter topic.
@@ -22,7 +23,9 @@ from pyflink.table.udf import ScalarFunction, udf
 
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
-from pricing_udfs.policy import Policy
+from pricing_udfs.policy import Policy, check_decisions
+from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
+from pricing_udfs.scoring import ScoringConfig, ScoringStage
 from pricing_udfs.serde import Contract
 
 _STATUS = [
@@ -200,15 +203,66 @@ def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: in
 REQUEST_COLUMNS = ("request_id", "user_id", "product_id", "channel", "event_time", "list_currency")
 
 
+# Counters and gauges of the scoring stage, as Flink metrics (group "pricing").
+STAGE_COUNTERS = (
+    "requests_priced", "fallbacks", "explored", "invalid_decisions", "rejected_model_versions",
+    *(f"guardrail_{code}" for code in (*LIMITS, NO_PRICE_POINT)),
+    *(f"fallback_{code}" for code in ("no_model", "model_error", "model_invalid_output", "no_unit_cost", "default_price")),
+)  # fmt: skip
+
+
 class _PriceAndEncode(ScalarFunction):
-    def __init__(self, policy: Policy, spec: FeatureSpec) -> None:
-        self._policy = policy
+    """The scoring stage (``pricing_udfs.scoring``) as a pandas UDF: built and its model loaded in
+    ``open()``, once per Python worker; one ``decide`` (one model call) per Arrow batch."""
+
+    def __init__(self, config: ScoringConfig, spec: FeatureSpec) -> None:
+        self._config = config
         self._spec = spec
+        self._stage: ScoringStage | None = None
+        self._counters: dict[str, Any] = {}
+        self._reported: dict[str, int] = {}
+        self._batch_size: Any = None
+        self._inference_ms: Any = None
+
+    def open(self, function_context: Any) -> None:
+        self._stage = ScoringStage(self._config, spec=self._spec)
+        self._stage.open()
+        group = function_context.get_metric_group().add_group("pricing")
+        self._counters = {name: group.counter(name) for name in STAGE_COUNTERS}
+        self._batch_size = group.distribution("batch_size")
+        self._inference_ms = group.distribution("inference_ms")
+        stage = self._stage
+        group.gauge("model_loaded", lambda: int(stage.model_version is not None))
+        group.gauge("model_created_epoch_s",
+                    lambda: stage.watcher.current.created_epoch_s if stage.watcher and stage.watcher.current else 0)
+        group.gauge("model_age_s", lambda: int(time.time()) - stage.watcher.current.created_epoch_s
+                    if stage.watcher and stage.watcher.current else -1)  # fmt: skip
 
     def eval(self, *columns: pd.Series) -> pd.Series:
         *request_cols, features = columns
         batch = request_batch(dict(zip(REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
-        return price_and_encode_batch(self._policy, batch, spec=self._spec, priced_time_ms=int(time.time() * 1000))
+        if self._stage is None:  # eval without open(): only when called outside Flink
+            self.open_without_metrics()
+        assert self._stage is not None
+        decisions = self._stage.decide(batch)
+        self._report()
+        return encode_priced_events(batch, decisions, spec=self._spec, priced_time_ms=int(time.time() * 1000))
+
+    def open_without_metrics(self) -> None:
+        self._stage = ScoringStage(self._config, spec=self._spec)
+        self._stage.open()
+
+    def _report(self) -> None:
+        assert self._stage is not None
+        for name, counter in self._counters.items():
+            value = self._stage.counts.get(name, 0)
+            delta = value - self._reported.get(name, 0)
+            if delta:
+                counter.inc(delta)
+                self._reported[name] = value
+        if self._batch_size is not None:
+            self._batch_size.update(self._stage.last_batch_size)
+            self._inference_ms.update(int(round(self._stage.last_inference_ms)))
 
 
 def request_batch(request: dict[str, pd.Series], features: pd.Series, *, spec: FeatureSpec) -> pd.DataFrame:
@@ -226,11 +280,17 @@ def _column(value: Any, n: int) -> pd.Series:
 
 
 def price_and_encode_batch(policy: Policy, batch: pd.DataFrame, *, spec: FeatureSpec, priced_time_ms: int) -> pd.Series:
-    """Decide prices for a batch and encode each as a framed PricedEvent, logging its feature vector."""
-    decisions = policy.decide(batch)
-    vectors = batch[spec.names].to_numpy(dtype=np.float64)
+    """Decide prices for a batch with ``policy``, check them, and encode each as a framed PricedEvent."""
+    decisions, _ = check_decisions(policy, batch, policy.decide(batch))
+    return encode_priced_events(batch, decisions, spec=spec, priced_time_ms=priced_time_ms)
+
+
+def encode_priced_events(batch: pd.DataFrame, decisions: pd.DataFrame, *, spec: FeatureSpec, priced_time_ms: int) -> pd.Series:
+    """One framed PricedEvent per (checked) decision, logging the served feature vector."""
+    vectors = batch[list(spec.names)].to_numpy(dtype=np.float64)
     out = []
     for req, dec, vec in zip(batch.itertuples(index=False), decisions.itertuples(index=False), vectors):
+        propensity = float(dec.propensity)
         out.append(
             serde.encode(
                 Contract.PRICED_EVENT,
@@ -250,15 +310,17 @@ def price_and_encode_batch(policy: Policy, batch: pd.DataFrame, *, spec: Feature
                     "priced_time": priced_time_ms,
                     "feature_spec_version": spec.version,
                     "features": vec.tolist(),
+                    "explored": bool(dec.explored),
+                    "propensity": None if np.isnan(propensity) else propensity,
                 },
             )
         )
     return pd.Series(out, dtype=object)
 
 
-def price_and_encode_udf(policy: Policy, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
+def price_and_encode_udf(config: ScoringConfig, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
     """A pandas UDF ``(REQUEST_COLUMNS..., features ARRAY<DOUBLE>) -> framed PricedEvent``."""
-    return udf(_PriceAndEncode(policy, spec), result_type=DataTypes.BYTES(), func_type="pandas")
+    return udf(_PriceAndEncode(config, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 
 class _EncodeDeadLetter(ScalarFunction):

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from pricing.sim._progress import Progress
-from pricing.sim.market import Guardrails, MarketState, build_market
+from pricing.sim.market import MarketState, build_market
+from pricing_udfs.policy import Guardrails
 from pricing.sim.policies import (
     CompetitorMatchPolicy,
     OraclePolicy,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pricing.sim.scenario import DemandSpec, Scenario
+from pricing_udfs.policy.guardrails import Guardrails  # the engine's own: one implementation
 
 COMPETITOR_IDS = ("rivalmart", "shopfast", "bargainbay", "megastore", "quickcart", "valuehub", "pricepoint", "dealdepot")
 
@@ -103,62 +103,6 @@ def purchase_probability(
     return np.where(inv > 0, prob, 0.0)
 
 
-class Guardrails(BaseModel):
-    """Business limits on any price: a band around the reference price, a cost floor, a max move.
-
-    Precedence when limits conflict: the cost floor wins, then the reference band,
-    then ``max_change`` (the band around the anchor is clipped into the reference band).
-    The anchor is the previous price offered for the product (``None``/NaN/<=0: none yet).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_multiplier: float = Field(default=0.7, gt=0, description="lowest price / reference price")
-    max_multiplier: float = Field(default=1.5, gt=0, description="highest price / reference price")
-    min_margin: float = Field(default=0.05, ge=0, description="floor = unit cost * (1 + min_margin)")
-    max_change: float | None = Field(default=0.25, gt=0, description="max relative move from the anchor price")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Guardrails":
-        if self.min_multiplier > self.max_multiplier:
-            raise ValueError("min_multiplier must not exceed max_multiplier")
-        return self
-
-    def bounds(
-        self, *, reference_price: ArrayLike, unit_cost: ArrayLike, anchor_price: ArrayLike | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Lowest and highest allowed integer price per row (minor units)."""
-        ref = np.asarray(reference_price, dtype=np.float64)
-        cost = np.asarray(unit_cost, dtype=np.float64)
-        band_lo, band_hi = ref * self.min_multiplier, ref * self.max_multiplier
-        lo, hi = band_lo, band_hi
-        if anchor_price is not None and self.max_change is not None:
-            anchor = np.asarray(anchor_price, dtype=np.float64)
-            known = np.isfinite(anchor) & (anchor > 0)
-            safe = np.where(known, anchor, ref)
-            lo = np.where(known, np.clip(safe * (1 - self.max_change), band_lo, band_hi), band_lo)
-            hi = np.where(known, np.clip(safe * (1 + self.max_change), band_lo, band_hi), band_hi)
-        floor = cost * (1 + self.min_margin)
-        lo_i = np.ceil(np.maximum(lo, floor) - 1e-9).astype(np.int64)
-        hi_i = np.floor(np.maximum(hi, floor) + 1e-9).astype(np.int64)
-        return lo_i, np.maximum(hi_i, lo_i)
-
-    def clamp(
-        self, price: ArrayLike, *, reference_price: ArrayLike, unit_cost: ArrayLike, anchor_price: ArrayLike | None = None
-    ) -> np.ndarray:
-        """``price`` rounded to minor units and moved into the allowed range."""
-        lo, hi = self.bounds(reference_price=reference_price, unit_cost=unit_cost, anchor_price=anchor_price)
-        return np.clip(np.rint(np.asarray(price, dtype=np.float64)).astype(np.int64), lo, hi)
-
-    def violations(
-        self, price: ArrayLike, *, reference_price: ArrayLike, unit_cost: ArrayLike, anchor_price: ArrayLike | None = None
-    ) -> np.ndarray:
-        """True where ``price`` breaks a guardrail."""
-        lo, hi = self.bounds(reference_price=reference_price, unit_cost=unit_cost, anchor_price=anchor_price)
-        p = np.asarray(price)
-        return (p < lo) | (p > hi)
-
-
 def oracle_prices(
     *,
     reference_price: ArrayLike,
@@ -191,7 +135,8 @@ def oracle_prices(
     out = np.clip(np.rint(ref), lo, hi)
     for start in range(0, ref.size, chunk):
         s = slice(start, start + chunk)
-        cand = np.clip(np.rint(ref[s, None] * grid[None, :]), lo[s, None], hi[s, None])
+        cand = np.clip(np.rint(ref[s, None] * grid[None, :]), lo[s, None], hi[s, None]).astype(np.int64)
+        cand = guardrails.to_price_points(cand, lo[s, None], hi[s, None])[0].astype(np.float64)
         prob = purchase_probability(
             offered_price=cand, reference_price=ref[s, None], competitor_min=comp[s, None], sensitivity=sens[s, None],
             promotion_active=promo[s, None], inventory=np.ones(1), coefficients=coefficients,

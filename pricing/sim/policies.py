@@ -13,7 +13,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pricing.sim.market import Guardrails, MarketState
+from pricing.sim.market import MarketState
+from pricing_udfs.policy import Guardrails
 from pricing.sim.scenario import Span
 
 BATCH_COLUMNS = (

@@ -11,8 +11,8 @@ import pytest
 
 from pricing import cli
 from pricing.config import load_settings
-from pricing.models_cli import registry_dir
-from pricing.registry import Registry
+from pricing.config import registry_dir
+from pricing_udfs.model.registry import Registry
 
 T0 = dt.datetime(2026, 11, 29, 7, 15, tzinfo=dt.timezone.utc)
 METRICS = {"log_loss": 0.41, "auc": 0.72, "base_rate_log_loss": 0.52, "calibration_error": 0.013}

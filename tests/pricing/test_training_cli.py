@@ -35,7 +35,7 @@ def test_backfill_takes_the_jobs_rules_from_the_settings(monkeypatch: pytest.Mon
 
 
 def test_train_publishes_the_trained_model_to_the_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from pricing.registry import Registry
+    from pricing_udfs.model.registry import Registry
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -44,7 +44,7 @@ SAMPLES = {
         "request_id": "r-1", "user_id": "u-1", "product_id": "p-1", "price_minor": 2149, "reference_price_minor": 1999,
         "currency": "EUR", "model_version": "m/1", "expected_conversion": 0.25, "expected_profit_minor": 123,
         "reason_codes": ["a", "b"], "fallback_used": False, "request_time": T, "priced_time": T + 7,
-        "feature_spec_version": "features/1", "features": [1.5, 0.0, -1.0],
+        "feature_spec_version": "features/1", "features": [1.5, 0.0, -1.0], "explored": True, "propensity": 0.0125,
     },
     Contract.DEAD_LETTER: {
         "source_topic": "t", "partition": 3, "offset": 99, "record_time": T, "raw": b"\x00\xff", "error_kind": "bad_payload",

@@ -1,10 +1,12 @@
 """The Flink adapters' batch logic, without Flink."""
 
 import pandas as pd
+import pytest
 
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
-from pricing_udfs.policy import BaselineListPrice
+from pricing_udfs.model.handler import FakeDemandModel
+from pricing_udfs.policy import ModelPolicy, PolicySettings
 from pricing_udfs.serde import Contract
 
 T = 1_764_000_000_000
@@ -59,9 +61,10 @@ def test_decoded_columns_match_the_declared_row_type() -> None:
     assert list(out.columns) == udfs.decoded_field_names(Contract.PRICE_REQUEST)
 
 
-def test_price_and_encode_logs_the_served_feature_vector() -> None:
-    policy = BaselineListPrice(default_price_minor=500, currency="EUR")
-    vectors = [FEATURE_SPEC.vector({"list_price_minor": 1234.0, "views_1h": 7.0}), FEATURE_SPEC.vector({})]
+def test_price_and_encode_logs_the_decision_and_the_served_feature_vector() -> None:
+    policy = ModelPolicy.create(FakeDemandModel(), "v-test", PolicySettings(), default_price_minor=500, currency="EUR")
+    vectors = [FEATURE_SPEC.vector({"list_price_minor": 1234.0, "unit_cost_minor": 600.0, "views_1h": 7.0}),
+               FEATURE_SPEC.vector({})]  # fmt: skip
     batch = udfs.request_batch(
         {
             "request_id": pd.Series(["a", "b"]), "user_id": pd.Series(["u1", "u2"]),
@@ -71,15 +74,20 @@ def test_price_and_encode_logs_the_served_feature_vector() -> None:
         pd.Series(vectors),
         spec=FEATURE_SPEC,
     )
+    decisions = policy.decide(batch)
     encoded = udfs.price_and_encode_batch(policy, batch, spec=FEATURE_SPEC, priced_time_ms=T + 10)
     records = [serde.decode(Contract.PRICED_EVENT, b).record for b in encoded]
-    assert [(r["request_id"], r["price_minor"], r["fallback_used"]) for r in records] == [
-        ("a", 1234, False), ("b", 500, True),
-    ]
-    assert records[1]["request_time"] == T + 1 and records[1]["priced_time"] == T + 10
-    assert records[0]["feature_spec_version"] == FEATURE_SPEC.version
-    assert records[0]["features"] == vectors[0].tolist()
-    assert records[1]["features"][FEATURE_SPEC.index("is_new_user")] == 1.0  # the spec default
+    a, b = records
+    assert (a["request_id"], a["price_minor"], a["fallback_used"], a["model_version"]) == (
+        "a", int(decisions.loc[0, "price_minor"]), False, "v-test")
+    assert a["expected_conversion"] == pytest.approx(decisions.loc[0, "expected_conversion"])
+    assert a["expected_profit_minor"] == round((a["price_minor"] - 600) * a["expected_conversion"])
+    assert (a["explored"], a["propensity"], a["reason_codes"][0]) == (False, 1.0, "model")
+    assert (b["price_minor"], b["fallback_used"], b["propensity"], b["reason_codes"]) == (500, True, None, ["default_price"])
+    assert b["request_time"] == T + 1 and b["priced_time"] == T + 10
+    assert a["feature_spec_version"] == FEATURE_SPEC.version
+    assert a["features"] == vectors[0].tolist()
+    assert b["features"][FEATURE_SPEC.index("is_new_user")] == 1.0  # the spec default
 
 
 def test_late_rows_are_rejected_with_their_bytes() -> None:

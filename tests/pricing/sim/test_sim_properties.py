@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pricing.sim.evaluate import _spread
-from pricing.sim.market import Guardrails, _largest_remainder
+from pricing.sim.market import _largest_remainder
+from pricing_udfs.policy import Guardrails
 from pricing.sim.world import _exclusive_count_by_group
 
 # Small inputs and 100 examples each: the whole file runs in a second or two.

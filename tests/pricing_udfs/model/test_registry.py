@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import pricing.registry as registry_module
+import pricing_udfs.model.registry as registry_module
 from pricing.jars import PROJECT_ROOT
-from pricing.registry import Manifest, Registry, RegistryError, TrainingWindow, content_hash
+from pricing_udfs.model.registry import Manifest, Registry, RegistryError, TrainingWindow, content_hash
 
 T0 = dt.datetime(2026, 11, 29, 7, 15, 0, 250_000, tzinfo=dt.timezone.utc)
 METRICS = {"log_loss": 0.41, "auc": 0.72, "base_rate_log_loss": 0.52, "calibration_error": 0.013}
@@ -335,7 +335,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> No
 
 _KILLED_MID_COPY = """
 import pathlib, sys, time
-import pricing.registry as reg
+import pricing_udfs.model.registry as reg
 root, model, marker = sys.argv[1:4]
 real = reg._copy_file
 def slow(src, dst):
@@ -376,7 +376,7 @@ def test_a_process_killed_mid_publish_leaves_only_a_temp_folder(tmp_path: Path) 
 
 _SLOW_PUBLISH = """
 import pathlib, sys, time
-import pricing.registry as reg
+import pricing_udfs.model.registry as reg
 root, model, marker = sys.argv[1:4]
 real = reg._copy_file
 def slow(src, dst):
@@ -433,7 +433,7 @@ def test_a_failed_replace_mid_promote_leaves_latest_unchanged(
 
 _KILLED_MID_PROMOTE = """
 import os, pathlib, sys, time
-import pricing.registry as reg
+import pricing_udfs.model.registry as reg
 root, version, marker = sys.argv[1:4]
 def hang(src, dst):
     pathlib.Path(marker).write_text(str(src))

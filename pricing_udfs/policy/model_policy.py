@@ -1,0 +1,193 @@
+"""The profit-maximising policy: score K candidate prices per request with the demand model in one
+call, pick the best inside the guardrails, explore on a capped share of traffic, fall back safely.
+
+For each row with a known list price (the reference) and unit cost:
+
+1. the guardrails give the allowed range ``[lo, hi]`` (``pricing_udfs.policy.guardrails``);
+2. ``grid_size`` candidates spread evenly over it, each moved to a price point, so every
+   candidate is a price the guardrails allow;
+3. one ``model.score(features [N, F], candidates [N, K])`` call for the whole batch;
+4. the objective ``(price - profit_weight * unit_cost) * p(buy | price)``: ``profit_weight`` 1 is
+   expected profit, 0 expected revenue; the best candidate wins (the first on ties);
+5. with ``exploration_rate`` > 0, that share of requests (chosen by a hash of the request id, so a
+   replay chooses the same) gets a uniformly drawn candidate instead: epsilon-greedy. Every
+   model-priced row logs its propensity, the probability that the policy would choose this price
+   for this row: ``(1 - rate) * [greedy] + rate / K`` (1.0 without exploration).
+
+A limit "binds" when the best candidate sits on the range end that the limit set (the optimum
+lies at or beyond it): its code joins the row's reason codes (``model`` always, ``exploration``
+when explored). Rows without a list price or unit cost, and all rows when the model is missing,
+raises, or returns anything but finite probabilities in [0, 1] for a row, are priced by
+:class:`ReferencePriceFallback` with the reason as the first code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.policy.decisions import (
+    MODEL_ERROR,
+    MODEL_INVALID_OUTPUT,
+    NO_LIST_PRICE,
+    NO_MODEL,
+    NO_UNIT_COST,
+    ReferencePriceFallback,
+    _column,
+    limit_codes,
+)
+from pricing_udfs.policy.guardrails import NO_PRICE_POINT, Guardrails
+
+MODEL = "model"
+EXPLORATION = "exploration"
+MAX_EXPLORATION_RATE = 0.2
+
+
+class PolicySettings(BaseModel):
+    """``[policy]``: the objective, the candidate grid, exploration and the guardrails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grid_size: int = Field(default=16, ge=2, le=256, description="candidate prices per request (K)")
+    profit_weight: float = Field(
+        default=1.0, ge=0, le=1, description="objective (price - w * unit_cost) * p(buy): 1 = profit, 0 = revenue"
+    )
+    exploration_rate: float = Field(
+        default=0.0, ge=0, le=MAX_EXPLORATION_RATE,
+        description=f"share of requests priced by a uniformly drawn candidate (epsilon-greedy), at most {MAX_EXPLORATION_RATE}",
+    )  # fmt: skip
+    exploration_seed: int = Field(default=0, ge=0, description="salts the request-id hash that picks explored requests")
+    guardrails: Guardrails = Guardrails()
+
+
+def _unit_hashes(request_ids: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent uniforms in [0, 1) per request id, stable across processes and replays."""
+    u1, u2 = [], []
+    for rid in request_ids:
+        h = hashlib.blake2b(f"{seed}:{rid}".encode(), digest_size=16).digest()
+        u1.append(int.from_bytes(h[:8], "little") / 2**64)
+        u2.append(int.from_bytes(h[8:], "little") / 2**64)
+    return np.asarray(u1), np.asarray(u2)
+
+
+@dataclass
+class ModelPolicy:
+    """Expected-profit maximisation over a candidate grid with a demand model (see the module docstring).
+
+    ``model`` is anything with ``score(features, prices) -> probs`` (a handler's loaded model); None prices
+    everything with the fallback. ``model_version`` goes into every model-priced event.
+    """
+
+    model: Any
+    model_version: str
+    settings: PolicySettings
+    fallback: ReferencePriceFallback
+    spec: FeatureSpec = FEATURE_SPEC
+    guardrails: Guardrails = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guardrails = self.settings.guardrails
+        if self.fallback.guardrails != self.guardrails:
+            raise ValueError("the fallback must use the policy's guardrails")
+
+    @classmethod
+    def create(cls, model: Any, model_version: str, settings: PolicySettings, *, default_price_minor: int,
+               currency: str, spec: FeatureSpec = FEATURE_SPEC) -> "ModelPolicy":  # fmt: skip
+        fallback = ReferencePriceFallback(settings.guardrails, default_price_minor, currency)
+        return cls(model=model, model_version=model_version, settings=settings, fallback=fallback, spec=spec)
+
+    def with_model(self, model: Any, model_version: str) -> "ModelPolicy":
+        return ModelPolicy(model=model, model_version=model_version, settings=self.settings, fallback=self.fallback,
+                           spec=self.spec)  # fmt: skip
+
+    def decide(self, batch: pd.DataFrame) -> pd.DataFrame:
+        n = len(batch)
+        ref = _column(batch, "list_price_minor")
+        cost = _column(batch, "unit_cost_minor")
+        reason = np.full(n, "", dtype=object)
+        reason[~(np.isfinite(cost) & (cost > 0))] = NO_UNIT_COST
+        reason[~(np.isfinite(ref) & (ref > 0))] = NO_LIST_PRICE
+        if self.model is None:
+            reason[reason == ""] = NO_MODEL
+        scored = np.flatnonzero(reason == "")
+        out = pd.DataFrame(index=batch.index, columns=list(self.fallback.decide(batch.iloc[:0]).columns))
+        if scored.size:
+            rows = batch.iloc[scored]
+            decisions, failed = self._score(rows, ref[scored], cost[scored])
+            reason[scored[failed != ""]] = failed[failed != ""]
+            ok = failed == ""
+            if ok.any():
+                out.iloc[scored[ok]] = decisions[ok].to_numpy(dtype=object)
+        fb = np.flatnonzero(reason != "")
+        if fb.size:
+            codes = [r if r != NO_LIST_PRICE else None for r in reason[fb]]
+            out.iloc[fb] = self.fallback.decide(batch.iloc[fb], codes).to_numpy(dtype=object)
+        return out.astype({"price_minor": np.int64, "reference_price_minor": np.int64, "expected_conversion": np.float64,
+                           "expected_profit_minor": np.int64, "fallback_used": bool, "explored": bool,
+                           "propensity": np.float64})  # fmt: skip
+
+    def _score(self, rows: pd.DataFrame, ref: np.ndarray, cost: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """Decisions for rows with a list price and a unit cost, and per row "" or why the model failed."""
+        s = self.settings
+        n, k = len(rows), s.grid_size
+        g = self.guardrails
+        b = g.limits(reference_price=ref, unit_cost=cost, anchor_price=_column(rows, "anchor_price_minor", 0.0))
+        steps = np.linspace(0.0, 1.0, k)[None, :]
+        grid = np.rint(b.lo[:, None] + (b.hi - b.lo)[:, None] * steps).astype(np.int64)
+        cand, fits = g.to_price_points(grid, b.lo[:, None], b.hi[:, None])
+        features = rows[list(self.spec.names)].to_numpy(dtype=np.float64)
+        failed = np.full(n, "", dtype=object)
+        try:
+            probs = np.asarray(self.model.score(features, cand.astype(np.float64)), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - any model failure is priced by the fallback, counted by the caller
+            failed[:] = MODEL_ERROR
+            return pd.DataFrame(index=rows.index), failed
+        if probs.shape != (n, k):
+            failed[:] = MODEL_INVALID_OUTPUT
+            return pd.DataFrame(index=rows.index), failed
+        valid = np.all(np.isfinite(probs) & (probs >= 0) & (probs <= 1), axis=1)
+        failed[~valid] = MODEL_INVALID_OUTPUT
+        probs = np.where(valid[:, None], probs, 0.0)
+        objective = (cand - s.profit_weight * cost[:, None]) * probs
+        greedy = np.argmax(objective, axis=1)
+        chosen = greedy.copy()
+        explored = np.zeros(n, dtype=bool)
+        propensity = np.ones(n)
+        if s.exploration_rate > 0:
+            u, v = _unit_hashes(rows["request_id"] if "request_id" in rows else range(n), s.exploration_seed)
+            explored = u < s.exploration_rate
+            pick = np.minimum((v * k).astype(np.int64), k - 1)
+            chosen = np.where(explored, pick, greedy)
+            propensity = (1 - s.exploration_rate) * (chosen == greedy) + s.exploration_rate / k
+        at = np.arange(n)
+        price = cand[at, chosen]
+        conversion = probs[at, chosen]
+        bound = limit_codes(price, b.lo, b.hi, b.lo_reason, b.hi_reason, greedy == k - 1, greedy == 0)
+        codes = [
+            [MODEL] + ([EXPLORATION] if explored[i] else []) + ([] if explored[i] else bound[i])
+            + ([] if fits[i, chosen[i]] else [NO_PRICE_POINT])
+            for i in range(n)
+        ]  # fmt: skip
+        currency = rows["list_currency"] if "list_currency" in rows else pd.Series([None] * n, index=rows.index)
+        decisions = pd.DataFrame(
+            {
+                "price_minor": price.astype(np.int64),
+                "reference_price_minor": np.rint(ref).astype(np.int64),
+                "currency": currency.fillna(self.fallback.currency).to_numpy(dtype=object),
+                "model_version": np.full(n, self.model_version, dtype=object),
+                "expected_conversion": conversion,
+                "expected_profit_minor": np.rint((price - cost) * conversion).astype(np.int64),
+                "reason_codes": codes,
+                "fallback_used": np.zeros(n, dtype=bool),
+                "explored": explored,
+                "propensity": propensity,
+            },
+            index=rows.index,
+        )
+        return decisions, failed
