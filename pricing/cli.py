@@ -39,9 +39,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from pricing.broker import BrokerError
+    from pricing.cluster import ClusterError
     from pricing.jars import JarsMissingError
 
-    return (BrokerError, JarsMissingError, FileNotFoundError, ValidationError, ValueError)
+    return (BrokerError, ClusterError, JarsMissingError, FileNotFoundError, ValidationError, ValueError)
 
 
 _USER_ERRORS = _user_errors()
@@ -87,11 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_parser("stop", help="stop it; no process is left").set_defaults(func=_kafka_stop)
     kafka.add_parser("status", help="print whether it runs and its bootstrap address").set_defaults(func=_kafka_status)
 
+    cluster = sub.add_parser("cluster", help="a standalone Flink session cluster on this machine").add_subparsers(
+        metavar="ACTION")
+    cstart = cluster.add_parser("start", help="start a JobManager and the TaskManagers; wait until all registered")
+    cstart.add_argument("--rest-port", type=int, default=None, help="REST API and web UI port (default 8081)")
+    cstart.set_defaults(func=_cluster_start)
+    cluster.add_parser("stop", help="stop it and its jobs; no process is left").set_defaults(func=_cluster_stop)
+    cluster.add_parser("status", help="its processes and whether its REST API answers").set_defaults(
+        func=_cluster_status)
+
     topics = sub.add_parser("topics", help="the engine's topics").add_subparsers(metavar="ACTION")
     topics.add_parser("create", help="create missing topics (idempotent)").set_defaults(func=_topics_create)
 
     job = sub.add_parser("job", help="the streaming job").add_subparsers(metavar="ACTION")
-    run = job.add_parser("run", help="run the job (local MiniCluster unless --jobmanager)")
+    run = job.add_parser(
+        "run", help="run the job (local MiniCluster unless --jobmanager, which returns once the job runs there)")
     run.add_argument("--bounded", action="store_true", help="stop after the offsets that are latest now")
     run.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
     run.add_argument("--at-least-once", action="store_true", help="low-latency mode: no Kafka transactions")
@@ -107,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     freeze = schemas.add_parser("freeze", help="freeze the current schemas as new versions (after a release)")
     freeze.set_defaults(func=_schemas_freeze)
 
-    demo = sub.add_parser("demo", help="start Kafka and the job, send requests, print prices, stop")
-    demo.add_argument("--requests", type=int, default=200, help="sample price requests to send")
+    demo = sub.add_parser("demo", help="Kafka, a first model, the job and a closed-loop market simulation; a summary; stop")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of simulated traffic (default 60)")
+    demo.add_argument("--rate", type=float, default=100.0, help="simulated events per second (default 100)")
     demo.add_argument("--port", type=int, default=None, help="broker port (default from settings: 9092)")
     demo.set_defaults(func=_demo)
 
@@ -176,12 +188,52 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
     )
     settings = settings.model_copy(update={"job": job})
     print(
-        f"running {job.name} against {settings.kafka.bootstrap_servers} "
-        f"({job.delivery_guarantee}, {'bounded' if job.bounded else 'unbounded: Ctrl-C to stop'})",
+        f"running {job.name} against {settings.kafka.bootstrap_servers} ({job.delivery_guarantee}, "
+        + ("bounded" if job.bounded else f"submitted to {args.jobmanager}" if args.jobmanager else "unbounded: Ctrl-C to stop")
+        + ")",
         file=sys.stderr,
     )
+    if args.jobmanager and not job.bounded:
+        # Submitted to a cluster, the job outlives this command (like `flink run -d`).
+        from jobs.pricing_job import wait_until_running
+
+        result = run(settings, jobmanager=args.jobmanager, wait=False)
+        wait_until_running(result)
+        print(f"job {result.get_job_client().get_job_id()} runs on {args.jobmanager}")
+        return 0
     run(settings, jobmanager=args.jobmanager, wait=True)
     return 0
+
+
+def _cluster(settings: Settings, *, rest_port: int | None = None):  # noqa: ANN202 - local import keeps start-up fast
+    from pricing.cluster import LocalCluster
+
+    cluster = settings.cluster
+    if rest_port is not None:
+        cluster = cluster.model_validate(cluster.model_dump() | {"rest_port": rest_port})
+    return LocalCluster(state_dir=settings.state_dir, settings=cluster)  # its Python workers run this venv's Python
+
+
+def _cluster_start(args: argparse.Namespace, settings: Settings) -> int:
+    cluster = _cluster(settings, rest_port=args.rest_port)
+    before = cluster.status()
+    status = cluster.start()
+    if before.running and before.jobmanager_pid == status.jobmanager_pid and before.taskmanager_pids == status.taskmanager_pids:
+        print(f"the cluster is already running at {status.rest_url}: {status.describe()}")
+    else:
+        print(f"Flink is up at {status.rest_url}: {status.describe()}")
+    return 0
+
+
+def _cluster_stop(args: argparse.Namespace, settings: Settings) -> int:
+    print("Flink cluster stopped" if _cluster(settings).stop() else "the Flink cluster was not running")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = _cluster(settings).status()
+    print(status.describe())
+    return 0 if status.running else 3
 
 
 def _schemas_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -205,7 +257,7 @@ def _schemas_freeze(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.demo import run_demo
 
-    return run_demo(settings, requests=args.requests, port=args.port)
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, port=args.port)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,40 @@ def flink_jars(state_dir: Path) -> list[Path]:
     return _require(folder, "flink-sql-connector-kafka-")
 
 
+PROJECT_JAR = "pricing-features.jar"
+
+
+def connector_jars(state_dir: Path) -> list[Path]:
+    """The connector jars alone (what a cluster image keeps in lib/): ``flink_jars`` without the project's jar."""
+    return [j for j in flink_jars(state_dir) if j.name != PROJECT_JAR]
+
+
+def project_jar(state_dir: Path) -> Path:
+    """Where ``pricing-features.jar`` is, the job's own Java window functions built from ``deploy/jvm``
+    (``flink_jars`` checks that it is there).
+
+    It belongs to the job, not to the platform: a job submitted to a cluster ships it
+    whatever the cluster has in lib/, so the window functions always match the job file.
+    """
+    return jars_dir(state_dir) / "flink" / PROJECT_JAR
+
+
+def flink_distribution() -> Path:
+    """The Flink distribution inside the apache-flink wheel: ``bin/``, ``conf/``, ``lib/``, ``opt/``, ``plugins/``."""
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def flink_python_jar() -> Path:
+    """``opt/flink-python-*.jar``: a Python job submitted to a cluster ships it (a cluster's lib/ does not have it)."""
+    folder = flink_distribution() / "opt"
+    jars = sorted(folder.glob("flink-python-*.jar"))
+    if not jars:
+        raise JarsMissingError(f"no flink-python-*.jar in {folder}; reinstall apache-flink")
+    return jars[-1]
+
+
 def prometheus_reporter_jar() -> Path:
     """The Prometheus metrics reporter that the apache-flink wheel ships among its plugins.
 

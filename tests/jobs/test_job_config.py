@@ -51,7 +51,7 @@ def test_prometheus_reporter_only_when_a_metrics_port_is_set() -> None:
     assert local["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
     # The local MiniCluster looks for reporters on the class path; a cluster has the plugin.
     assert "flink-metrics-prometheus-" in local["pipeline.jars"]
-    assert "pipeline.jars" not in _flink_conf(with_port, jobmanager="flink-jm:8081")
+    assert "flink-metrics-prometheus-" not in _flink_conf(with_port, jobmanager="flink-jm:8081")["pipeline.jars"]
 
 
 def test_restore_from_a_savepoint_only_when_asked() -> None:
