@@ -1,38 +1,74 @@
 """``make demo``: the whole loop on this machine, then everything stopped again.
 
-1. start the local KRaft broker (fresh data), 2. create the topics, 3. start the job
-on the Flink MiniCluster, 4. send list prices and sample price requests (and two
-malformed records), 5. print a few priced events and the counts, 6. stop the job and
-the broker. A storefront keeps traffic flowing; so does the demo, because a request
-is priced once the watermark passes it (README, "Latency").
+1. start the local KRaft broker (fresh data) and create the topics;
+2. a first demand model when the registry has none: simulate history of the demo scenario,
+   backfill the training set (Beam), train and promote (about a minute, once; later runs reuse it);
+3. start the job on the Flink MiniCluster; its UDF loads the model from the registry;
+4. run the closed-loop market simulator against it for ``duration_s``: shoppers see the
+   engine's prices and buy with the simulator's true probabilities (plus two malformed records);
+5. print the summary (events/s, requests priced/s, request -> priced latency, profit against
+   the list price on the same shoppers, fallbacks, the model version) and stop the job and broker.
+
+The demo succeeds (exit 0) when every request was answered, the model priced them, and both
+malformed records were dead-lettered.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from pricing.checkpoints import checkpoint_root, local_path
-from pricing.config import Settings
+from pricing.config import Settings, registry_dir
 from pricing.metrics import wait_for_counter
 from pricing_udfs import serde
-from pricing_udfs.serde import Contract
 
-_PRODUCTS = [f"sku-{i:03d}" for i in range(20)]
+DEMO_SCENARIO = "default"
+HISTORY_DAYS = 2
 
 
-def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
+def ensure_model(settings: Settings, *, scenario: str = DEMO_SCENARIO, days: int = HISTORY_DAYS) -> str:
+    """The registry's latest version; when there is none, train one on simulated history and promote it."""
+    from pricing_udfs.model.registry import Registry
+
+    registry = Registry(registry_dir(settings))
+    latest = registry.latest_version()
+    if latest is not None:
+        _say(f"    registry {registry.root}: serving {latest}")
+        return latest
+    from jobs.training_set import run_backfill
+    from pricing.sim.history import simulate_history
+    from pricing.sim.scenario import get_scenario
+    from pricing.training import train
+
+    _say(f"    registry {registry.root} is empty: training a first model on {days} days of '{scenario}' history")
+    with tempfile.TemporaryDirectory(prefix="pricing-demo-") as tmp:
+        root = Path(tmp)
+        simulate_history(get_scenario(scenario), days=days, out_dir=root / "history", progress=sys.stderr)
+        run_backfill(root / "history", root / "rows")
+        trained = train(root / "rows", out_dir=root / "model", progress=sys.stderr)
+        manifest = registry.publish(trained.model_dir, **trained.registry_metadata(), promote=True)
+    _say(f"    published and promoted {manifest.version}")
+    return manifest.version
+
+
+def run_demo(settings: Settings, *, duration_s: float, rate: float, port: int | None) -> int:
     from jobs.pricing_job import run, wait_until_running
     from pricing.broker import LocalBroker, free_port
+    from pricing.sim.live import LiveSimulator, LiveTopics
+    from pricing.sim.scenario import get_scenario
     from pricing.topics import create_topics
 
     b = settings.broker
-    broker = LocalBroker(state_dir=settings.state_dir, host=b.host, port=port or b.port, heap=b.heap, name="demo-kafka", die_with_parent=True)
-    _say(f"1/6 starting Kafka (KRaft) at {broker.bootstrap}")
+    broker = LocalBroker(state_dir=settings.state_dir, host=b.host, port=port or b.port, heap=b.heap,
+                         name="demo-kafka", die_with_parent=True)  # fmt: skip
+    _say(f"1/5 starting Kafka (KRaft) at {broker.bootstrap} and creating the topics")
     broker.start(fresh=True, timeout_s=b.start_timeout_s)
     result = None
     try:
@@ -40,23 +76,36 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
         job = settings.job.model_copy(update={
             "checkpoint_interval_ms": 1_000, "idle_timeout_ms": 1_000, "consumer_group": f"demo-{uuid.uuid4().hex[:8]}",
             "metrics_port": settings.job.metrics_port or str(free_port()),
-        })
+        })  # fmt: skip
         settings = settings.model_copy(update={"kafka": kafka, "job": job})
-        _say("2/6 creating topics")
         for name, state in create_topics(kafka).items():
             _say(f"    {name}: {state}")
-        _say(f"3/6 starting the job on the Flink MiniCluster ({job.delivery_guarantee})")
+        _say("2/5 the demand model")
+        version = ensure_model(settings)
+        _say(f"3/5 starting the job on the Flink MiniCluster ({job.delivery_guarantee})")
         result = run(settings, wait=False)
         wait_until_running(result)
         metrics_url = f"http://127.0.0.1:{job.metrics_port.split('-')[0]}/metrics"
         _say(f"    Prometheus metrics: {metrics_url}")
-        _say(f"4/6 sending list prices, {requests} price requests and 2 malformed records")
-        status = _traffic_and_collect(settings, requests=requests)
-        _say_rejected_counter(metrics_url)
-        return status
+        _say(f"4/5 closed-loop market simulation for {duration_s:.0f} s at {rate:.0f} events/s (plus 2 malformed records)")
+        _malformed(settings)
+        sim = LiveSimulator(get_scenario(DEMO_SCENARIO), kafka_config=kafka.client_config(),
+                            topics=LiveTopics.of(kafka.topics), rate=rate, duration_s=duration_s,
+                            answer_timeout_s=60.0, progress=sys.stderr)  # fmt: skip
+        report = sim.run()
+        _say("5/5 summary")
+        counters = _counters(metrics_url)
+        print(report.summary())
+        gain = report.expected_profit_minor / report.expected_profit_at_list_minor - 1 if report.expected_profit_at_list_minor else 0.0
+        fallbacks, priced = counters.get("fallbacks", -1), counters.get("requests_priced", -1)
+        print(f"requests priced: {report.answered / report.window_s:,.1f}/s; model {version}; fallbacks {fallbacks:,} "
+              f"of {priced:,} priced; expected profit {gain:+.1%} against the list price on the same shoppers; "
+              f"dead letters {counters.get('rejected', 0)}")  # fmt: skip
+        ok = report.answered == report.requests and report.unanswered == 0 and counters.get("rejected", 0) >= 2
+        return 0 if ok and fallbacks < priced else 1
     finally:
         if result is not None:
-            _say("6/6 stopping the job and Kafka")
+            _say("    stopping the job and Kafka")
             try:
                 result.get_job_client().cancel().result()
             except Exception as exc:  # noqa: BLE001 - the job may already have failed; say so, keep stopping
@@ -66,80 +115,30 @@ def run_demo(settings: Settings, *, requests: int, port: int | None) -> int:
         broker.stop()
 
 
-def _traffic_and_collect(settings: Settings, *, requests: int, timeout_s: float = 180.0) -> int:
-    topics = settings.kafka.topics
-    producer = Producer(settings.kafka.client_config() | {"linger.ms": 5})
-    consumer = Consumer(
-        settings.kafka.client_config()
-        | {"group.id": f"demo-reader-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
-    )
-    consumer.subscribe([topics.priced.name, topics.dead_letters.name])
-    now = int(time.time() * 1000)
-    for i, product in enumerate(_PRODUCTS[:-2]):  # the last two products have no list price: fallback
-        _produce(producer, topics.market.name, Contract.MARKET_EVENT, product, now - 60_000,
-                 {"product_id": product, "kind": "list_price", "competitor_id": None,
-                  "value": 999 + 250 * i, "currency": "EUR", "event_time": now - 60_000})
-    producer.produce(topics.requests.name, b"not avro at all", key=b"bad-1")
-    producer.produce(topics.requests.name, serde.MAGIC + b"\x00" * 8 + b"junk", key=b"bad-2")
-    wanted: set[str] = set()
-    priced: dict[str, dict] = {}
-    dead = []
-    deadline = time.monotonic() + timeout_s
-    i = 0
-    while time.monotonic() < deadline:
-        # Sample requests first, then a keep-alive trickle until all samples are answered.
-        if i < requests or len(wanted - priced.keys()) > 0:
-            rid = f"{'req' if i < requests else 'keepalive'}-{i:05d}"
-            if i < requests:
-                wanted.add(rid)
-            product = _PRODUCTS[i % len(_PRODUCTS)]
-            ts = int(time.time() * 1000)
-            _produce(producer, topics.requests.name, Contract.PRICE_REQUEST, product, ts,
-                     {"request_id": rid, "user_id": f"user-{i % 37}", "product_id": product,
-                      "channel": "web", "event_time": ts})
-            i += 1
-        producer.poll(0)
-        msg = consumer.poll(0.02)
-        if msg is not None and not msg.error():
-            if msg.topic() == topics.priced.name:
-                got = serde.decode(Contract.PRICED_EVENT, msg.value())
-                if got.ok:
-                    priced[got.record["request_id"]] = got.record
-            else:
-                dead.append(serde.decode(Contract.DEAD_LETTER, msg.value()))
-        if wanted and not (wanted - priced.keys()) and len(dead) >= 2:
-            break
-    producer.flush()
-    consumer.close()
-    _say("5/6 results")
-    for rid in sorted(wanted & priced.keys())[:5]:
-        r = priced[rid]
-        latency = r["priced_time"] - r["request_time"]
-        _say(f"    {rid} {r['product_id']:8} {r['price_minor'] / 100:8.2f} {r['currency']} "
-             f"{','.join(r['reason_codes']):14} fallback={r['fallback_used']!s:5} latency={latency} ms")
-    for d in dead:
-        if d.ok:
-            _say(f"    dead letter: {d.record['error_kind']}: {d.record['error_message'][:80]}")
-    answered = len(wanted & priced.keys())
-    latencies = sorted(priced[r]["priced_time"] - priced[r]["request_time"] for r in wanted & priced.keys())
-    median = f", median latency {latencies[len(latencies) // 2]} ms" if latencies else ""
-    print(f"priced {answered}/{len(wanted)} sample requests ({len(priced)} priced events in all), "
-          f"{len(dead)} dead letters{median}")
-    return 0 if answered == len(wanted) and len(dead) >= 2 else 1
+def _malformed(settings: Settings) -> None:
+    producer = Producer(settings.kafka.client_config())
+    topic = settings.kafka.topics.requests.name
+    producer.produce(topic, b"not avro at all", key=b"bad-1")
+    producer.produce(topic, serde.MAGIC + b"\x00" * 8 + b"junk", key=b"bad-2")
+    producer.flush(10)
 
 
-def _say_rejected_counter(url: str) -> None:
-    """Show the job's own count of dead-lettered records, as Prometheus sees it."""
+def _counters(url: str) -> dict[str, int]:
+    """The job's own counters, as Prometheus sees them: dead letters and the scoring stage's."""
+    import urllib.request
+
+    out: dict[str, int] = {}
     try:
-        rejected = wait_for_counter(url, "rejected_records", total=2, timeout_s=10.0)
-    except OSError as exc:  # the endpoint of a range may sit on another port; the demo still succeeded
+        out["rejected"] = sum(wait_for_counter(url, "rejected_records", total=2, timeout_s=10.0).values())
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError as exc:  # the endpoint of a range may sit on another port; say so
         _say(f"    metrics not readable at {url}: {exc}")
-        return
-    _say(f"    rejected_records metric: {rejected or 'none yet'}")
-
-
-def _produce(producer: Producer, topic: str, contract: Contract, key: str, ts: int, record: dict) -> None:
-    producer.produce(topic, serde.encode(contract, record), key=key.encode(), timestamp=ts)
+        return out
+    for line in text.splitlines():
+        for name in ("fallbacks", "requests_priced"):
+            if not line.startswith("#") and f"_pricing_{name}" in line.split("{")[0]:
+                out[name] = out.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def _say(text: str) -> None:

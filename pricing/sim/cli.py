@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import ValidationError
 
 from pricing.sim.scenario import SCENARIOS, Scenario, UnknownScenarioError, get_scenario
+from pricing_udfs.features import FEATURE_SPEC
 
 if TYPE_CHECKING:
     from pricing.config import Settings
@@ -80,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, default=None, help="output folder (default <state_dir>/eval/<scenario>, state_dir .pricing)")
     evaluate.add_argument("--policy", action="append", default=[], metavar="MODULE:ATTR",
                           help="extra PricingPolicy object or no-argument class to evaluate (repeatable)")  # fmt: skip
+    evaluate.add_argument("--model", default=None, metavar="VERSION",
+                          help="also evaluate the engine's policy with this registry version (or latest), fed the "
+                          "backfilled features of the same requests; shown as model-<version>")  # fmt: skip
+    evaluate.add_argument("--registry", type=Path, default=None, help="registry folder (default from [models])")
     _scenario_args(evaluate, names)
     evaluate.set_defaults(func=_guarded(_cmd_evaluate))
 
@@ -187,11 +192,42 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     extra = [_load_policy(spec) for spec in args.policy]
     state_dir = settings.state_dir if settings is not None else Path(".pricing")
     out = args.out if args.out is not None else state_dir / "eval" / scenario.name
-    evaluation = evaluate_policies(scenario, days=args.days, policies=extra, progress=sys.stderr)
+    from pricing.config import load_settings
+
+    settings = settings if settings is not None else load_settings()
+    engine = _engine_policy(args, settings, scenario) if args.model else None
+    if engine is not None:
+        extra.append(engine)
+    evaluation = evaluate_policies(scenario, days=args.days, policies=extra, guardrails=settings.policy.guardrails,
+                                   progress=sys.stderr)  # fmt: skip
     paths = evaluation.write(out)
     print(evaluation.markdown())
+    if engine is not None:
+        share = evaluation.result(engine.name).profit_minor / max(evaluation.result("oracle").profit_minor, 1)
+        vs_static = evaluation.result(engine.name).profit_minor / max(evaluation.result("best-static").profit_minor, 1) - 1
+        print(f"{engine.name}: {vs_static:+.1%} profit vs the best static price, {share:.1%} of the oracle's; "
+              f"{engine.fallbacks:,} of {engine.priced:,} requests priced by the fallback")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _engine_policy(args: argparse.Namespace, settings: Settings, scenario: Scenario) -> PricingPolicy:
+    """The job's ModelPolicy with the registry's model, fed backfilled features (``pricing.sim.engine``)."""
+    from pricing.config import registry_dir
+    from pricing.sim.engine import EnginePolicy, backfilled_features
+    from pricing_udfs.model.registry import Registry
+    from pricing_udfs.model.serving import load_model, validate
+    from pricing_udfs.policy import ModelPolicy
+
+    registry = Registry(args.registry or registry_dir(settings))
+    version = registry.resolve(args.model).name
+    model = load_model(registry.model_dir(version), device=settings.models.device)
+    reason = validate(model, FEATURE_SPEC)
+    if reason:
+        raise _UsageError(f"model {version} would not serve: {reason}")
+    policy = ModelPolicy.create(model, version, settings.policy, default_price_minor=settings.job.default_price_minor,
+                                currency=settings.job.currency)  # fmt: skip
+    return EnginePolicy(policy, backfilled_features(scenario, days=args.days, progress=sys.stderr))
 
 
 def _load_policy(spec: str) -> PricingPolicy:

@@ -32,6 +32,7 @@ BATCH_COLUMNS = (
     "category",  # str
     "channel",  # str: a symbol of the PriceRequest channel enum
     "anchor_price_minor",  # int: this policy's last price for the product before this bucket, 0 if none
+    "view_index",  # int: the view's position in the world (history names its request h<seed>-r<view_index>)
 )
 
 

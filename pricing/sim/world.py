@@ -427,6 +427,7 @@ def step_batch(world: World, a: int, b: int, *, inventory: np.ndarray, anchor: n
             "category": np.asarray(m.category_names, dtype=object)[m.product_category[prod]],
             "channel": np.asarray(CHANNELS, dtype=object)[v.channel[a:b]],
             "anchor_price_minor": anchor[prod],
+            "view_index": np.arange(a, b),  # the view's position: history names its request h<seed>-r<view_index>
         }
     )
 

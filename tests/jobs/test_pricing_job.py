@@ -111,11 +111,14 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
         history = list_prices.get(req["product_id"])
         if history:
             expected = max((ts, price) for ts, price in history if ts <= req["event_time"])[1]
-            assert (r["price_minor"], r["reference_price_minor"], r["fallback_used"]) == (expected, expected, False)
-            assert r["reason_codes"] == ["list_price"]
+            # no model in the registry and no unit cost: the fallback charges the list price in force
+            assert (r["price_minor"], r["reference_price_minor"], r["fallback_used"]) == (expected, expected, True)
+            assert r["reason_codes"] == ["no_unit_cost", "reference_price"]
         else:
             assert (r["price_minor"], r["fallback_used"]) == (settings.job.default_price_minor, True)
-        assert r["currency"] == "EUR" and r["model_version"] == "baseline-list-price/1"
+            assert r["reason_codes"] == ["default_price"]
+        assert r["currency"] == "EUR" and r["model_version"] == "fallback/reference-price"
+        assert (r["explored"], r["propensity"]) == (False, None)
         assert r["priced_time"] >= r["request_time"]
 
     letters = [serde.decode(Contract.DEAD_LETTER, m.value()) for m in dead]
