@@ -208,30 +208,54 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                      for b in calibration_table(labels, probs, bins) if b.count))  # fmt: skip
 
 
-def marginal_price_slope(features: np.ndarray, prices: np.ndarray, labels: np.ndarray,
-                         reference_index: int) -> float:  # fmt: skip
-    """``-b`` of the logistic regression ``label ~ a + b * log(price / reference)`` (rows with a known reference).
+def marginal_price_slopes(features: np.ndarray, prices: np.ndarray, labels: np.ndarray, *,
+                          spec: FeatureSpec = FEATURE_SPEC) -> tuple[float, float]:  # fmt: skip
+    """``(a, b)``: minus the price coefficients of the logistic regression
+    ``label ~ c0 + c1 * known + -a * log(price / reference) + -b * known * log(price / competitor_min)``
+    on the rows with a known reference (``known``: a competitor price is known, the network's rule).
 
-    Where prices were randomised this is an unconfounded, if attenuated, estimate of the
-    price sensitivity: the network starts its slope there. 1.0 when it cannot be fitted.
+    Where prices were randomised these are unconfounded, if attenuated, estimates of the two
+    price sensitivities: the network starts its slopes there. 1.0 (``a``) and 0.5 (``b``) when
+    they cannot be fitted; ``b`` is 0.5 too when fewer than 10 rows know a competitor price.
     """
-    ref = features[:, reference_index]
+    from pricing_udfs.model.handler import (
+        COMPETITOR_EVENTS_FEATURE,
+        COMPETITOR_MIN_FEATURE,
+        REFERENCE_FEATURE,
+        competitor_known,
+        log_competitor_ratio,
+        log_price_ratio,
+    )
+
+    def find(name: str) -> int | None:
+        return spec.index(name) if name in spec.names else None
+
+    default = (1.0, 0.5)
+    ref = features[:, spec.index(REFERENCE_FEATURE)]
     ok = (ref > 0) & (prices > 0)
     if ok.sum() < 10:
-        return 1.0
-    x = np.log(prices[ok] / ref[ok])
+        return default
+    f, p = features[ok], prices[ok, None].astype(np.float64)
+    cmin, events = find(COMPETITOR_MIN_FEATURE), find(COMPETITOR_EVENTS_FEATURE)
+    known = competitor_known(f, cmin, events)[:, 0].astype(np.float64)
+    columns = [np.ones(len(f)), log_price_ratio(f, p, spec.index(REFERENCE_FEATURE))[:, 0]]
+    with_comp = known.sum() >= 10
+    if with_comp:
+        columns += [known, log_competitor_ratio(f, p, cmin, events)[:, 0]]
+    design = np.stack(columns, axis=1)
     y = labels[ok].astype(np.float64)
-    design = np.stack([np.ones_like(x), x], axis=1)
-    beta = np.array([math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6)), 0.0])
+    beta = np.zeros(design.shape[1])
+    beta[0] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))
     for _ in range(25):  # Newton
-        p = sigmoid(design @ beta)
-        w = p * (1 - p) + 1e-9
-        step = np.linalg.solve(design.T @ (design * w[:, None]) + 1e-6 * np.eye(2), design.T @ (y - p))
+        q = sigmoid(design @ beta)
+        w = q * (1 - q) + 1e-9
+        step = np.linalg.solve(design.T @ (design * w[:, None]) + 1e-6 * np.eye(len(beta)), design.T @ (y - q))
         beta += step
         if np.max(np.abs(step)) < 1e-8:
             break
-    slope = -float(beta[1])
-    return slope if math.isfinite(slope) else 1.0
+    a = -float(beta[1])
+    b = -float(beta[3]) if with_comp else default[1]
+    return (a if math.isfinite(a) else default[0], b if math.isfinite(b) else default[1])
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -364,7 +388,6 @@ def train_on(
     import keras
     import tensorflow as tf
 
-    from pricing_udfs.model.handler import REFERENCE_FEATURE
     from pricing_udfs.model.network import DemandNet
     from pricing_udfs.model.tf_handler import TFDemandModel
 
@@ -384,10 +407,10 @@ def train_on(
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     net = DemandNet(spec, hidden=config.hidden, slope_hidden=config.slope_hidden)
-    start_slope = marginal_price_slope(train_set.features, train_set.prices, train_set.labels,
-                                       spec.index(REFERENCE_FEATURE))  # fmt: skip
-    net.adapt(train_set.features, base_rate=base_rate, slope=max(start_slope, 0.05))
-    _say(progress, f"marginal price sensitivity {start_slope:.3f} (the slope starts there)")
+    start_a, start_b = marginal_price_slopes(train_set.features, train_set.prices, train_set.labels, spec=spec)
+    net.adapt(train_set.features, base_rate=base_rate, slope=max(start_a, 0.05), competitor_slope=max(start_b, 0.05))
+    _say(progress, f"marginal price sensitivity {start_a:.3f} to the list price, {start_b:.3f} to the cheapest "
+                   "competitor's where known (the slopes start there)")  # fmt: skip
     net.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                 loss=keras.losses.BinaryCrossentropy(from_logits=True))  # fmt: skip
     log = _epoch_log(progress, config.epochs, len(train_set))

@@ -9,7 +9,8 @@ policy. Two implementations behind one seam (after Beam's ``ModelHandler``):
   ``pricing.training`` exports and the registry stores. TensorFlow is imported only when
   a SavedModel is loaded, so ``import pricing_udfs`` (and this package) stays light.
 - :class:`FakeModelHandler` / :class:`FakeDemandModel`: a numpy logistic curve in
-  price / reference, for tests where TensorFlow is not the point.
+  price / reference (and, optionally, price / competitor minimum), for tests where
+  TensorFlow is not the point.
 
 Both score the same inputs and return the same thing:
 
@@ -31,20 +32,26 @@ The SavedModel's serving signature (``SIGNATURE_NAME`` = ``serving_default``)::
 
 It scores all K candidates of all N rows in one graph call (no Python loop). A second
 signature, ``price_slope(features: float64 [None, F]) -> {"slope": float32 [None]}``,
-returns each row's price sensitivity s >= 0 in ``logit = level - s * log(price / reference)``
-(the temperature folded in), for elasticity reports.
+returns each row's total price sensitivity ``s = -d logit / d log(price) >= 0``, that is
+``(a + known * b) / temperature`` below, for elasticity reports.
 
 The model (``pricing_udfs.model.network``)::
 
-    logit = (level(x) - softplus(slope(x)) * log(price / reference)) / temperature
+    logit = (level(x) - softplus(a(x)) * log(price / reference)
+             - known * softplus(b(x)) * log(price / competitor_min)) / temperature
     probability = sigmoid(logit)
 
 ``reference`` is the ``list_price_minor`` feature. When it is unknown (<= 0, the cold-start
-default, or not finite) the reference is the price itself, so the price term is 0 and the
-probability is flat in price for that row: with no reference the model has nothing to
-compare the price with, and flat is still monotone. Prices are clipped to
-[1, 1e13] minor units before the log (so 0 or a negative price scores as 1 minor unit,
-the cheapest possible); a NaN price gives a NaN probability, which the policy's output
+default, or not finite) the reference is the price itself, so that term is 0: with no
+reference the model has nothing to compare the price with. ``competitor_min`` is the
+``competitor_min_15m_minor`` feature and ``known`` is 1 when a competitor price is known
+(``competitor_events_15m > 0`` and ``competitor_min_15m_minor > 0``), else 0 and the
+competitor term drops out. Both slopes are >= 0, so the probability never rises with the
+price (flat when neither term applies, still monotone), and a cheaper competitor lowers it
+at every price. ``a`` and ``b`` depend on the features except the competitor's price
+level and event count (only on whether it is known). Prices are clipped to [1, 1e13]
+minor units before the logs (so 0 or a negative price scores as 1 minor unit, the
+cheapest possible); a NaN price gives a NaN probability, which the policy's output
 checks turn into a fallback.
 """
 

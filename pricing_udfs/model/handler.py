@@ -26,6 +26,9 @@ SLOPE_KEY = "slope"
 INFO_FILE = Path("assets.extra") / "demand_model.json"
 FAKE_FILE = "fake_demand_model.json"
 REFERENCE_FEATURE = "list_price_minor"
+# The competitor price term: known when the window saw a competitor event and a positive minimum.
+COMPETITOR_MIN_FEATURE = "competitor_min_15m_minor"
+COMPETITOR_EVENTS_FEATURE = "competitor_events_15m"
 # Prices are clipped into this range (minor units) before the log: 0 or a negative price
 # scores as the cheapest possible price, never as an error; NaN stays NaN.
 MIN_PRICE_MINOR = 1.0
@@ -76,17 +79,39 @@ def log_price_ratio(features: np.ndarray, prices: np.ndarray, reference_index: i
     return np.log(p) - log_ref
 
 
+def competitor_known(features: np.ndarray, min_index: int | None, events_index: int | None) -> np.ndarray:
+    """``[N, 1]`` bool: a competitor price is known (events > 0 and a positive, finite minimum)."""
+    if min_index is None or events_index is None:
+        return np.zeros((features.shape[0], 1), dtype=bool)
+    comp = features[:, min_index : min_index + 1]
+    events = features[:, events_index : events_index + 1]
+    return (events > 0) & np.isfinite(comp) & (comp > 0)
+
+
+def log_competitor_ratio(features: np.ndarray, prices: np.ndarray, min_index: int | None,
+                         events_index: int | None) -> np.ndarray:  # fmt: skip
+    """``log(price / competitor_min)`` ``[N, K]`` where a competitor price is known, else 0 (numpy twin)."""
+    known = competitor_known(features, min_index, events_index)
+    p = np.clip(prices, MIN_PRICE_MINOR, MAX_PRICE_MINOR)
+    if min_index is None:
+        return np.zeros_like(p)
+    comp = np.where(known, features[:, min_index : min_index + 1], 1.0)
+    return np.where(known, np.log(p) - np.log(comp), 0.0)
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warnings
 
 
 @dataclass(frozen=True)
 class FakeDemandModel:
-    """``p = sigmoid(intercept - slope * log(price / reference))`` in numpy, for tests.
+    """``p = sigmoid(intercept - slope * log(price / reference) - competitor_slope * log(price / competitor_min))``.
 
-    Same reference rule, price clipping, shapes and dtypes as the SavedModel. ``slope``
-    must be >= 0 (monotone non-increasing in price). ``save`` / ``FakeModelHandler.load``
-    round-trip it through a folder, so tests can stand it in for a registry version.
+    In numpy, for tests. Same reference and competitor rules, price clipping, shapes and
+    dtypes as the SavedModel (the competitor term only where a competitor price is known).
+    ``slope`` and ``competitor_slope`` must be >= 0 (monotone non-increasing in price).
+    ``save`` / ``FakeModelHandler.load`` round-trip it through a folder, so tests can stand
+    it in for a registry version.
     """
 
     intercept: float = -1.0
@@ -94,24 +119,37 @@ class FakeDemandModel:
     n_features: int = len(FEATURE_SPEC.names)
     reference_index: int = FEATURE_SPEC.index(REFERENCE_FEATURE)
     feature_spec_version: str = FEATURE_SPEC.version
+    competitor_slope: float = 0.0
+    competitor_min_index: int | None = FEATURE_SPEC.index(COMPETITOR_MIN_FEATURE)
+    competitor_events_index: int | None = FEATURE_SPEC.index(COMPETITOR_EVENTS_FEATURE)
 
     def __post_init__(self) -> None:
-        if not self.slope >= 0:
-            raise ValueError("slope must be >= 0: a demand model never sells more at a higher price")
+        if not (self.slope >= 0 and self.competitor_slope >= 0):
+            raise ValueError("slope and competitor_slope must be >= 0: a demand model never sells more at a "
+                             "higher price")
 
     @classmethod
     def for_spec(cls, spec: FeatureSpec, **kwargs: Any) -> "FakeDemandModel":
+        def find(name: str) -> int | None:
+            return spec.index(name) if name in spec.names else None
+
         return cls(n_features=len(spec.names), reference_index=spec.index(REFERENCE_FEATURE),
-                   feature_spec_version=spec.version, **kwargs)  # fmt: skip
+                   feature_spec_version=spec.version, competitor_min_index=find(COMPETITOR_MIN_FEATURE),
+                   competitor_events_index=find(COMPETITOR_EVENTS_FEATURE), **kwargs)  # fmt: skip
 
     def score(self, features: np.ndarray, prices: np.ndarray) -> np.ndarray:
         f, p = check_inputs(features, prices, n_features=self.n_features)
         z = self.intercept - self.slope * log_price_ratio(f, p, self.reference_index)
+        if self.competitor_slope:
+            z = z - self.competitor_slope * log_competitor_ratio(f, p, self.competitor_min_index,
+                                                                 self.competitor_events_index)  # fmt: skip
         return _sigmoid(z).astype(np.float32)
 
     def price_slope(self, features: np.ndarray) -> np.ndarray:
+        """The total sensitivity ``-d logit / d log(price)``: ``slope`` plus ``competitor_slope`` where known."""
         f = np.asarray(features, dtype=np.float64)
-        return np.full(f.shape[0], self.slope, dtype=np.float32)
+        known = competitor_known(f, self.competitor_min_index, self.competitor_events_index)[:, 0]
+        return (self.slope + self.competitor_slope * known).astype(np.float32)
 
     def save(self, path: Path | str) -> Path:
         out = Path(path)

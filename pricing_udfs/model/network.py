@@ -9,21 +9,37 @@ Architecture (small on purpose: one call scores N x K candidates, and K is ~16):
 
     t      = transform(features)          # symlog of every raw feature + a few ratios (below)
     z      = clip(normalize(t), -10, 10)  # Keras Normalization, adapted on the training rows
+    z_s    = z without the competitor price columns (see below)
     level  = MLP(z) -> 1                  # hidden (64, 32), relu
-    slope  = softplus(MLP(z) -> 1)        # hidden (16,), relu: personal price sensitivity, >= 0
-    logit  = (level - slope * log(price / reference)) / temperature
+    a      = softplus(MLP(z_s) -> 1)      # hidden (16,), relu: sensitivity to the reference price, >= 0
+    b      = softplus(MLP(z_s) -> 1)      # hidden (16,), relu: sensitivity to the competitor price, >= 0
+    known  = competitor_events_15m > 0 and competitor_min_15m_minor > 0
+    logit  = (level - a * log(price / reference) - known * b * log(price / competitor_min)) / temperature
     p      = sigmoid(logit)
 
-The price never enters the MLPs, the slope is >= 0 and the temperature > 0, so ``p`` is
-non-increasing in price by construction, for any weights. The price arithmetic (the
-log ratio, the product with the slope, the sigmoid) runs in float64, so two distinct
-integer prices keep their order up to the final float32 cast, which can only tie them.
+The price never enters the MLPs, ``a`` and ``b`` are >= 0 and the temperature > 0, so
+``p`` is non-increasing in price by construction, for any weights. The total price
+sensitivity ``-d logit / d log(price)`` is ``(a + known * b) / temperature`` (the
+``price_slope`` signature). The price arithmetic (the log ratios, the products with the
+slopes, the sigmoid) runs in float64, so two distinct integer prices keep their order up
+to the final float32 cast, which can only tie them.
+
+The competitor term, like the simulated shoppers, compares the price with the cheapest
+competitor's: a cheaper competitor lowers the purchase probability at every price. The
+two slope MLPs do not see the competitor price columns (the raw minimum, mean and event
+count and their ratios to the list price), only whether a competitor price is known:
+a shopper's sensitivity is the user's and the product's, and slopes that could move with
+the competitor's price (rarely known: within 15 minutes of a competitor event, and only
+in a narrow range around the list price in the training data) learned to undo the
+competitor effect outside that range, so that a cheaper competitor raised the optimal
+price. Through the level the competitor price still informs the purchase rate.
 
 The transform, beside ``sign(x) * log1p(|x|)`` of each raw feature, adds (when the spec
 has the columns): ``log(competitor_min / list)``, ``log(competitor_mean / list)`` and
 ``log(unit_cost / list)`` (0 when either side is unknown), whether the list price is
-known, whether the product is out of stock (inventory == 0), ``log`` of the user's paid /
-list price ratio, and the hour and weekday as points on a circle.
+known, whether a competitor price is known, whether the product is out of stock
+(inventory == 0), ``log`` of the user's paid / list price ratio, and the hour and weekday
+as points on a circle.
 """
 
 from __future__ import annotations
@@ -40,6 +56,8 @@ import tensorflow as tf
 
 from pricing_udfs.features.spec import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.model.handler import (
+    COMPETITOR_EVENTS_FEATURE,
+    COMPETITOR_MIN_FEATURE,
     FEATURES_KEY,
     INFO_FILE,
     MAX_PRICE_MINOR,
@@ -53,6 +71,7 @@ from pricing_udfs.model.handler import (
 )
 
 INITIAL_SLOPE = 1.0  # softplus(bias) at initialisation: a mild price sensitivity
+INITIAL_COMPETITOR_SLOPE = 0.5
 _CLIP = 10.0
 
 
@@ -64,6 +83,7 @@ class Layout:
     reference: int
     competitor_min: int | None
     competitor_mean: int | None
+    competitor_events: int | None
     unit_cost: int | None
     inventory: int | None
     user_price_ratio: int | None
@@ -77,40 +97,85 @@ class Layout:
 
         return cls(
             n_features=len(spec.names), reference=spec.index(REFERENCE_FEATURE),
-            competitor_min=find("competitor_min_15m_minor"), competitor_mean=find("competitor_mean_15m_minor"),
+            competitor_min=find(COMPETITOR_MIN_FEATURE), competitor_mean=find("competitor_mean_15m_minor"),
+            competitor_events=find(COMPETITOR_EVENTS_FEATURE),
             unit_cost=find("unit_cost_minor"), inventory=find("inventory"), user_price_ratio=find("user_price_ratio"),
             hour=find("hour_of_day"), weekday=find("day_of_week"),
         )  # fmt: skip
 
 
-def transform(features: tf.Tensor, layout: Layout) -> tf.Tensor:
-    """Raw float64 ``[N, F]`` -> float32 ``[N, D]``, before normalisation."""
+def _transform(features: tf.Tensor, layout: Layout, names: list[str]) -> tf.Tensor:
+    """``transform``, appending each output column's name to ``names``."""
     x = tf.cast(features, tf.float64)
+    names += [f"symlog:{i}" for i in range(layout.n_features)]
     cols = [tf.sign(x) * tf.math.log1p(tf.abs(x))]
     ref = x[:, layout.reference]
     ref_known = ref > 0
     extra = [tf.cast(ref_known, tf.float64)]
+    names.append("reference_known")
 
-    def log_ratio(i: int | None) -> None:
+    def log_ratio(i: int | None, name: str) -> None:
         if i is None:
             return
         v = x[:, i]
         ok = ref_known & (v > 0)
         extra.append(tf.where(ok, tf.math.log(tf.where(ok, v, 1.0) / tf.where(ok, ref, 1.0)), 0.0))
+        names.append(name)
 
-    log_ratio(layout.competitor_min)
-    log_ratio(layout.competitor_mean)
-    log_ratio(layout.unit_cost)
+    log_ratio(layout.competitor_min, "log_competitor_min_vs_list")
+    log_ratio(layout.competitor_mean, "log_competitor_mean_vs_list")
+    log_ratio(layout.unit_cost, "log_unit_cost_vs_list")
+    if layout.competitor_min is not None and layout.competitor_events is not None:
+        extra.append(tf.cast(competitor_known(x, layout)[:, 0], tf.float64))
+        names.append("competitor_known")
     if layout.inventory is not None:
         extra.append(tf.cast(tf.equal(x[:, layout.inventory], 0.0), tf.float64))
+        names.append("out_of_stock")
     if layout.user_price_ratio is not None:
         extra.append(tf.math.log(tf.maximum(x[:, layout.user_price_ratio], 1e-3)))
-    for i, period in ((layout.hour, 24.0), (layout.weekday, 7.0)):
+        names.append("log_user_price_ratio")
+    for i, period, name in ((layout.hour, 24.0, "hour"), (layout.weekday, 7.0, "weekday")):
         if i is not None:
             angle = x[:, i] * (2 * math.pi / period)
             extra += [tf.sin(angle), tf.cos(angle)]
+            names += [f"{name}_sin", f"{name}_cos"]
     cols.append(tf.stack(extra, axis=1))
     return tf.cast(tf.concat(cols, axis=1), tf.float32)
+
+
+def transform(features: tf.Tensor, layout: Layout) -> tf.Tensor:
+    """Raw float64 ``[N, F]`` -> float32 ``[N, D]``, before normalisation."""
+    return _transform(features, layout, [])
+
+
+def slope_columns(layout: Layout) -> list[int]:
+    """The columns of ``transform``'s output that the slope MLPs see: all but the competitor price columns."""
+    names: list[str] = []
+    _transform(tf.zeros((1, layout.n_features), tf.float64), layout, names)
+    raw = {layout.competitor_min, layout.competitor_mean, layout.competitor_events} - {None}
+    hidden = {f"symlog:{i}" for i in raw} | {"log_competitor_min_vs_list", "log_competitor_mean_vs_list"}
+    return [i for i, name in enumerate(names) if name not in hidden]
+
+
+def competitor_known(features: tf.Tensor, layout: Layout) -> tf.Tensor:
+    """bool ``[N, 1]``: a competitor price is known (events > 0 and a positive, finite minimum)."""
+    x = tf.cast(features, tf.float64)
+    if layout.competitor_min is None or layout.competitor_events is None:
+        return tf.zeros_like(x[:, :1], dtype=tf.bool)
+    comp = x[:, layout.competitor_min : layout.competitor_min + 1]
+    events = x[:, layout.competitor_events : layout.competitor_events + 1]
+    return (events > 0) & (comp > 0) & tf.math.is_finite(comp)
+
+
+def log_competitor_ratio(features: tf.Tensor, prices: tf.Tensor, layout: Layout) -> tf.Tensor:
+    """``log(price / competitor_min)`` float64 ``[N, K]`` where a competitor price is known, else 0."""
+    p = tf.clip_by_value(tf.cast(prices, tf.float64), MIN_PRICE_MINOR, MAX_PRICE_MINOR)
+    known = competitor_known(features, layout)
+    if layout.competitor_min is None:
+        return tf.zeros_like(p)
+    comp = tf.cast(features, tf.float64)[:, layout.competitor_min : layout.competitor_min + 1]
+    log_comp = tf.math.log(tf.where(known, comp, 1.0))
+    return tf.where(known, tf.math.log(p) - log_comp, tf.zeros_like(p))
 
 
 def log_price_ratio(features: tf.Tensor, prices: tf.Tensor, layout: Layout) -> tf.Tensor:
@@ -128,7 +193,12 @@ def _softplus_inverse(y: float) -> float:
 
 
 class DemandNet(keras.Model):
-    """Purchase logits ``[N, K]`` from raw features ``[N, F]`` and prices ``[N, K]`` (see the module doc)."""
+    """Purchase logits ``[N, K]`` from raw features ``[N, F]`` and prices ``[N, K]`` (see the module doc).
+
+    ``slope_out`` / ``slope_layers`` make ``a`` (reference price), ``competitor_slope_out`` /
+    ``competitor_slope_layers`` make ``b`` (competitor price; built only when the spec has the
+    competitor minimum and event count).
+    """
 
     def __init__(self, spec: FeatureSpec = FEATURE_SPEC, *, hidden: tuple[int, ...] = (64, 32),
                  slope_hidden: tuple[int, ...] = (16,), **kwargs: Any) -> None:  # fmt: skip
@@ -147,17 +217,29 @@ class DemandNet(keras.Model):
         self.slope_out = keras.layers.Dense(
             1, name="slope", bias_initializer=keras.initializers.Constant(_softplus_inverse(INITIAL_SLOPE))
         )
+        self.has_competitor_term = self.layout.competitor_min is not None and self.layout.competitor_events is not None
+        self.slope_columns = np.asarray(slope_columns(self.layout), dtype=np.int32)
+        self.competitor_slope_layers = [
+            keras.layers.Dense(n, activation="relu", name=f"competitor_slope_{i}") for i, n in enumerate(slope_hidden)
+        ] if self.has_competitor_term else []  # fmt: skip
+        self.competitor_slope_out = keras.layers.Dense(
+            1, name="competitor_slope",
+            bias_initializer=keras.initializers.Constant(_softplus_inverse(INITIAL_COMPETITOR_SLOPE)),
+        ) if self.has_competitor_term else None  # fmt: skip
         self.temperature = self.add_weight(
             name="temperature", shape=(), dtype="float64", initializer="ones", trainable=False
         )
 
     # -- set-up ---------------------------------------------------------------------------------
-    def adapt(self, features: np.ndarray, *, base_rate: float | None = None, slope: float | None = None) -> None:
+    def adapt(self, features: np.ndarray, *, base_rate: float | None = None, slope: float | None = None,
+              competitor_slope: float | None = None) -> None:  # fmt: skip
         """Fit the normalisation to these raw rows and build the net.
 
-        ``base_rate`` starts the level at its logit and ``slope`` the price sensitivity at that
-        value (default ``INITIAL_SLOPE``): Adam moves a bias by about one learning rate per
-        step, so a good start saves many epochs on small training sets.
+        ``base_rate`` starts the level at its logit, ``slope`` the reference price sensitivity
+        ``a`` (default ``INITIAL_SLOPE``) and ``competitor_slope`` the competitor price
+        sensitivity ``b`` (default ``INITIAL_COMPETITOR_SLOPE``) at those values: Adam moves a
+        bias by about one learning rate per step, so a good start saves many epochs on small
+        training sets.
         """
         t = transform(tf.constant(np.asarray(features, dtype=np.float64)), self.layout).numpy()
         self.norm.adapt(t)
@@ -169,6 +251,8 @@ class DemandNet(keras.Model):
             self.level_out.bias.assign([math.log(rate / (1 - rate))])
         if slope is not None:
             self.slope_out.bias.assign([_softplus_inverse(min(max(slope, 0.05), 50.0))])
+        if competitor_slope is not None and self.competitor_slope_out is not None:
+            self.competitor_slope_out.bias.assign([_softplus_inverse(min(max(competitor_slope, 0.05), 50.0))])
 
     def set_temperature(self, value: float) -> None:
         if not (value > 0 and math.isfinite(value)):
@@ -176,34 +260,48 @@ class DemandNet(keras.Model):
         self.temperature.assign(value)
 
     # -- forward --------------------------------------------------------------------------------
-    def heads(self, features: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-        """Level ``[N, 1]`` and slope ``[N, 1]`` (>= 0), float64, before the temperature."""
+    def heads(self, features: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Level, ``a`` and ``b``: ``[N, 1]`` float64 each, before the temperature (``b`` 0 without the term)."""
         z = tf.clip_by_value(self.norm(transform(features, self.layout)), -_CLIP, _CLIP)
         h = z
         for layer in self.level_layers:
             h = layer(h, training=training)
         level = self.level_out(h)
-        s = z
-        for layer in self.slope_layers:
-            s = layer(s, training=training)
-        slope = tf.nn.softplus(self.slope_out(s))
-        return tf.cast(level, tf.float64), tf.cast(slope, tf.float64)
+        z_slope = tf.gather(z, self.slope_columns, axis=1)
+
+        def tower(layers: list[keras.layers.Layer], out: keras.layers.Layer) -> tf.Tensor:
+            s = z_slope
+            for layer in layers:
+                s = layer(s, training=training)
+            return tf.cast(tf.nn.softplus(out(s)), tf.float64)
+
+        a = tower(self.slope_layers, self.slope_out)
+        if self.competitor_slope_out is None:
+            b = tf.zeros_like(a)
+        else:
+            b = tower(self.competitor_slope_layers, self.competitor_slope_out)
+        return tf.cast(level, tf.float64), a, b
 
     def call(self, inputs: tuple[tf.Tensor, tf.Tensor], training: bool = False) -> tf.Tensor:
         """Logits ``[N, K]`` float64 (temperature applied)."""
         features, prices = inputs
         features = tf.cast(features, tf.float64)
-        level, slope = self.heads(features, training=training)
-        return (level - slope * log_price_ratio(features, prices, self.layout)) / self.temperature
+        level, a, b = self.heads(features, training=training)
+        logit = level - a * log_price_ratio(features, prices, self.layout)
+        if self.has_competitor_term:
+            logit -= b * log_competitor_ratio(features, prices, self.layout)
+        return logit / self.temperature
 
     def probability(self, features: tf.Tensor, prices: tf.Tensor) -> tf.Tensor:
         """float32 ``[N, K]``: the sigmoid in float64, cast at the end."""
         return tf.cast(tf.sigmoid(self((features, prices))), tf.float32)
 
     def effective_slope(self, features: tf.Tensor) -> tf.Tensor:
-        """float32 ``[N]``: ``slope / temperature``, the price sensitivity the exported model applies."""
-        _, slope = self.heads(tf.cast(features, tf.float64))
-        return tf.cast(slope[:, 0] / self.temperature, tf.float32)
+        """float32 ``[N]``: ``(a + known * b) / temperature``, the total ``-d logit / d log(price)`` exported."""
+        features = tf.cast(features, tf.float64)
+        _, a, b = self.heads(features)
+        known = tf.cast(competitor_known(features, self.layout), tf.float64)
+        return tf.cast((a + known * b)[:, 0] / self.temperature, tf.float32)
 
     # -- export ---------------------------------------------------------------------------------
     def export_saved_model(self, path: Path | str, *, extra_info: dict[str, Any] | None = None) -> Path:
@@ -235,6 +333,12 @@ class DemandNet(keras.Model):
             "feature_names": self.feature_names,
             "n_features": n,
             "reference_feature": REFERENCE_FEATURE,
+            "competitor_features": (
+                {"minimum": COMPETITOR_MIN_FEATURE, "events": COMPETITOR_EVENTS_FEATURE}
+                if self.has_competitor_term else None
+            ),
+            "logit": ("(level - a * log(price / reference) - known * b * log(price / competitor_min)) / temperature"
+                      if self.has_competitor_term else "(level - a * log(price / reference)) / temperature"),
             "temperature": float(self.temperature.numpy()),
             "hidden": list(self.hidden),
             "slope_hidden": list(self.slope_hidden),

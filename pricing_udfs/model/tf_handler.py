@@ -63,7 +63,7 @@ class TFDemandModel:
         return out.numpy()
 
     def price_slope(self, features: np.ndarray) -> np.ndarray:
-        """Each row's price sensitivity ``s >= 0`` in ``logit = level - s * log(price / reference)``."""
+        """Each row's total price sensitivity ``s = -d logit / d log(price) >= 0`` (both terms, temperature in)."""
         import tensorflow as tf
 
         if self._slope is None:

@@ -20,6 +20,7 @@ from pricing.training import (
     fit_temperature,
     load_training_set,
     log_loss,
+    marginal_price_slopes,
     roc_auc,
     save,
     sigmoid,
@@ -193,6 +194,29 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     y = (rng.random(z.size) < sigmoid(z / 2.0)).astype(float)
     assert fit_temperature(z, y) == pytest.approx(2.0, rel=0.03)
     assert fit_temperature(z / 2.0, y) == pytest.approx(1.0, rel=0.03)
+
+
+def test_marginal_price_slopes_recover_both_price_terms() -> None:
+    """The slopes' starting values: the two price coefficients of a logistic demand with randomised prices."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    x = np.tile(FEATURE_SPEC.defaults, (n, 1))
+    lst = np.rint(np.exp(rng.uniform(np.log(500), np.log(50_000), n)))
+    known = rng.random(n) < 0.4
+    comp = np.where(known, np.rint(lst * rng.uniform(0.7, 1.3, n)), 0.0)
+    x[:, FEATURE_SPEC.index("list_price_minor")] = lst
+    x[:, FEATURE_SPEC.index("competitor_min_15m_minor")] = comp
+    x[:, FEATURE_SPEC.index("competitor_events_15m")] = np.where(known, rng.integers(1, 4, n), 0)
+    x[known & (rng.random(n) < 0.2), FEATURE_SPEC.index("competitor_events_15m")] = 0  # a stale minimum: unknown
+    seen = (x[:, FEATURE_SPEC.index("competitor_events_15m")] > 0) & (comp > 0)
+    prices = np.rint(lst * np.exp(rng.uniform(-0.4, 0.4, n)))
+    logit = -2.0 - 2.5 * np.log(prices / lst) - np.where(seen, 1.5 * np.log(prices / np.where(seen, comp, 1.0)), 0.0)
+    labels = (rng.random(n) < sigmoid(logit)).astype(np.float32)
+    a, b = marginal_price_slopes(x, prices, labels)
+    assert a == pytest.approx(2.5, abs=0.25) and b == pytest.approx(1.5, abs=0.25)
+    # no competitor price known anywhere: the competitor slope starts at its default
+    x[:, FEATURE_SPEC.index("competitor_events_15m")] = 0
+    assert marginal_price_slopes(x, prices, labels)[1] == 0.5
 
 
 def test_an_overconfident_model_gets_calibrated() -> None:

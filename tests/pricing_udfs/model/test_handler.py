@@ -13,6 +13,8 @@ from pricing_udfs.model import FakeDemandModel, FakeModelHandler, check_inputs
 
 F = len(FEATURE_SPEC.names)
 LIST = FEATURE_SPEC.index("list_price_minor")
+COMP_MIN = FEATURE_SPEC.index("competitor_min_15m_minor")
+COMP_EVENTS = FEATURE_SPEC.index("competitor_events_15m")
 
 
 def rows(list_prices: list[float]) -> np.ndarray:
@@ -61,13 +63,34 @@ def test_fake_clips_prices_to_one_minor_unit_and_keeps_nan() -> None:
     assert np.isnan(p[0, 3])
 
 
+def test_fake_competitor_term_applies_only_where_a_competitor_price_is_known() -> None:
+    model = FakeDemandModel(intercept=-1.0, slope=2.0, competitor_slope=1.5)
+    x = rows([1000.0] * 5)
+    x[:, COMP_MIN] = [800.0, 800.0, 0.0, -3.0, float("nan")]
+    x[:, COMP_EVENTS] = [2.0, 0.0, 2.0, 2.0, 2.0]  # known only in row 0 (events > 0, positive minimum)
+    prices = np.array([[500.0, 1000.0, 2000.0]] * 5)
+    p = model.score(x, prices)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = -1.0 - 2.0 * np.log(prices[0] / 1000.0)
+    np.testing.assert_allclose(p[0], sig(expected - 1.5 * np.log(prices[0] / 800.0)), rtol=1e-6)
+    np.testing.assert_allclose(p[1:], np.tile(sig(expected), (4, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(model.price_slope(x), np.float32([3.5, 2.0, 2.0, 2.0, 2.0]))
+    # a cheaper competitor lowers the probability at every price; more so the higher the price
+    cheaper = x[:1].copy()
+    cheaper[0, COMP_MIN] = 600.0
+    assert np.all(model.score(cheaper, prices[:1]) < p[:1])
+    assert np.all(np.diff(p, axis=1) <= 0)
+
+
 def test_fake_rejects_a_negative_slope() -> None:
     with pytest.raises(ValueError, match="slope"):
         FakeDemandModel(slope=-0.1)
+    with pytest.raises(ValueError, match="slope"):
+        FakeDemandModel(competitor_slope=-0.1)
 
 
 def test_fake_round_trips_through_its_handler(tmp_path) -> None:
-    model = FakeDemandModel(intercept=-0.3, slope=1.7)
+    model = FakeDemandModel(intercept=-0.3, slope=1.7, competitor_slope=0.4)
     handler = FakeModelHandler()
     loaded = handler.load(model.save(tmp_path / "m"))
     assert loaded == model

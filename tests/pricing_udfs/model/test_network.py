@@ -23,6 +23,9 @@ pytest.importorskip("tensorflow")
 
 F = len(FEATURE_SPEC.names)
 LIST = FEATURE_SPEC.index("list_price_minor")
+COMP_MIN = FEATURE_SPEC.index("competitor_min_15m_minor")
+COMP_MEAN = FEATURE_SPEC.index("competitor_mean_15m_minor")
+COMP_EVENTS = FEATURE_SPEC.index("competitor_events_15m")
 
 # Plausible raw values per feature (what the job can serve), by name; anything else is a count.
 _MONEY = st.one_of(st.just(0.0), st.integers(1, 10**8).map(float))
@@ -54,17 +57,38 @@ def _feature(name: str) -> st.SearchStrategy[float]:
 feature_rows = st.tuples(*(_feature(n) for n in FEATURE_SPEC.names)).map(lambda t: np.array(t, dtype=np.float64))
 
 
+def _competitor_known(x: np.ndarray) -> np.ndarray:
+    return (x[:, COMP_EVENTS] > 0) & (x[:, COMP_MIN] > 0)
+
+
 @st.composite
 def batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
-    """N rows and, per row, an ascending grid of K integer prices: absolute, or multiples of the list price."""
+    """N rows and, per row, an ascending grid of K integer prices: absolute, or multiples of the list
+    price or of the competitor minimum. Each row's competitor price is known (events > 0 and a positive
+    minimum, at a random multiple of the list price or anywhere), unknown (no events, or no minimum), or drawn
+    like any other feature."""
     n = draw(st.integers(1, 6))
     k = draw(st.integers(1, 16))
     x = np.stack([draw(feature_rows) for _ in range(n)])
+    for i in range(n):
+        case = draw(st.sampled_from(["known", "known_vs_list", "no_events", "no_minimum", "as_drawn"]))
+        if case.startswith("known"):
+            x[i, COMP_EVENTS] = draw(st.integers(1, 50))
+            x[i, COMP_MIN] = draw(st.integers(1, 10**8))
+            if case == "known_vs_list" and x[i, LIST] > 0:
+                x[i, COMP_MIN] = max(1.0, float(np.rint(x[i, LIST] * draw(st.floats(0.05, 5)))))
+            x[i, COMP_MEAN] = max(x[i, COMP_MIN], x[i, COMP_MEAN])
+        elif case == "no_events":
+            x[i, COMP_EVENTS] = 0.0
+        elif case == "no_minimum":
+            x[i, COMP_MIN] = 0.0
     grids = []
     for i in range(n):
-        if x[i, LIST] > 0 and draw(st.booleans()):
+        anchor = draw(st.sampled_from(["list", "competitor", "absolute"]))
+        base = x[i, LIST] if anchor == "list" else x[i, COMP_MIN] if anchor == "competitor" else 0.0
+        if base > 0:
             mult = draw(st.lists(st.floats(0.01, 100), min_size=k, max_size=k))
-            grids.append(np.rint(x[i, LIST] * np.sort(mult)))
+            grids.append(np.rint(base * np.sort(mult)))
         else:
             grids.append(np.sort(draw(st.lists(st.integers(0, 10**9), min_size=k, max_size=k))).astype(float))
     return x, np.stack(grids)
@@ -158,28 +182,33 @@ def test_saved_model_round_trips_in_a_fresh_process(trained: TFDemandModel, tmp_
 
 
 def _fake_in_tensorflow(tmp_path: Path, fake: FakeDemandModel) -> TFDemandModel:
-    """A DemandNet whose weights make it the fake's curve: zero kernels, level bias = intercept, slope bias."""
+    """A DemandNet whose weights make it the fake's curve: zero kernels, level bias = intercept, slope biases."""
     from pricing_udfs.model.network import DemandNet
 
     net = DemandNet()
     net.adapt(synthetic.random_features(500, np.random.default_rng(0)))
-    for layer in [*net.level_layers, net.level_out, *net.slope_layers, net.slope_out]:
+    layers = [*net.level_layers, net.level_out, *net.slope_layers, net.slope_out, *net.competitor_slope_layers,
+              net.competitor_slope_out]  # fmt: skip
+    for layer in layers:
         layer.kernel.assign(np.zeros(layer.kernel.shape, np.float32))
         layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
     net.level_out.bias.assign([fake.intercept])
     net.slope_out.bias.assign([math.log(math.expm1(fake.slope))])
+    net.competitor_slope_out.bias.assign([math.log(math.expm1(fake.competitor_slope))])
     return TFDemandModel.load(net.export_saved_model(tmp_path / "fake-in-tf"))
 
 
 @pytest.mark.parametrize("k", [1, 16])
 def test_tf_handler_and_fake_agree_on_the_seam(tmp_path: Path, k: int) -> None:
-    fake = FakeDemandModel(intercept=-0.8, slope=1.6)
+    fake = FakeDemandModel(intercept=-0.8, slope=1.6, competitor_slope=0.7)
     fake_handler, tf_handler = FakeModelHandler(), TFModelHandler()
     fake_model = fake_handler.load(fake.save(tmp_path / "fake"))
     tf_model = tf_handler.load(_fake_in_tensorflow(tmp_path, fake).path)
 
     x = synthetic.random_features(7, np.random.default_rng(k))
     x[0, LIST] = 0.0  # cold start: no reference
+    x[3:5, COMP_EVENTS], x[3:5, COMP_MIN] = [2.0, 0.0], [900.0, 0.0]  # a competitor known without events; none
+    x[5, COMP_EVENTS], x[5, COMP_MIN] = 1.0, 1234.0  # known
     prices = np.sort(np.random.default_rng(k + 1).integers(1, 200_000, (7, k)), axis=1)  # ints
     prices[1, 0], prices[2, 0] = 0, -5  # scored as 1 minor unit by both
     outs = []
@@ -195,12 +224,44 @@ def test_tf_handler_and_fake_agree_on_the_seam(tmp_path: Path, k: int) -> None:
     np.testing.assert_allclose(tf_model.price_slope(x), fake_model.price_slope(x), rtol=1e-5)
 
 
+def test_competitor_term_lowers_demand_when_the_competitor_is_cheaper(tmp_path: Path) -> None:
+    fake = FakeDemandModel(intercept=-0.8, slope=1.6, competitor_slope=0.7)
+    model = _fake_in_tensorflow(tmp_path, fake)
+    x = np.tile(FEATURE_SPEC.defaults, (4, 1))
+    x[:, LIST] = 2000.0
+    x[:, COMP_EVENTS] = [3.0, 3.0, 3.0, 0.0]
+    x[:, COMP_MIN] = x[:, COMP_MEAN] = [1200.0, 2000.0, 2600.0, 1200.0]  # the last: no events, not known
+    grid = np.array([[1000.0, 1500.0, 2000.0, 3000.0]] * 4)
+    p = model.score(x, grid)
+    assert np.all(p[0] < p[1]) and np.all(p[1] < p[2])  # cheaper competitor, fewer purchases at every price
+    logit = np.log(p / (1 - p))
+    np.testing.assert_allclose(logit[0] - logit[1], -0.7 * np.log(2000.0 / 1200.0), rtol=1e-4)
+    np.testing.assert_allclose(p[3], fake.score(x[3:], grid[3:])[0], rtol=1e-5)  # = no competitor term
+    np.testing.assert_allclose(model.price_slope(x), [2.3, 2.3, 2.3, 1.6], rtol=1e-5)  # total: a + known * b
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(row=feature_rows, mins=st.lists(st.integers(1, 10**8), min_size=3, max_size=3),
+       events=st.lists(st.integers(1, 10**4), min_size=3, max_size=3))  # fmt: skip
+def test_sensitivity_does_not_depend_on_the_competitor_price(untrained: TFDemandModel, row: np.ndarray,
+                                                            mins: list[int], events: list[int]) -> None:  # fmt: skip
+    """The slope MLPs see whether a competitor price is known, never its level or the event count: with
+    random weights, rows that differ only there have the same total sensitivity."""
+    x = np.tile(row, (3, 1))
+    x[:, COMP_MIN] = mins
+    x[:, COMP_MEAN] = np.array(mins) * 1.1
+    x[:, COMP_EVENTS] = events
+    slope = untrained.price_slope(x)
+    assert slope[0] == slope[1] == slope[2]
+
+
 def test_export_documents_its_signature_and_feature_layout(untrained: TFDemandModel) -> None:
     info = untrained.info
     assert info["feature_spec_version"] == FEATURE_SPEC.version
     assert info["feature_names"] == FEATURE_SPEC.names and info["n_features"] == F
     assert info["signature"]["name"] == "serving_default"
     assert info["temperature"] == 1.0
+    assert info["competitor_features"] == {"minimum": "competitor_min_15m_minor", "events": "competitor_events_15m"}
 
 
 def test_load_refuses_a_folder_that_is_not_a_demand_model(tmp_path: Path) -> None:
