@@ -197,7 +197,9 @@ def test_a_real_model_prices_lower_for_cheaper_competitors_and_sensitive_users(
     kafka_settings: Settings, simulated_model: Path
 ) -> None:
     settings = kafka_settings.model_copy(update={
-        "job": kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000}),
+        # event time: the context is exactly the events before each request, whatever order the topics are read in
+        "job": kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000,
+                                                     "serving_mode": "event-time"}),
         "models": kafka_settings.models.model_copy(update={"registry_dir": simulated_model}),
         "policy": kafka_settings.policy.model_copy(update={"grid_size": 96}),
     })  # fmt: skip
@@ -247,7 +249,7 @@ def test_a_real_model_prices_lower_for_cheaper_competitors_and_sensitive_users(
     priced = {r["request_id"]: r for r in (serde.decode(Contract.PRICED_EVENT, m.value()).record
                                             for m in read_topic(settings, settings.kafka.topics.priced.name))}  # fmt: skip
     version = Registry(simulated_model).latest_version()
-    assert {priced[r]["model_version"] for r in requests} == {version}
+    assert {priced[r]["model_version"] for r in requests} == {version}, [priced[r]["reason_codes"] for r in requests]
     p = {r: priced[r]["price_minor"] for r in requests}
     print(f"\nreal model {version}: prices {p}")
     f = FEATURE_SPEC.index
