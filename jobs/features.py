@@ -1,4 +1,4 @@
-"""Streaming features in event time, as Flink SQL over-windows (all in the JVM).
+"""Streaming features with event-time windows, as Flink SQL over-windows (all in the JVM).
 
 All decoded events and requests are unioned into one stream. Two ``OVER``
 aggregations, one partitioned by product and one by user, sort rows by event time
@@ -34,13 +34,38 @@ Semantics (checked against an independent pandas implementation in
   at most, per product and per user); per-key state expires ``state_ttl_ms`` after the key's last
   event.
 
-Guarantee: the stage is deterministic given the input, so exactly-once replays after
-a restart re-create the same features. The window functions' deques are checkpointed
+Arrival mode (``[job] serving_mode = "arrival"``, the default; ``"event-time"`` is the above):
+the same union and the same two stages, but ordered by a processing-time attribute
+(``PROCTIME()``, ``ROWS`` frames), so each row is processed the moment it arrives and
+nothing waits for a watermark; a quiet input holds nothing back. The windows keep
+their event-time meaning: at a row with event time t a window of length W holds the
+events *processed before it* with t - W <= event_time <= t, so an event that arrived
+earlier but is stamped after t is not counted (no future leakage), and "latest" values
+are the last by event time at or before t among them (ties: arrival order). The
+``arrival_*`` Java functions (``pricing.features.Arrival*``) keep each key's entries
+sorted by event time (insertion scans from the tail: O(1) for rows in order, O(k) for
+a row k entries out of order) and answer for the row's own t. An entry leaves once it
+is older than the key's newest event time minus the window minus the allowance
+(``arrival_allowance_ms``: ``max_clock_skew_ms + watermark_out_of_orderness_ms``); a
+row further behind its key's newest row than that may miss entries (never the case
+for rows near the wall clock). All-history values (counts, the paid/list ratio) keep
+what left as a running total; "latest" values keep the latest entry that left. Late
+events (behind their source's watermark) are dead-lettered in both modes, the same
+rule, so the backfill's late-event rule applies to both. Served vectors depend on
+the arrival order, so a replay can differ from the first run: use event-time mode
+for exact replays and parity with the backfill (``tests/jobs/test_arrival_mode.py``
+checks arrival mode against the pandas reference fed the arrival order).
+
+Guarantee: in event-time mode the stage is deterministic given the input, so
+exactly-once replays after a restart re-create the same features (in arrival mode a
+replay re-creates them up to the order in which the inputs are read again). The window functions' deques are checkpointed
 as Flink RAW values (Kryo): a release that changes an accumulator class cannot
 restore older savepoints and must start from fresh state (replay the topics).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pyflink.table import TableEnvironment
 
@@ -55,7 +80,28 @@ _FUNCTIONS = {
     "windowed_min": "pricing.features.WindowedMin",
     "windowed_distinct": "pricing.features.WindowedDistinct",
     "windowed_repeats": "pricing.features.WindowedRepeats",
+    # Arrival mode: the same windows for rows in arrival order (per-key entries sorted by event time).
+    "arrival_count": "pricing.features.ArrivalCount",
+    "arrival_sum": "pricing.features.ArrivalSum",
+    "arrival_min": "pricing.features.ArrivalMin",
+    "arrival_distinct": "pricing.features.ArrivalDistinct",
+    "arrival_repeats": "pricing.features.ArrivalRepeats",
+    "arrival_last_long": "pricing.features.ArrivalLastLong",
+    "arrival_last_string": "pricing.features.ArrivalLastString",
 }
+
+ServingMode = Literal["arrival", "event-time"]
+
+
+def arrival_allowance_ms(*, max_clock_skew_ms: int, watermark_out_of_orderness_ms: int) -> int:
+    """How far (event time) behind its key's newest row a row may be and still see exact windows in arrival mode.
+
+    A record may be stamped up to ``max_clock_skew_ms`` ahead of the clock (further is dead-lettered),
+    and one more than about ``watermark_out_of_orderness_ms`` behind its source is dead-lettered as
+    late, so rows near the clock are never further apart than their sum. Entries leave a window's
+    state once they are older than the newest event time minus the window minus this allowance.
+    """
+    return max_clock_skew_ms + watermark_out_of_orderness_ms
 
 
 def register_window_functions(t_env: TableEnvironment) -> None:
@@ -65,10 +111,13 @@ def register_window_functions(t_env: TableEnvironment) -> None:
 
 
 def _over(partition: str, frame: str) -> str:
-    return f"OVER (PARTITION BY {partition} ORDER BY ts {frame})"
+    order = "pt" if frame == _ARRIVAL else "ts"
+    return f"OVER (PARTITION BY {partition} ORDER BY {order} {frame})"
 
 
 _ALL = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+# Arrival mode orders by ``pt``, the processing-time attribute: one row at a time, in arrival order.
+_ARRIVAL = "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
 
 
 # alias -> (aggregate expression, SQL type); the type lets rows that skip a stage get typed NULLs.
@@ -79,22 +128,37 @@ def _count(cond: str) -> tuple[str, str]:
     return f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)", "BIGINT"
 
 
-def _windowed(function: str, value: str, window_ms: int, type_: str) -> tuple[str, str]:
-    """A ``_FUNCTIONS`` window aggregate of ``value`` over the ``window_ms`` ending at the row."""
-    return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT))", type_
+def _windowed(function: str, value: str, window_ms: int, type_: str, allowance: int | None = None) -> tuple[str, str]:
+    """A ``_FUNCTIONS`` window aggregate of ``value`` over the ``window_ms`` ending at the row.
+
+    With an ``allowance`` (arrival mode) the ``arrival_*`` twin of ``windowed_*``; there a negative
+    ``window_ms`` means all history up to the row.
+    """
+    if allowance is None:
+        return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT))", type_
+    function = function.replace("windowed_", "arrival_")
+    return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT), CAST({allowance} AS BIGINT))", type_
 
 
-def _windowed_count(cond: str, window_ms: int) -> tuple[str, str]:
-    return _windowed("windowed_count", f"COALESCE({cond}, FALSE)", window_ms, "BIGINT")
+def _windowed_count(cond: str, window_ms: int, allowance: int | None = None) -> tuple[str, str]:
+    return _windowed("windowed_count", f"COALESCE({cond}, FALSE)", window_ms, "BIGINT", allowance)
 
 
-def _funnel(name: str, window_ms: int) -> _Aggregates:
+def _funnel(name: str, window_ms: int, allowance: int | None = None) -> _Aggregates:
     """Counts of views, add-to-carts and purchases in a window; ``name`` is a pattern like ``"{}_5m"``."""
     return {
-        name.format("views"): _windowed_count("b_type = 'view'", window_ms),
-        name.format("carts"): _windowed_count("b_type = 'add_to_cart'", window_ms),
-        name.format("purchases"): _windowed_count("b_type = 'purchase'", window_ms),
+        name.format("views"): _windowed_count("b_type = 'view'", window_ms, allowance),
+        name.format("carts"): _windowed_count("b_type = 'add_to_cart'", window_ms, allowance),
+        name.format("purchases"): _windowed_count("b_type = 'purchase'", window_ms, allowance),
     }
+
+
+def _latest(value: str, type_: str, allowance: int | None) -> tuple[str, str]:
+    """The last non-null ``value`` by event time at or before the row (ties: arrival order)."""
+    if allowance is None:
+        return f"LAST_VALUE({value})", type_
+    function = "arrival_last_string" if type_ == "STRING" else "arrival_last_long"
+    return f"{function}(event_time, {value}, CAST({allowance} AS BIGINT))", type_
 
 
 def _stage(source: str, partition: str, frame: str, aggregates: _Aggregates) -> str:
@@ -113,45 +177,57 @@ def _skipped(aggregates: _Aggregates) -> str:
 
 
 def declare_feature_views(
-    t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC
+    t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC,
+    mode: ServingMode = "event-time", allowance_ms: int = 0,
 ) -> str:
     """Create the feature views over the decoded (``ok``) inputs; returns the view of featured requests.
 
     The returned view has the request's fields, ``ts``, ``list_currency`` and one
     column per spec feature (defaults applied), plus ``features`` (ARRAY<DOUBLE> in spec order).
+    ``mode`` "arrival" orders the stages by arrival (processing time) instead of event time, with
+    the ``arrival_*`` window functions and their ``allowance_ms`` (``arrival_allowance_ms``).
     """
+    a = allowance_ms if mode == "arrival" else None
+    frame = _ARRIVAL if mode == "arrival" else _ALL
     tau = float(spec.constants["demand_velocity_tau_ms"])
     if spec.constants["demand_velocity_horizon_ms"] != _HOUR_MS:
         raise ValueError("the demand velocity is computed over a one-hour window")
     latest: _Aggregates = {
-        "list_price": ("LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_value END)", "BIGINT"),
-        "list_currency": ("LAST_VALUE(CASE WHEN m_kind = 'list_price' THEN m_currency END)", "STRING"),
-        "unit_cost": ("LAST_VALUE(CASE WHEN m_kind = 'cost' THEN m_value END)", "BIGINT"),
-        "stock": ("LAST_VALUE(CASE WHEN m_kind = 'inventory' THEN m_value END)", "BIGINT"),
-        "promotion_bp": ("LAST_VALUE(CASE WHEN m_kind = 'promotion' THEN m_value END)", "BIGINT"),
-        "product_events": _count("src <> 'request'"),
+        "list_price": _latest("CASE WHEN m_kind = 'list_price' THEN m_value END", "BIGINT", a),
+        "list_currency": _latest("CASE WHEN m_kind = 'list_price' THEN m_currency END", "STRING", a),
+        "unit_cost": _latest("CASE WHEN m_kind = 'cost' THEN m_value END", "BIGINT", a),
+        "stock": _latest("CASE WHEN m_kind = 'inventory' THEN m_value END", "BIGINT", a),
+        "promotion_bp": _latest("CASE WHEN m_kind = 'promotion' THEN m_value END", "BIGINT", a),
+        # All history up to the row: in arrival mode an event that arrived earlier with a later time is not counted.
+        "product_events": _count("src <> 'request'") if a is None else _windowed_count("src <> 'request'", -1, a),
     }
     competitor = "CASE WHEN m_kind = 'competitor_price' THEN m_value END"
-    windows = _funnel("{}_5m", 5 * _MINUTE_MS) | {
-        "comp_min_15m": _windowed("windowed_min", competitor, 15 * _MINUTE_MS, "BIGINT"),
-        "comp_sum_15m": _windowed("windowed_sum", f"CAST({competitor} AS DOUBLE)", 15 * _MINUTE_MS, "DOUBLE"),
-        "comp_n_15m": _windowed_count("m_kind = 'competitor_price'", 15 * _MINUTE_MS),
-    } | _funnel("{}_1h", _HOUR_MS) | {
-        "views_24h": _windowed_count("b_type = 'view'", 24 * _HOUR_MS),
-        "purchases_24h": _windowed_count("b_type = 'purchase'", 24 * _HOUR_MS),
-        "vel_sum_even": _windowed("windowed_sum", "vel_even", _HOUR_MS, "DOUBLE"),
-        "vel_sum_odd": _windowed("windowed_sum", "vel_odd", _HOUR_MS, "DOUBLE"),
+    windows = _funnel("{}_5m", 5 * _MINUTE_MS, a) | {
+        "comp_min_15m": _windowed("windowed_min", competitor, 15 * _MINUTE_MS, "BIGINT", a),
+        "comp_sum_15m": _windowed("windowed_sum", f"CAST({competitor} AS DOUBLE)", 15 * _MINUTE_MS, "DOUBLE", a),
+        "comp_n_15m": _windowed_count("m_kind = 'competitor_price'", 15 * _MINUTE_MS, a),
+    } | _funnel("{}_1h", _HOUR_MS, a) | {
+        "views_24h": _windowed_count("b_type = 'view'", 24 * _HOUR_MS, a),
+        "purchases_24h": _windowed_count("b_type = 'purchase'", 24 * _HOUR_MS, a),
+        "vel_sum_even": _windowed("windowed_sum", "vel_even", _HOUR_MS, "DOUBLE", a),
+        "vel_sum_odd": _windowed("windowed_sum", "vel_odd", _HOUR_MS, "DOUBLE", a),
     }
-    user_windows = _funnel("u_{}_30m", 30 * _MINUTE_MS) | {
+    user_windows = _funnel("u_{}_30m", 30 * _MINUTE_MS, a) | {
         "u_distinct_30m": _windowed(
-            "windowed_distinct", "CASE WHEN b_type = 'view' THEN product_id END", 30 * _MINUTE_MS, "BIGINT"
+            "windowed_distinct", "CASE WHEN b_type = 'view' THEN product_id END", 30 * _MINUTE_MS, "BIGINT", a
         ),
-    } | _funnel("u_{}_24h", 24 * _HOUR_MS)
+    } | _funnel("u_{}_24h", 24 * _HOUR_MS, a)
     user_all: _Aggregates = {
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
         "u_last_purchase": ("MAX(CASE WHEN b_type = 'purchase' THEN event_time END)", "BIGINT"),
         "u_events": _count("src = 'behaviour'"),
+    } if a is None else {
+        "u_ratio_sum": _windowed("windowed_sum", "paid_ratio", -1, "DOUBLE", a),
+        "u_ratio_n": _windowed_count("paid_ratio IS NOT NULL", -1, a),
+        # the newest purchase time at or before the row: the latest by event time
+        "u_last_purchase": _latest("CASE WHEN b_type = 'purchase' THEN event_time END", "BIGINT", a),
+        "u_events": _windowed_count("src = 'behaviour'", -1, a),
     }
     views = {
         "feature_events": f"""
@@ -177,15 +253,15 @@ FROM {requests} WHERE ok
 """,
         # Purchases carry their decayed weight split by hour parity (see _velocity()).
         "events_with_velocity": """
-SELECT *,
+SELECT *,{arrival}
   CASE WHEN b_type = 'purchase' AND MOD(event_time / {hour}, 2) = 0
        THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_even,
   CASE WHEN b_type = 'purchase' AND MOD(event_time / {hour}, 2) = 1
        THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_odd
 FROM feature_events
-""".format(tau=tau, hour=_HOUR_MS),
+""".format(tau=tau, hour=_HOUR_MS, arrival="\n  PROCTIME() AS pt," if a is not None else ""),
         # One stage per product, all rows: latest market values and every window.
-        "by_product": _stage("events_with_velocity", "product_id", _ALL, latest | windows),
+        "by_product": _stage("events_with_velocity", "product_id", frame, latest | windows),
         # The user stage sees behaviour and requests only; anonymous traffic has no user state.
         "user_events": """
 SELECT *,
@@ -194,7 +270,7 @@ SELECT *,
 FROM by_product WHERE src <> 'market' AND user_id <> ''
 """,
         # One stage per user: every window and the all-history values.
-        "by_user": _stage("user_events", "user_id", _ALL, user_windows | user_all),
+        "by_user": _stage("user_events", "user_id", frame, user_windows | user_all),
     }
 
     c = spec.constants

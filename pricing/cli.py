@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bounded", action="store_true", help="stop after the offsets that are latest now")
     run.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
     run.add_argument("--at-least-once", action="store_true", help="low-latency mode: no Kafka transactions")
+    run.add_argument(
+        "--serving-mode", choices=("arrival", "event-time"), default=None,
+        help="arrival: price on arrival with the latest features; event-time: wait for the watermark (exact replays)",
+    )
     run.add_argument("--restore-from", default=None, metavar="PATH", help="start from this savepoint or retained checkpoint")
     run.add_argument(
         "--fresh", action="store_true",
@@ -182,13 +186,14 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
         update={
             "bounded": args.bounded or settings.job.bounded,
             **({"delivery_guarantee": "at-least-once"} if args.at_least_once else {}),
+            **({"serving_mode": args.serving_mode} if args.serving_mode else {}),
             **({"restore_from": args.restore_from} if args.restore_from else {}),
             **({"start": "fresh"} if args.fresh else {}),
         }
     )
     settings = settings.model_copy(update={"job": job})
     print(
-        f"running {job.name} against {settings.kafka.bootstrap_servers} ({job.delivery_guarantee}, "
+        f"running {job.name} against {settings.kafka.bootstrap_servers} ({job.delivery_guarantee}, {job.serving_mode}, "
         + ("bounded" if job.bounded else f"submitted to {args.jobmanager}" if args.jobmanager else "unbounded: Ctrl-C to stop")
         + ")",
         file=sys.stderr,

@@ -44,13 +44,23 @@ def produce_events(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> 
     producer.flush()
 
 
-def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame) -> pd.DataFrame:
-    """Every feature for every request, recomputed naively from the events (``seq``: arrival order)."""
+def reference_features(
+    requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame, *, arrival: bool = False
+) -> pd.DataFrame:
+    """Every feature for every request, recomputed naively from the events (``seq``: arrival order).
+
+    ``arrival``: the arrival-mode reference. ``seq`` is then one order across all three frames (the
+    order the job processed them in), and a request sees only the events before it in that order;
+    a purchase's paid/list ratio uses the list prices that arrived before the purchase.
+    """
     c = FEATURE_SPEC.constants
     tau = c["demand_velocity_tau_ms"]
     rows = {}
+    all_market, all_behaviour = market, behaviour
     for req in requests.itertuples(index=False):
         t, p, u = req.event_time, req.product_id, req.user_id
+        if arrival:
+            market, behaviour = all_market[all_market.seq < req.seq], all_behaviour[all_behaviour.seq < req.seq]
         m = market[(market.product_id == p) & (market.event_time <= t)].sort_values(["event_time", "seq"])
         b = behaviour[(behaviour.product_id == p) & (behaviour.event_time <= t)]
 
@@ -88,7 +98,8 @@ def reference_features(requests: pd.DataFrame, behaviour: pd.DataFrame, market: 
             ratios = []
             for buy in bought.itertuples(index=False):  # paid / list price in force at the purchase
                 lp = market[(market.product_id == buy.product_id) & (market.kind == "list_price")
-                            & (market.event_time <= buy.event_time)].sort_values(["event_time", "seq"])
+                            & (market.event_time <= buy.event_time) & ((market.seq < buy.seq) if arrival else True)
+                            ].sort_values(["event_time", "seq"])
                 if len(lp) and lp.value.iloc[-1] > 0:
                     ratios.append(buy.price_seen_minor / lp.value.iloc[-1])
             w, prior = c["price_ratio_prior_weight"], c["price_ratio_prior_mean"]
@@ -176,3 +187,30 @@ def compare_features(served: dict[str, list[float]], expected: pd.DataFrame) -> 
         mismatches=int(bad.sum().sum()),
         example=f"request {worst[0]} feature {worst[1]}: served {got.loc[worst]} vs expected {expected.loc[worst]}",
     )
+
+
+def expected_arrival_features(
+    settings: Settings, frames: dict[Contract, pd.DataFrame], *, duplicates: Iterable[str] = ()
+) -> tuple[pd.DataFrame, int]:
+    """``expected_features`` for arrival mode: ``arrival_time`` in ``frames`` is one order over all three
+    (the order the job processed them in), and each request sees the events before it in that order.
+
+    Dead letters may be ``late`` events (left out, as there) and ``duplicate`` requests, which must be
+    exactly the copies of ``duplicates`` (request ids) after the first to arrive; those get no answer.
+    """
+    dlq = settings.kafka.topics.dead_letters.name
+    letters = [serde.decode(Contract.DEAD_LETTER, m.value()).record for m in read_topic(settings, dlq)]
+    late = [d for d in letters if d["error_kind"] == "late"]
+    repeated = [d for d in letters if d["error_kind"] == "duplicate"]
+    assert len(late) + len(repeated) == len(letters), f"unexpected dead letters: {letters[:3]}"
+    kept, n_late = without_late(frames, late, allowance_ms=settings.job.watermark_out_of_orderness_ms)
+    assert n_late == len(late), "every late event is dead-lettered once"
+    for frame in kept.values():
+        frame["seq"] = frame["arrival_time"]
+    requests = kept[Contract.PRICE_REQUEST]
+    first = ~requests.duplicated(["request_id", "product_id"], keep="first")  # sorted by arrival
+    assert sorted(requests.loc[~first, "request_id"]) == sorted(duplicates)
+    assert len(repeated) == int((~first).sum()), "every later copy is dead-lettered as duplicate"
+    expected = reference_features(requests[first], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT],
+                                  arrival=True)
+    return expected, n_late
