@@ -46,7 +46,7 @@ unit: $(PY_STAMP)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 # Kubernetes manifests and Dockerfiles against the real schemas, offline; the tools and CRDs are
-# fetched once into $(STATE)/validate (deploy/validate/fetch.py, deploy/KUBERNETES.md).
+# fetched once into $(STATE)/validate (deploy/validate/fetch.py, README, "Deploy on Kubernetes").
 manifests-check: $(PY_STAMP)
 	$(BIN)/python deploy/validate/fetch.py
 	$(STATE)/validate/venv/bin/python deploy/validate/check.py

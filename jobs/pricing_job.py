@@ -11,12 +11,15 @@ Python runs only in vectorized UDFs, once per Arrow batch (``pricing_udfs.udfs``
 
 Event time is the Kafka record timestamp, which producers must set to the payload's
 ``event_time``; a record where they differ is dead-lettered (``invalid_value``).
-A request is priced once the watermark passes its event time, i.e. with a latency of
-about ``watermark_out_of_orderness_ms``; in exchange the context it sees is exactly
-the market as of the request (no future leakage, replays give the same answer).
-That holds while traffic flows; an input that goes quiet is declared idle after
-``idle_timeout_ms``, and until then (or again, if a late record wakes it) it holds
-answers back (README, "Latency").
+``serving_mode = "arrival"`` (default) prices a request as soon as it arrives, with
+the event-time windows over every event processed before it (``jobs.features``): no
+watermark wait, and a quiet input holds nothing back; with exactly-once the answer
+becomes visible at the next checkpoint. ``"event-time"`` prices a request once the
+watermark passes its event time, i.e. with a latency of about
+``watermark_out_of_orderness_ms``; in exchange the context it sees is exactly the
+market as of the request (replays and the backfill give the same answer). That holds
+while traffic flows; an input that goes quiet is declared idle after ``idle_timeout_ms``,
+and until then (or again, if a late record wakes it) it holds answers back (README, "Latency").
 
 Guarantees:
   * ``exactly-once`` (default): sources read ``read_committed``; both sinks write in
@@ -25,8 +28,9 @@ Guarantees:
     priced-events and each bad record exactly once in dead-letters, to
     read_committed consumers. Output becomes visible at checkpoint intervals.
   * ``at-least-once``: no transactions; output is visible immediately; after a
-    failure, records since the last checkpoint may be emitted again (same price:
-    the policy is deterministic). Consumers dedupe on request_id.
+    failure, records since the last checkpoint may be emitted again (usually at the same
+    price: the policy is deterministic given the model and the worker's anchors, which a
+    restart empties; ``pricing_udfs.scoring``). Consumers dedupe on request_id.
   * A start resumes from the deployment's latest retained checkpoint (after a crash,
     ``kill -9`` or a cancel) unless ``job.start = "fresh"`` or ``job.restore_from`` says
     otherwise (``pricing.checkpoints``): nothing read before the crash is lost.
@@ -60,7 +64,7 @@ from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings, registry_dir
 from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
-from jobs.features import declare_feature_views
+from jobs.features import arrival_allowance_ms, declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.scoring import ScoringConfig
@@ -108,7 +112,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "python.executable": job.python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
-        "python.fn-execution.bundle.time": str(job.python_bundle_time_ms),
+        "python.fn-execution.bundle.time": str(job.python_bundle_time_ms
+                                               or (5 if job.serving_mode == "arrival" else 200)),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
@@ -266,8 +271,13 @@ def build(t_env: TableEnvironment, settings: Settings) -> StatementSet:
     )
     t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
     t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))
-    featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
-    copies = _first_copies(t_env, requests=featured, window_ms=settings.job.dedupe_window_ms)
+    job = settings.job
+    allowance = arrival_allowance_ms(max_clock_skew_ms=job.max_clock_skew_ms,
+                                     watermark_out_of_orderness_ms=job.watermark_out_of_orderness_ms)
+    featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
+                                     mode=job.serving_mode, allowance_ms=allowance)
+    copies = _first_copies(t_env, requests=featured, window_ms=job.dedupe_window_ms,
+                           arrival_allowance_ms=allowance if job.serving_mode == "arrival" else None)
 
     statements = t_env.create_statement_set()
     arguments = ", ".join((*udfs.REQUEST_COLUMNS, f"ARRAY[{', '.join(FEATURE_SPEC.names)}]"))
@@ -302,7 +312,9 @@ FROM (
     return statements
 
 
-def _first_copies(t_env: TableEnvironment, *, requests: str, window_ms: int) -> str:
+def _first_copies(
+    t_env: TableEnvironment, *, requests: str, window_ms: int, arrival_allowance_ms: int | None = None
+) -> str:
     """The featured requests, each with ``repeats``: how often its request_id was already requested
     for the same product within ``window_ms`` of event time before it (0: the first copy).
 
@@ -312,7 +324,20 @@ def _first_copies(t_env: TableEnvironment, *, requests: str, window_ms: int) -> 
     waiting (placed before the feature union instead, requests silently went missing: the
     stage's own requests-only watermark ran ahead of the union's). ``windowed_repeats`` is
     one of the Java window functions the feature stage declares.
+
+    In arrival mode (``arrival_allowance_ms`` given) the rows are taken in arrival order and
+    ``arrival_repeats`` counts the copies that arrived earlier with an event time within
+    ``window_ms`` either side: the first copy to arrive is priced, nothing waits for a watermark.
     """
+    if arrival_allowance_ms is not None:
+        t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW request_copies AS
+SELECT *,
+  arrival_repeats(event_time, request_id, CAST({window_ms} AS BIGINT), CAST({arrival_allowance_ms} AS BIGINT)) OVER (
+    PARTITION BY product_id ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS repeats
+FROM (SELECT *, PROCTIME() AS pt FROM {requests})
+""")
+        return "request_copies"
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW request_copies AS
 SELECT *,

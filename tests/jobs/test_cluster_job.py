@@ -1,6 +1,6 @@
 """The job on a real multi-process Flink cluster: one JobManager and two TaskManagers (``pricing cluster``).
 
-The job is submitted the way ``deploy/CLUSTER.md`` says, with ``pricing job run --jobmanager``
+The job is submitted the way the README ("Running on a cluster") says, with ``pricing job run --jobmanager``
 from a separate process, parallelism 2 and exactly-once, against the session's real
 broker. Requests flow at about 50/s over both partitions of the request topic; mid-stream
 one TaskManager (with its Python workers) is killed with SIGKILL. The job must restart on
@@ -65,7 +65,7 @@ def flink_cluster(broker_state_dir: Path) -> Iterator[LocalCluster]:
 
 
 def _config_file(settings: Settings, cluster: LocalCluster, path: Path) -> Path:
-    """The test's settings as the TOML file of deploy/CLUSTER.md."""
+    """The test's settings as the TOML file of the README's "Running on a cluster"."""
     kafka, job = settings.kafka, settings.job
     lines = [f'state_dir = "{settings.state_dir}"', "[kafka]", f'bootstrap_servers = "{kafka.bootstrap_servers}"']
     for key in ("behaviour", "market", "requests", "priced", "dead_letters"):

@@ -56,7 +56,7 @@ def _crafted(start: int) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) -> None:
-    job = kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000,
+    job = kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000, "serving_mode": "event-time",
                                                 "watermark_out_of_orderness_ms": 30_000})
     settings = kafka_settings.model_copy(update={"job": job})
     create_topics(settings.kafka)

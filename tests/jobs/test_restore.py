@@ -58,7 +58,8 @@ def _wait_until_consumed(settings: Settings, *, timeout_s: float) -> None:
 def test_a_job_restored_from_a_savepoint_serves_the_same_features_exactly_once(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    job = kafka_settings.job.model_copy(update={"checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 30_000})
+    job = kafka_settings.job.model_copy(update={"checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 30_000,
+                                                "serving_mode": "event-time"})
     settings = kafka_settings.model_copy(update={"job": job})
     create_topics(settings.kafka)
     history = generate_history(get_scenario("default").with_overrides(n_users=100, n_products=5, seed=8), days=1)

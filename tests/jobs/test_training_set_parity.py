@@ -45,7 +45,7 @@ def _main(*args: object) -> None:
 
 
 def test_served_vectors_equal_backfilled_vectors(kafka_settings: Settings, tmp_path: Path) -> None:
-    job = kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000,
+    job = kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000, "serving_mode": "event-time",
                                                 "watermark_out_of_orderness_ms": ALLOWANCE_MS})  # fmt: skip
     settings = kafka_settings.model_copy(update={"job": job})
     create_topics(settings.kafka)
