@@ -123,6 +123,7 @@ class LiveReport:
     delivery_errors: int
     answer_latency_p50_ms: float
     answer_latency_p95_ms: float
+    answer_latency_p99_ms: float = 0.0
     first_answer_s: float | None = None  # from the start of the paced window; the engine's warm-up shows here
     unanswered_sent_s: tuple[float, float] | None = None  # first and last send time of those, into the window
     interrupted: bool = False
@@ -152,7 +153,8 @@ class LiveReport:
             )
             if self.answered:
                 lines.append(
-                    f"answer latency: p50 {self.answer_latency_p50_ms:,.0f} ms, p95 {self.answer_latency_p95_ms:,.0f} ms; "
+                    f"answer latency: p50 {self.answer_latency_p50_ms:,.0f} ms, p95 {self.answer_latency_p95_ms:,.0f} ms, "
+                    f"p99 {self.answer_latency_p99_ms:,.0f} ms; "
                     f"first answer {self.first_answer_s:,.1f} s into the window"
                 )
         lines += [
@@ -723,6 +725,7 @@ class LiveSimulator:
             delivery_errors=t.delivery_errors,
             answer_latency_p50_ms=float(np.percentile(lat, 50)),
             answer_latency_p95_ms=float(np.percentile(lat, 95)),
+            answer_latency_p99_ms=float(np.percentile(lat, 99)),
             first_answer_s=None if t.first_answer_at is None else t.first_answer_at - self._window_start,
             unanswered_sent_s=(min(t.unanswered_sent_at) - self._window_start, max(t.unanswered_sent_at) - self._window_start)
             if t.unanswered_sent_at else None,
