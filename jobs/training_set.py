@@ -54,8 +54,9 @@ features). ``propensity`` is null: the historical policy logs none.
 **From serving logs** (``build_from_serving_logs`` / ``run_from_serving_logs``): priced
 events (Avro container files of ``PricedEvent``: they log ``features``,
 ``feature_spec_version`` and the price) joined with the purchases that answer them,
-labelled by the same rule. The priced event has no propensity field yet, so
-``propensity`` is null there too; a priced event without ``features`` (schema v1) is
+labelled by the same rule. ``propensity`` is the priced event's (PricedEvent v3: the
+probability that the policy chose that price, 1.0 without exploration; null when the fallback
+priced it or the event predates v3); a priced event without ``features`` (schema v1) is
 skipped, a repeated ``request_id`` is taken once.
 
 Not reproduced: the job's state TTL (processing time; a product or user silent for
@@ -669,7 +670,9 @@ def _table(meta: pd.DataFrame, values: np.ndarray | list[Any], *, version: Any, 
         "price_minor": pa.array(meta["price_minor"].to_numpy(np.int64), pa.int64()),
         "currency": pa.array(meta["currency"].to_numpy(object), pa.string()),
         "label": pa.array(meta["label"].to_numpy(np.int8), pa.int8()),
-        "propensity": pa.nulls(n, pa.float64()),
+        "propensity": (pa.array(pd.to_numeric(meta["propensity"], errors="coerce").to_numpy(np.float64),
+                                pa.float64(), from_pandas=True)  # NaN -> null
+                       if "propensity" in meta else pa.nulls(n, pa.float64())),  # fmt: skip
         "source": pa.array([source] * n, pa.string()),
     }
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)

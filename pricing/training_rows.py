@@ -22,7 +22,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "price_minor": pa.int64(),  # the price offered, minor units
     "currency": pa.string(),
     "label": pa.int8(),  # 1: the user bought the product within the attribution window after the offer
-    "propensity": pa.float64(),  # probability of the offered price when it came from exploration; null otherwise
+    "propensity": pa.float64(),  # probability that the serving policy chose this price (1.0 without exploration); null: unknown (history, fallback)
     "source": pa.string(),  # "history" (backfill) or "serving" (priced events)
 }
 

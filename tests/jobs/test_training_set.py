@@ -355,8 +355,8 @@ def test_serving_logs_join_priced_events_with_their_purchases(tmp_path: Path) ->
     t = 1_767_225_600_000
     vec = [float(i) for i in range(len(FEATURE_SPEC.names))]
     priced = [
-        _priced("s1", "u1", "p1", t, 1100, vec),
-        _priced("s2", "u2", "p1", t, 1200, [v + 1 for v in vec]),
+        _priced("s1", "u1", "p1", t, 1100, vec) | {"explored": True, "propensity": 0.0125},
+        _priced("s2", "u2", "p1", t, 1200, [v + 1 for v in vec]) | {"propensity": 1.0},
         _priced("s3", "u3", "p2", t, 1300, vec),
         _priced("s1", "u1", "p1", t, 1100, vec),  # at-least-once: a repeat
         _priced("s4", "u4", "p2", t, 1400, None),  # a v1 record: no features logged
@@ -378,7 +378,8 @@ def test_serving_logs_join_priced_events_with_their_purchases(tmp_path: Path) ->
     assert rows["label"].tolist() == [1, 0, 0]
     assert rows["price_minor"].tolist() == [1100, 1200, 1300] and (rows["event_time"] == t).all()
     assert rows.loc["s2", "features"].tolist() == [v + 1 for v in vec]
-    assert (rows["source"] == "serving").all() and rows["propensity"].isna().all()
+    assert (rows["source"] == "serving").all()
+    assert rows["propensity"].tolist()[:2] == [0.0125, 1.0] and pd.isna(rows.loc["s3", "propensity"])  # s3: no propensity
     assert summary.counts["priced_repeated"] == 1 and summary.counts["priced_without_features"] == 1
 
 
