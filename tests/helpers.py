@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, Producer
 
 from pricing.config import Settings
+from pricing_udfs import serde
+from pricing_udfs.serde import Contract
 
 
 def read_topic(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_s: float = 60.0) -> list[Message]:
@@ -33,3 +36,59 @@ def read_topic(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_
     finally:
         consumer.close()
     return out
+
+
+class PricedReader(threading.Thread):
+    """A read_committed reader of priced-events in the background: ``records`` as ``(monotonic time, record)``,
+    in the order they became visible."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.records: list[tuple[float, dict]] = []
+        self._halt = threading.Event()
+        self._consumer = Consumer(
+            settings.kafka.client_config()
+            | {"group.id": f"reader-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
+        )
+        self._consumer.subscribe([settings.kafka.topics.priced.name])
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["request_id"] for _, r in self.records]
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                self.records.append((time.monotonic(), serde.decode(Contract.PRICED_EVENT, msg.value()).record))
+        self._consumer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+class PacedRequests:
+    """Price requests at ``rate`` per second with event time = now, round-robin over ``products`` (the key,
+    so every partition gets some) and 23 users; ``sent`` holds their ids in order."""
+
+    def __init__(self, settings: Settings, products: list[str], *, rate: float) -> None:
+        self._topic = settings.kafka.topics.requests.name
+        self._producer = Producer(settings.kafka.client_config() | {"linger.ms": 5})
+        self._products = products
+        self._rate = rate
+        self.sent: list[str] = []
+
+    def send(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rid = f"r{len(self.sent):05d}"
+            ts = int(time.time() * 1000)
+            product = self._products[len(self.sent) % len(self._products)]
+            rec = {"request_id": rid, "user_id": f"u{len(self.sent) % 23}", "product_id": product, "channel": "web",
+                   "event_time": ts}  # fmt: skip
+            self._producer.produce(self._topic, serde.encode(Contract.PRICE_REQUEST, rec), key=product.encode(), timestamp=ts)
+            self.sent.append(rid)
+            self._producer.poll(0)
+            time.sleep(1 / self._rate)
+        self._producer.flush()

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -33,7 +32,7 @@ from pricing.config import ClusterSettings, Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import PacedRequests, PricedReader, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -92,30 +91,6 @@ def _rest(cluster: LocalCluster, path: str) -> Any:
         return json.load(response)
 
 
-class _Answers(threading.Thread):
-    """A read_committed reader of priced-events: the request ids answered so far."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.seen: list[str] = []
-        self._halt = threading.Event()
-        self._consumer = Consumer(
-            settings.kafka.client_config()
-            | {"group.id": f"cluster-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
-        )
-        self._consumer.subscribe([settings.kafka.topics.priced.name])
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                self.seen.append(serde.decode(Contract.PRICED_EVENT, msg.value()).record["request_id"])
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
-
 
 def test_cluster_start_is_idempotent_and_status_reports_every_process(
     flink_cluster: LocalCluster, kafka_settings: Settings, tmp_path: Path
@@ -150,23 +125,9 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         producer.produce(topics.market.name, serde.encode(Contract.MARKET_EVENT, rec), key=product.encode(), timestamp=now - 60_000)
     producer.flush()
 
-    sent: list[str] = []
-
-    def send(seconds: float) -> None:
-        """Requests at RATE/s, event time = now, keyed by product (so both partitions get some)."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rid = f"r{len(sent):05d}"
-            ts = int(time.time() * 1000)
-            product = PRODUCTS[len(sent) % len(PRODUCTS)]
-            rec = {"request_id": rid, "user_id": f"u{len(sent) % 23}", "product_id": product, "channel": "web", "event_time": ts}
-            producer.produce(topics.requests.name, serde.encode(Contract.PRICE_REQUEST, rec), key=product.encode(), timestamp=ts)
-            sent.append(rid)
-            producer.poll(0)
-            time.sleep(1 / RATE)
-        producer.flush()
-
-    answers = _Answers(settings)
+    requests = PacedRequests(settings, PRODUCTS, rate=RATE)
+    send, sent = requests.send, requests.sent
+    answers = PricedReader(settings)
     answers.start()
     job_id = None
     try:
@@ -177,7 +138,7 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         assert {v["parallelism"] for v in job["vertices"]} == {2}, [(v["name"], v["parallelism"]) for v in job["vertices"]]
 
         deadline = time.monotonic() + 120
-        while not answers.seen:  # the job prices, and its first checkpoint committed
+        while not answers.ids:  # the job prices, and its first checkpoint committed
             assert time.monotonic() < deadline, "the job on the cluster answered nothing"
             send(0.5)
         # Both request partitions carry traffic, and both TaskManagers run a share of the job.
@@ -193,7 +154,7 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         victim = flink_cluster.status().taskmanager_pids[0]
         flink_cluster.kill_taskmanager(victim)  # kill -9 of its JVM and its Python workers
         killed = time.monotonic()
-        answered_before_kill = set(answers.seen)
+        answered_before_kill = set(answers.ids)
         send(4)  # requests go on arriving while the job fails over
 
         deadline = time.monotonic() + 150
@@ -218,8 +179,8 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         send(3)
         counted = list(sent)
         deadline = time.monotonic() + 120
-        while set(counted) - set(answers.seen):  # keep-alive traffic moves the watermark on
-            assert time.monotonic() < deadline, f"{len(set(counted) - set(answers.seen))} requests unanswered"
+        while set(counted) - set(answers.ids):  # keep-alive traffic moves the watermark on
+            assert time.monotonic() < deadline, f"{len(set(counted) - set(answers.ids))} requests unanswered"
             send(0.5)
     finally:
         answers.stop()

@@ -15,21 +15,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from pricing.checkpoints import checkpoint_root, completed_checkpoints, local_path
 from pricing.config import Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import PacedRequests, PricedReader, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -48,31 +46,6 @@ def _config_file(settings: Settings, path: Path) -> Path:
               "checkpoint_interval_ms = 2000", "idle_timeout_ms = 2000"]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class _Answers(threading.Thread):
-    """A read_committed reader of priced-events that notes when each answer became visible."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.seen: list[tuple[float, str]] = []
-        self._halt = threading.Event()
-        self._consumer = Consumer(
-            settings.kafka.client_config()
-            | {"group.id": f"crash-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
-        )
-        self._consumer.subscribe([settings.kafka.topics.priced.name])
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                self.seen.append((time.monotonic(), serde.decode(Contract.PRICED_EVENT, msg.value()).record["request_id"]))
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
 
 
 # What an in-process PyFlink job of an earlier test leaves in this process's environment
@@ -110,28 +83,14 @@ def test_a_job_killed_mid_stream_prices_every_request_exactly_once_after_a_plain
                "currency": "EUR", "event_time": now - 60_000}
         producer.produce(topics.market.name, serde.encode(Contract.MARKET_EVENT, rec), key=product.encode(), timestamp=now - 60_000)
 
-    sent: list[str] = []
-
-    def send(seconds: float) -> None:
-        """Requests at RATE/s, event time = now, for ``seconds``."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rid = f"r{len(sent):05d}"
-            ts = int(time.time() * 1000)
-            product = PRODUCTS[len(sent) % len(PRODUCTS)]
-            rec = {"request_id": rid, "user_id": f"u{len(sent) % 23}", "product_id": product, "channel": "web", "event_time": ts}
-            producer.produce(topics.requests.name, serde.encode(Contract.PRICE_REQUEST, rec), key=product.encode(), timestamp=ts)
-            sent.append(rid)
-            producer.poll(0)
-            time.sleep(1 / RATE)
-        producer.flush()
-
-    answers = _Answers(settings)
+    requests = PacedRequests(settings, PRODUCTS, rate=RATE)
+    send, sent = requests.send, requests.sent
+    answers = PricedReader(settings)
     answers.start()
     job = _start(config, log)
     try:
         deadline = time.monotonic() + 180
-        while not answers.seen:  # the first run is up and its first checkpoint committed
+        while not answers.records:  # the first run is up and its first checkpoint committed
             assert job.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the first run answered nothing"
             send(0.5)
@@ -140,7 +99,7 @@ def test_a_job_killed_mid_stream_prices_every_request_exactly_once_after_a_plain
         assert completed_checkpoints(root), "no checkpoint to resume from"
         _kill9(job)
         killed_at = len(sent)
-        answered_before_kill = {rid for _, rid in answers.seen}
+        answered_before_kill = set(answers.ids)
         send(3)  # requests go on arriving while the job is down
 
         restarted = time.monotonic()
@@ -148,16 +107,16 @@ def test_a_job_killed_mid_stream_prices_every_request_exactly_once_after_a_plain
         send(6)
         counted = list(sent)
         deadline = time.monotonic() + 180
-        while set(counted) - {rid for _, rid in answers.seen}:  # keep-alive traffic moves the watermark on
+        while set(counted) - set(answers.ids):  # keep-alive traffic moves the watermark on
             assert job.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"unanswered: {sorted(set(counted) - {r for _, r in answers.seen})[:10]}"
+            assert time.monotonic() < deadline, f"unanswered: {sorted(set(counted) - set(answers.ids))[:10]}"
             send(0.5)
     finally:
         if job.poll() is None:
             _kill9(job)
         answers.stop()
 
-    first_after = min(t for t, rid in answers.seen if rid not in answered_before_kill) - restarted
+    first_after = min(t for t, r in answers.records if r["request_id"] not in answered_before_kill) - restarted
     counts = Counter(serde.decode(Contract.PRICED_EVENT, m.value()).record["request_id"]
                      for m in read_topic(settings, topics.priced.name))  # fmt: skip
     lost = [rid for rid in counted if counts[rid] == 0]

@@ -14,14 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from jobs import pricing_job
 from pricing.broker import free_port
@@ -32,7 +30,7 @@ from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.model.handler import FakeDemandModel
 from pricing_udfs.model.registry import Registry
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import PricedReader, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -72,27 +70,6 @@ def _rising_savedmodel(path: Path) -> Path:
     return path
 
 
-class _Reader(threading.Thread):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.records: list[dict] = []
-        self._halt = threading.Event()
-        self._consumer = Consumer(settings.kafka.client_config() | {
-            "group.id": f"swap-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
-        self._consumer.subscribe([settings.kafka.topics.priced.name])
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                self.records.append(serde.decode(Contract.PRICED_EVENT, msg.value()).record)
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
-
-
 def _scrape(port: str) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
@@ -120,7 +97,7 @@ def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kaf
         _market(producer, settings, p, now - 60_000, "list_price", 1_000)
         _market(producer, settings, p, now - 60_000, "cost", 400)
     producer.flush()
-    reader = _Reader(settings)
+    reader = PricedReader(settings)
     reader.start()
     result = pricing_job.run(settings, wait=False)
     sent = 0
@@ -131,7 +108,7 @@ def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kaf
             nonlocal sent
             deadline = time.monotonic() + timeout_s
             while not predicate():
-                assert time.monotonic() < deadline, f"timed out; versions seen: {sorted({r['model_version'] for r in reader.records})}"
+                assert time.monotonic() < deadline, f"timed out; versions seen: {sorted({r['model_version'] for _, r in reader.records})}"
                 ts = int(time.time() * 1000)
                 _request(producer, settings, f"r{sent:05d}", f"u{sent % 7}", "ab"[sent % 2], ts)
                 sent += 1
@@ -144,7 +121,7 @@ def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kaf
             traffic_until(lambda: time.monotonic() > end)
 
         def newest(n: int = 20) -> set[str]:
-            return {r["model_version"] for r in reader.records[-n:]}
+            return {r["model_version"] for _, r in reader.records[-n:]}
 
         traffic_until(lambda: newest() == {v1})
         v2 = _publish_fake(registry, tmp_path, "v2", intercept=-1.2, slope=2.5)
@@ -160,14 +137,14 @@ def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kaf
         traffic_for(3.0)
         settle = len(reader.records)
         traffic_until(lambda: len(reader.records) > settle + 100)
-        after = reader.records[settle:]
+        after = [r for _, r in reader.records[settle:]]
         assert {r["model_version"] for r in after} == {v2}, "a rejected version served"
         assert not any(r["fallback_used"] for r in after)
         assert all(r["reason_codes"][0] == "model" and r["propensity"] == 1.0 for r in after)
         counts = _scrape(port)
         assert counts.get("rejected_model_versions") == 3, counts
         assert counts.get("requests_priced", 0) > 100 and counts.get("model_loaded") == 1
-        assert {v for v in bad} & {r["model_version"] for r in reader.records} == set()
+        assert set(bad) & {r["model_version"] for _, r in reader.records} == set()
     finally:
         result.get_job_client().cancel().result()
         reader.stop()
