@@ -241,16 +241,11 @@ class _PriceAndEncode(ScalarFunction):
     def eval(self, *columns: pd.Series) -> pd.Series:
         *request_cols, features = columns
         batch = request_batch(dict(zip(REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
-        if self._stage is None:  # eval without open(): only when called outside Flink
-            self.open_without_metrics()
-        assert self._stage is not None
+        if self._stage is None:
+            raise RuntimeError("the pricing UDF was evaluated before open(): Flink opens every function first")
         decisions = self._stage.decide(batch)
         self._report()
         return encode_priced_events(batch, decisions, spec=self._spec, priced_time_ms=int(time.time() * 1000))
-
-    def open_without_metrics(self) -> None:
-        self._stage = ScoringStage(self._config, spec=self._spec)
-        self._stage.open()
 
     def _report(self) -> None:
         assert self._stage is not None
