@@ -24,7 +24,7 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
     metrics_port = free_port()
     job = kafka_settings.job.model_copy(update={
         "checkpoint_interval_ms": 1_000, "watermark_out_of_orderness_ms": 1_000,  # default idle timeout: safe when busy
-        "metrics_port": str(metrics_port)})
+        "metrics_port": str(metrics_port), "serving_mode": "event-time"})  # what is used: the context as of the watermark
     settings = kafka_settings.model_copy(update={"job": job})
     topics = settings.kafka.topics
     create_topics(settings.kafka)

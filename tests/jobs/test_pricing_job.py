@@ -29,7 +29,10 @@ def _market_header() -> bytes:
 
 def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(kafka_settings: Settings) -> None:
     settings = kafka_settings.model_copy(
-        update={"job": kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000})}
+        # event time: a backlog is read topic by topic side by side; the list price in force at each request's
+        # event time is what this test checks (arrival mode: tests/jobs/test_arrival_mode.py)
+        update={"job": kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000,
+                                                             "serving_mode": "event-time"})}
     )
     topics = settings.kafka.topics
     create_topics(settings.kafka)
