@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of traffic per run")
     parser.add_argument("--rate", type=float, default=5.0, help="events per second")
+    parser.add_argument("--seed-base", type=int, default=1_000, help="run i uses seed seed_base + i")
     args = parser.parse_args(argv)
     settings = load_settings()
     broker = LocalBroker(state_dir=settings.state_dir, port=free_port(), name="online-profit-kafka", die_with_parent=True)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         gains = []
         for i in range(args.runs):
             sim = LiveSimulator(get_scenario(DEMO_SCENARIO), kafka_config=kafka.client_config(), topics=LiveTopics.of(kafka.topics),
-                                rate=args.rate, duration_s=args.duration, answer_timeout_s=60.0, seed=1_000 + i,
+                                rate=args.rate, duration_s=args.duration, answer_timeout_s=60.0, seed=args.seed_base + i,
                                 progress=sys.stderr)  # fmt: skip
             report = sim.run()
             gain = report.expected_profit_minor / report.expected_profit_at_list_minor - 1

@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 
 from pricing.checkpoints import checkpoint_root, local_path
 from pricing.config import Settings, registry_dir
-from pricing.metrics import wait_for_counter
+from pricing.metrics import stage_metrics, wait_for_counter
 from pricing_udfs import serde
 
 DEMO_SCENARIO = "default"
@@ -126,20 +126,13 @@ def _malformed(settings: Settings) -> None:
 
 def _counters(url: str) -> dict[str, int]:
     """The job's own counters, as Prometheus sees them: dead letters and the scoring stage's."""
-    import urllib.request
-
-    out: dict[str, int] = {}
     try:
-        out["rejected"] = sum(wait_for_counter(url, "rejected_records", total=2, timeout_s=10.0).values())
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        out = {"rejected": sum(wait_for_counter(url, "rejected_records", total=2, timeout_s=10.0).values())}
+        stage = stage_metrics(url)
     except OSError as exc:  # the endpoint of a range may sit on another port; say so
         _say(f"    metrics not readable at {url}: {exc}")
-        return out
-    for line in text.splitlines():
-        for name in ("fallbacks", "requests_priced"):
-            if not line.startswith("#") and f"_pricing_{name}" in line.split("{")[0]:
-                out[name] = out.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
-    return out
+        return {}
+    return out | {name: int(stage[name]) for name in ("fallbacks", "requests_priced") if name in stage}
 
 
 def _say(text: str) -> None:

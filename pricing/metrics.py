@@ -1,8 +1,9 @@
-"""Reading the job's own counters back from Flink's Prometheus endpoint (``job.metrics_port``).
+"""Reading the job's own metrics back from Flink's Prometheus endpoint (``job.metrics_port``).
 
 The job counts per input contract (``pricing_udfs.udfs``): ``late_events`` and
 ``rejected_records``. Flink's Prometheus reporter names them
-``flink_taskmanager_job_task_operator_contract_<name>`` with a ``contract`` label.
+``flink_taskmanager_job_task_operator_contract_<name>`` with a ``contract`` label. The
+scoring stage reports in the group ``pricing`` (``flink_taskmanager_job_task_operator_pricing_<name>``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 import urllib.request
 
 _PREFIX = "flink_taskmanager_job_task_operator_contract_"
+_STAGE_PREFIX = "flink_taskmanager_job_task_operator_pricing_"
 _LINE = re.compile(r"^(?P<name>\w+)\{(?P<labels>.*)\} (?P<value>\S+)$")
 _CONTRACT = re.compile(r'contract="([^"]+)"')
 
@@ -52,3 +54,20 @@ def parse_contract_counters(text: str) -> dict[str, dict[str, int]]:
         by_contract = counters.setdefault(match["name"].removeprefix(_PREFIX), {})
         by_contract[contract[1]] = by_contract.get(contract[1], 0) + int(float(match["value"]))
     return counters
+
+
+def stage_metrics(url: str, *, timeout_s: float = 5.0) -> dict[str, float]:
+    """The scoring stage's counters and gauges (``pricing_udfs.udfs.STAGE_COUNTERS``, ``model_loaded``, ...)
+    scraped from a Prometheus endpoint, each summed over subtasks. An unreachable endpoint raises ``OSError``."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse_stage_metrics(response.read().decode())
+
+
+def parse_stage_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match and match["name"].startswith(_STAGE_PREFIX):
+            name = match["name"].removeprefix(_STAGE_PREFIX)
+            out[name] = out.get(name, 0.0) + float(match["value"])
+    return out

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from confluent_kafka import Producer
 from jobs import pricing_job
 from pricing.broker import free_port
 from pricing.config import Settings
+from pricing.metrics import stage_metrics
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
@@ -68,17 +68,6 @@ def _rising_savedmodel(path: Path) -> Path:
         {"n_features": len(FEATURE_SPEC.names), "feature_spec_version": FEATURE_SPEC.version,
          "feature_names": list(FEATURE_SPEC.names)}))  # fmt: skip
     return path
-
-
-def _scrape(port: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or "_pricing_" not in line:
-            continue
-        name = line.split("{")[0].split(" ")[0]
-        out[name.split("_pricing_", 1)[1]] = out.get(name.split("_pricing_", 1)[1], 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kafka_settings: Settings, tmp_path: Path) -> None:
@@ -141,7 +130,7 @@ def test_models_promoted_while_the_job_runs_are_served_and_bad_ones_rejected(kaf
         assert {r["model_version"] for r in after} == {v2}, "a rejected version served"
         assert not any(r["fallback_used"] for r in after)
         assert all(r["reason_codes"][0] == "model" and r["propensity"] == 1.0 for r in after)
-        counts = _scrape(port)
+        counts = stage_metrics(f"http://127.0.0.1:{port}/metrics")
         assert counts.get("rejected_model_versions") == 3, counts
         assert counts.get("requests_priced", 0) > 100 and counts.get("model_loaded") == 1
         assert set(bad) & {r["model_version"] for _, r in reader.records} == set()

@@ -3,7 +3,7 @@
 import pytest
 
 from pricing import metrics
-from pricing.metrics import parse_contract_counters
+from pricing.metrics import parse_contract_counters, parse_stage_metrics
 
 _SCRAPE = """\
 # HELP flink_taskmanager_job_task_operator_contract_late_events late_events (scope: taskmanager_job_task_operator_contract)
@@ -35,3 +35,12 @@ def test_wait_for_counter_polls_until_the_total_or_the_timeout(monkeypatch) -> N
 
     monkeypatch.setattr(metrics, "contract_counters", lambda url: {"late_events": {"price_request": 1}})
     assert metrics.wait_for_counter("u", "late_events", total=2, timeout_s=0) == {"price_request": 1}
+
+
+def test_stage_metrics_are_summed_over_subtasks_by_name() -> None:
+    text = _SCRAPE + """\
+flink_taskmanager_job_task_operator_pricing_requests_priced{job_id="j",subtask_index="0",} 7.0
+flink_taskmanager_job_task_operator_pricing_requests_priced{job_id="j",subtask_index="1",} 5.0
+flink_taskmanager_job_task_operator_pricing_model_loaded{job_id="j",subtask_index="0",} 1.0
+"""
+    assert parse_stage_metrics(text) == {"requests_priced": 12.0, "model_loaded": 1.0}
