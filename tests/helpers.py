@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message, Producer
 
@@ -92,3 +94,28 @@ class PacedRequests:
             self._producer.poll(0)
             time.sleep(1 / self._rate)
         self._producer.flush()
+
+
+# What an in-process PyFlink job of an earlier test leaves in this process's environment
+# (its loopback Python worker's settings): a shell starting a command has none of it.
+_WORKER_ENV = ("PYFLINK_", "PYTHON_LOOPBACK", "WORKER_ID", "PIPELINE_OPTIONS", "SEMI_PERSISTENT_DIRECTORY",
+               "LOGGING_API_SERVICE_DESCRIPTOR", "CONTROL_API_SERVICE_DESCRIPTOR", "BOOT_LOG_DIR", "FLINK_")  # fmt: skip
+
+
+def command_env() -> dict[str, str]:
+    """This process's environment as a shell would give it to a ``pricing`` command (no PyFlink worker leftovers)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ENV)}
+
+
+def write_config_file(settings: Settings, path: Path, *, job: list[str], extra: list[str] = ()) -> Path:
+    """The test's settings (state dir, broker, topics, consumer group, transactional ids) as the TOML file a
+    user would write, plus ``job`` lines under ``[job]`` and ``extra`` lines after it."""
+    kafka, j = settings.kafka, settings.job
+    lines = [f'state_dir = "{settings.state_dir}"', "[kafka]", f'bootstrap_servers = "{kafka.bootstrap_servers}"']
+    for key in ("behaviour", "market", "requests", "priced", "dead_letters"):
+        topic = getattr(kafka.topics, key)
+        lines += [f"[kafka.topics.{key}]", f'name = "{topic.name}"', f"partitions = {topic.partitions}"]
+    lines += ["[job]", f'consumer_group = "{j.consumer_group}"', f'transactional_id_prefix = "{j.transactional_id_prefix}"',
+              *job, *extra]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -11,7 +11,6 @@ once, as read_committed consumers see it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,17 +31,12 @@ from pricing.config import ClusterSettings, Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
-from tests.helpers import PacedRequests, PricedReader, read_topic
+from tests.helpers import PacedRequests, PricedReader, command_env, read_topic, write_config_file
 
 pytestmark = pytest.mark.integration
 
 PRODUCTS = [f"p{i}" for i in range(6)]
 RATE = 50  # requests per second
-# What an in-process PyFlink job of an earlier test leaves in this process's environment
-# (its loopback Python worker's settings): a shell starting the command has none of it.
-_WORKER_ENV = ("PYFLINK_", "PYTHON_LOOPBACK", "WORKER_ID", "PIPELINE_OPTIONS", "SEMI_PERSISTENT_DIRECTORY",
-               "LOGGING_API_SERVICE_DESCRIPTOR", "CONTROL_API_SERVICE_DESCRIPTOR", "BOOT_LOG_DIR", "FLINK_")
-
 
 @pytest.fixture(scope="session")
 def flink_cluster(broker_state_dir: Path) -> Iterator[LocalCluster]:
@@ -65,21 +59,14 @@ def flink_cluster(broker_state_dir: Path) -> Iterator[LocalCluster]:
 
 def _config_file(settings: Settings, cluster: LocalCluster, path: Path) -> Path:
     """The test's settings as the TOML file of the README's "Running on a cluster"."""
-    kafka, job = settings.kafka, settings.job
-    lines = [f'state_dir = "{settings.state_dir}"', "[kafka]", f'bootstrap_servers = "{kafka.bootstrap_servers}"']
-    for key in ("behaviour", "market", "requests", "priced", "dead_letters"):
-        topic = getattr(kafka.topics, key)
-        lines += [f"[kafka.topics.{key}]", f'name = "{topic.name}"', f"partitions = {topic.partitions}"]
-    lines += ["[job]", f'consumer_group = "{job.consumer_group}"', f'transactional_id_prefix = "{job.transactional_id_prefix}"',
-              "parallelism = 2", 'delivery_guarantee = "exactly-once"', "checkpoint_interval_ms = 2000",
-              "idle_timeout_ms = 2000", "restart_attempts = 5", "restart_delay_ms = 1000",
-              "[cluster]", f"rest_port = {cluster.settings.rest_port}", f"rpc_port = {cluster.settings.rpc_port}"]  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    job = ["parallelism = 2", 'delivery_guarantee = "exactly-once"', "checkpoint_interval_ms = 2000",
+           "idle_timeout_ms = 2000", "restart_attempts = 5", "restart_delay_ms = 1000"]  # fmt: skip
+    cluster_lines = ["[cluster]", f"rest_port = {cluster.settings.rest_port}", f"rpc_port = {cluster.settings.rpc_port}"]
+    return write_config_file(settings, path, job=job, extra=cluster_lines)
 
 
 def _cli(config: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ENV)}
+    env = command_env()
     return subprocess.run(
         [sys.executable, "-m", "pricing.cli", "--config", str(config), *args],
         capture_output=True, text=True, timeout=timeout_s, env=env, stdin=subprocess.DEVNULL,

@@ -27,7 +27,7 @@ from pricing.config import Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
-from tests.helpers import PacedRequests, PricedReader, read_topic
+from tests.helpers import PacedRequests, PricedReader, command_env, read_topic, write_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -35,28 +35,9 @@ PRODUCTS = [f"p{i}" for i in range(6)]
 RATE = 100  # requests per second
 
 
-def _config_file(settings: Settings, path: Path) -> Path:
-    """The test's settings as the TOML file a user would write."""
-    kafka, job = settings.kafka, settings.job
-    lines = [f'state_dir = "{settings.state_dir}"', "[kafka]", f'bootstrap_servers = "{kafka.bootstrap_servers}"']
-    for key in ("behaviour", "market", "requests", "priced", "dead_letters"):
-        topic = getattr(kafka.topics, key)
-        lines += [f"[kafka.topics.{key}]", f'name = "{topic.name}"', f"partitions = {topic.partitions}"]
-    lines += ["[job]", f'consumer_group = "{job.consumer_group}"', f'transactional_id_prefix = "{job.transactional_id_prefix}"',
-              "checkpoint_interval_ms = 2000", "idle_timeout_ms = 2000"]  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-# What an in-process PyFlink job of an earlier test leaves in this process's environment
-# (its loopback Python worker's settings): a shell starting the command has none of it.
-_WORKER_ENV = ("PYFLINK_", "PYTHON_LOOPBACK", "WORKER_ID", "PIPELINE_OPTIONS", "SEMI_PERSISTENT_DIRECTORY",
-               "LOGGING_API_SERVICE_DESCRIPTOR", "CONTROL_API_SERVICE_DESCRIPTOR", "BOOT_LOG_DIR", "FLINK_")
-
-
 def _start(config: Path, log: Path) -> subprocess.Popen:
     out = log.open("ab")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_WORKER_ENV)}
+    env = command_env()
     return subprocess.Popen(
         [sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run"],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
@@ -74,7 +55,7 @@ def test_a_job_killed_mid_stream_prices_every_request_exactly_once_after_a_plain
     settings = kafka_settings
     create_topics(settings.kafka)
     topics = settings.kafka.topics
-    config = _config_file(settings, tmp_path / "pricing.toml")
+    config = write_config_file(settings, tmp_path / "pricing.toml", job=["checkpoint_interval_ms = 2000", "idle_timeout_ms = 2000"])
     log = tmp_path / "job.log"
     producer = Producer(settings.kafka.client_config() | {"linger.ms": 5})
     now = int(time.time() * 1000)

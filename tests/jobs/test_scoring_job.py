@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.model.handler import FakeDemandModel
 from pricing_udfs.model.registry import Registry
 from pricing_udfs.serde import Contract
-from tests.helpers import PricedReader, read_topic
+from tests.helpers import PricedReader, command_env, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +146,7 @@ def simulated_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with a TensorFlow demand model trained on one simulated day (in subprocesses: Beam cannot
     run in a process where a local PyFlink job already ran)."""
     root = tmp_path_factory.mktemp("model")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYFLINK_", "PYTHON_LOOPBACK", "FLINK_"))}
+    env = command_env()
     steps = [
         ["simulate", "history", "--days", "2", "--out", str(root / "history")],
         ["backfill", "--history", str(root / "history"), "--out", str(root / "rows")],
