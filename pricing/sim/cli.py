@@ -26,11 +26,13 @@ from pricing_udfs.features import FEATURE_SPEC
 
 if TYPE_CHECKING:
     from pricing.config import Settings
+    from pricing.sim.engine import EngineStage
     from pricing.sim.live import LiveTopics
     from pricing.sim.policies import PricingPolicy
 
 Handler = Callable[..., int]  # (args) or (args, settings) -> exit code
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+CONNECT_TIMEOUT_S = 10.0  # to reach the broker before giving up
 
 
 class _UsageError(ValueError):
@@ -47,27 +49,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     hist = sim_sub.add_parser(
         "history",
-        help="write N days of historical logs as Avro files",
-        description="Write behaviour_events.avro, market_events.avro and price_requests.avro into --out.",
+        help="write N days of historical logs as Avro files and/or into the Kafka topics",
+        description="Simulate N days of the scenario's market under the historical pricing policy. --out writes "
+        "behaviour_events.avro, market_events.avro, price_requests.avro (and market_end_state.npz, which "
+        "'simulate live --continue-from' continues). --to-kafka moves the history to end now and produces it into "
+        "the behaviour, market and request topics in arrival order (record timestamp = event time), so that a job "
+        "started on them warms its windows up on it.",
     )
     hist.add_argument("--days", type=_positive_int, required=True, help="days of history to simulate")
-    hist.add_argument("--out", type=Path, required=True, help="folder for the Avro files (created if missing)")
+    hist.add_argument("--out", type=Path, default=None, help="folder for the Avro files (created if missing)")
+    hist.add_argument("--to-kafka", action="store_true",
+                      help="produce the history, ending now, into the input topics (they must exist: pricing topics create)")  # fmt: skip
+    hist.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
+                      help=f"Kafka bootstrap servers for --to-kafka (default: from the settings, else {DEFAULT_BOOTSTRAP})")  # fmt: skip
     _scenario_args(hist, names)
     hist.set_defaults(func=_guarded(_cmd_history))
 
     live = sim_sub.add_parser(
         "live",
-        help="produce paced traffic to Kafka and close the loop on priced answers",
-        description="Produce behaviour, market and price-request events at a target rate; shoppers react to "
-        "the engine's priced answers with the true purchase probability.",
+        help="produce the scenario's market live to Kafka and close the loop on priced answers",
+        description="Produce the behaviour, market and price-request events of the scenario's market as they happen, "
+        "in wall-clock time: shoppers arrive at their own rates x the hour-of-day and weekday seasonality of now, "
+        "market changes at the scenario's daily rates. One copy of the market has the traffic of "
+        "'pricing simulate history' (its natural rate, printed at start); --rate R runs round(R / natural rate) "
+        "copies of it side by side (more shoppers and products, the same traffic per shopper and per product, "
+        "never a faster clock). Shoppers react to the engine's priced answers with the true purchase probability.",
     )
-    live.add_argument("--rate", type=_positive_float, default=100.0, metavar="EVENTS_PER_S", help="target events per second (default 100)")
-    live.add_argument("--duration", type=_positive_float, default=60.0, metavar="S", help="seconds of paced traffic (default 60)")
+    size = live.add_mutually_exclusive_group()
+    size.add_argument("--rate", type=_positive_float, default=None, metavar="EVENTS_PER_S",
+                      help="events/s to aim for, averaged over the week: picks the number of copies of the market "
+                      "(at least 1); the actual rate follows the time of day (default: one copy)")  # fmt: skip
+    size.add_argument("--copies", type=_positive_int, default=None, metavar="N", help="copies of the market side by side")
+    live.add_argument("--intensity", type=_positive_float, default=1.0, metavar="X",
+                      help="every shopper's session rate x X: a quieter (0.1) or busier (10) market per product and "
+                      "per shopper than the history's (default 1)")  # fmt: skip
+    live.add_argument("--duration", type=_positive_float, default=60.0, metavar="S", help="seconds of traffic (default 60)")
     live.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
                       help=f"Kafka bootstrap servers (default: from the settings, else {DEFAULT_BOOTSTRAP})")  # fmt: skip
     live.add_argument("--no-loop", action="store_true", help="open loop: do not read priced answers")
     live.add_argument("--answer-timeout", type=_non_negative_float, default=30.0, metavar="S", help="seconds to wait for a priced answer (default 30)")
     live.add_argument("--late-share", type=_share, default=None, help="share of behaviour/market events produced late (default: the scenario's)")
+    live.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
+                      help="continue the market a 'simulate history --out DIR' ended with (its market_end_state.npz) "
+                      "instead of starting from the scenario's initial state; no initial snapshot for it")  # fmt: skip
     _scenario_args(live, names)
     live.set_defaults(func=_guarded(_cmd_live))
 
@@ -139,16 +163,70 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 
 
 def _cmd_history(args: argparse.Namespace, settings: Settings | None) -> int:
-    """Write the Avro logs and print what was written, with the throughput."""
-    from pricing.sim.history import simulate_history
+    """Generate the history; write the Avro files and/or produce it to Kafka; print what was done, with throughput."""
+    import time
+
+    from pricing.sim.history import END_STATE_FILE, generate_history, history_ending_at, write_history
 
     scenario = _scenario(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise _UsageError(f"--out {args.out} exists and is not a folder")
-    args.out.mkdir(parents=True, exist_ok=True)  # fail before minutes of simulation, not after
-    run = simulate_history(scenario, days=args.days, out_dir=args.out, progress=sys.stderr)
-    print(run.summary())
+    if args.out is None and not args.to_kafka:
+        raise _UsageError("say where the history goes: --out DIR, --to-kafka, or both")
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise _UsageError(f"--out {args.out} exists and is not a folder")
+        args.out.mkdir(parents=True, exist_ok=True)  # fail before minutes of simulation, not after
+    if args.to_kafka:
+        from pricing.sim.live import LiveError
+        from pricing.sim.publish import publish_history
+
+        kafka_config, topics = _live_kafka(args, settings)
+        check = _connect_check(kafka_config, topics)
+        if check:
+            raise LiveError(check)
+        scenario = history_ending_at(scenario, days=args.days, end_ms=time.time_ns() // 1_000_000)
+    t0 = time.perf_counter()
+    history = generate_history(scenario, days=args.days, progress=sys.stderr)
+    print(f"simulated {history.n_events:,} events from {_utc(history.start_ms)} to {_utc(history.end_ms)} in "
+          f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    if args.out is not None:
+        t0 = time.perf_counter()
+        write_history(history, args.out, progress=sys.stderr)
+        history.end_state.save(args.out / END_STATE_FILE, scenario=scenario)
+        seconds = time.perf_counter() - t0
+        parts = ", ".join(f"{name.removesuffix('.avro')} {n:,}" for name, n in history.counts().items())
+        print(f"wrote {history.n_events:,} events ({parts}) and {END_STATE_FILE} to {args.out} in {seconds:.1f} s "
+              f"({history.n_events / max(seconds, 1e-9):,.0f} events/s)")  # fmt: skip
+    if args.to_kafka:
+        t0 = time.perf_counter()
+        counts = publish_history(history, kafka_config=kafka_config, topics=topics, progress=sys.stderr,
+                                 connect_timeout_s=CONNECT_TIMEOUT_S)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        sent = sum(counts.values())
+        print(f"produced {sent:,} events ({', '.join(f'{t} {n:,}' for t, n in counts.items())}) to "
+              f"{kafka_config.get('bootstrap.servers')} in {seconds:.1f} s ({sent / max(seconds, 1e-9):,.0f} events/s); "
+              f"{history.n_events - sent:,} events that arrive after now (reviews, late arrivals) left out")  # fmt: skip
     return 0
+
+
+def _connect_check(kafka_config: dict[str, Any], topics: LiveTopics) -> str | None:
+    """Fail in seconds, before minutes of simulation, when the broker or a topic is missing (the message, or None)."""
+    from confluent_kafka import Producer
+
+    from pricing.sim.live import LiveError, check_topics
+
+    producer = Producer({"log_level": 2, "error_cb": lambda err: None, **kafka_config})
+    try:
+        check_topics(producer, [topics.behaviour, topics.market, topics.requests],
+                     bootstrap=str(kafka_config.get("bootstrap.servers")), timeout_s=CONNECT_TIMEOUT_S)  # fmt: skip
+    except LiveError as exc:
+        return str(exc)
+    return None
+
+
+def _utc(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[dict[str, Any], LiveTopics]:
@@ -165,19 +243,35 @@ def _live_kafka(args: argparse.Namespace, settings: Settings | None) -> tuple[di
 
 def _cmd_live(args: argparse.Namespace, settings: Settings | None) -> int:
     """Run the live simulator against the broker and print its report."""
+    from pricing.sim.history import END_STATE_FILE
     from pricing.sim.live import LiveSimulator
+    from pricing.sim.world import MarketSnapshot
 
+    scenario = _scenario(args)
+    start_state = None
+    if args.continue_from is not None:
+        path = args.continue_from / END_STATE_FILE
+        if not path.is_file():
+            raise _UsageError(f"--continue-from {args.continue_from}: no {END_STATE_FILE} (write it with simulate history --out)")
+        try:
+            start_state = MarketSnapshot.load(path, scenario=scenario)
+        except ValueError as exc:
+            raise _UsageError(f"--continue-from: {exc}") from None
     kafka_config, topics = _live_kafka(args, settings)
     sim = LiveSimulator(
-        _scenario(args),
+        scenario,
         kafka_config=kafka_config,
         topics=topics,
         rate=args.rate,
+        copies=args.copies,
+        intensity=args.intensity,
         duration_s=args.duration,
         closed_loop=not args.no_loop,
         answer_timeout_s=args.answer_timeout,
         late_share=args.late_share,
         progress=sys.stderr,
+        start_state=start_state,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
     )
     report = sim.run()
     print(report.summary())
@@ -205,29 +299,31 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     if engine is not None:
         share = evaluation.result(engine.name).profit_minor / max(evaluation.result("oracle").profit_minor, 1)
         vs_static = evaluation.result(engine.name).profit_minor / max(evaluation.result("best-static").profit_minor, 1) - 1
+        counts = engine.stage.counts
         print(f"{engine.name}: {vs_static:+.1%} profit vs the best static price, {share:.1%} of the oracle's; "
-              f"{engine.fallbacks:,} of {engine.priced:,} requests priced by the fallback")
+              f"{engine.fallbacks:,} of {engine.priced:,} requests priced by the fallback; the trust region narrowed "
+              f"{counts['trust_narrowed']:,} ({counts['trust_out_of_range']:,} out of range, "
+              f"{counts['trust_cold_product']:,} cold product); {counts['explored']:,} explored, "
+              f"{counts['invalid_decisions']:,} invalid decisions replaced")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _engine_policy(args: argparse.Namespace, settings: Settings, scenario: Scenario) -> PricingPolicy:
-    """The job's ModelPolicy with the registry's model, fed backfilled features (``pricing.sim.engine``)."""
+def _engine_policy(args: argparse.Namespace, settings: Settings, scenario: Scenario) -> EngineStage:
+    """The job's scoring stage around the registry's version, fed backfilled features (``pricing.sim.engine``)."""
     from pricing.config import registry_dir
-    from pricing.sim.engine import EnginePolicy, backfilled_features
+    from pricing.sim.engine import EngineStage, ModelNotServable, backfilled_features, offline_stage, served_version
     from pricing_udfs.model.registry import Registry
-    from pricing_udfs.model.serving import load_model, validate
-    from pricing_udfs.policy import ModelPolicy
 
     registry = Registry(args.registry or registry_dir(settings))
-    version = registry.resolve(args.model).name
-    model = load_model(registry.model_dir(version), device=settings.models.device)
-    reason = validate(model, FEATURE_SPEC)
-    if reason:
-        raise _UsageError(f"model {version} would not serve: {reason}")
-    policy = ModelPolicy.create(model, version, settings.policy, default_price_minor=settings.job.default_price_minor,
-                                currency=settings.job.currency)  # fmt: skip
-    return EnginePolicy(policy, backfilled_features(scenario, days=args.days, progress=sys.stderr))
+    try:
+        served = served_version(registry, args.model, device=settings.models.device, spec=FEATURE_SPEC)
+    except ModelNotServable as exc:
+        raise _UsageError(str(exc)) from None
+    stage = offline_stage(served, settings.policy, default_price_minor=settings.job.default_price_minor,
+                          currency=settings.job.currency, spec=FEATURE_SPEC)  # fmt: skip
+    features = backfilled_features(scenario, days=args.days, progress=sys.stderr)
+    return EngineStage(stage, features, seed=scenario.seed, spec=FEATURE_SPEC)
 
 
 def _load_policy(spec: str) -> PricingPolicy:

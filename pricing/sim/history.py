@@ -11,12 +11,19 @@ configurable share of behaviour and market events arrives late: files are in arr
 order, so those event_times are out of order, exactly as a consumer would see them.
 Price requests are never late: a storefront asks synchronously.
 
+``History.end_state`` is the market after the last step (stock included), which a live run
+continues (``LiveSimulator(start_state=...)``); ``history_ending_at`` moves a scenario in time
+so that its history ends now, and ``pricing.sim.publish`` writes it into the input topics.
+Behaviour events that follow a view late in the history (a purchase minutes later, a review
+up to a day later) can fall after its end, as they would in a shop's logs.
+
 Everything is columnar numpy; only the final dict rows fastavro needs are built,
 lazily, while writing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,17 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_HISTORICAL_POLICY, STREAM_LATENESS, MarketState, build_market, rng_for
 from pricing.sim.policies import HistoricalPolicy
 from pricing.sim.scenario import Scenario
-from pricing.sim.world import CHANNELS, KIND_INVENTORY, MARKET_KINDS, Outcome, World, build_world, replay
+from pricing.sim.world import (
+    CHANNELS,
+    DAY_MS,
+    KIND_INVENTORY,
+    MARKET_KINDS,
+    MarketSnapshot,
+    Outcome,
+    World,
+    build_world,
+    replay,
+)
 from pricing_udfs.serde import Contract, enum_symbols, money_kinds, published_schema, write_container
 
 FILES = {
@@ -37,6 +54,7 @@ FILES = {
     Contract.MARKET_EVENT: "market_events.avro",
     Contract.PRICE_REQUEST: "price_requests.avro",
 }
+END_STATE_FILE = "market_end_state.npz"  # History.end_state, written next to the files by ``pricing simulate history``
 BEHAVIOUR_TYPES = enum_symbols(Contract.BEHAVIOUR_EVENT, "type")
 
 
@@ -46,7 +64,9 @@ class History:
 
     ``impressions`` is not a contract: it is one row per view with the market context,
     the outcome and the hidden truth (``true_probability``, ``price_sensitivity``),
-    for training demand models and for tests.
+    for training demand models and for tests. ``end_state`` is the market at ``end_ms``
+    (after the last step, stock included): a live run started from it continues this market.
+    Events cover ``[scenario.start_time_ms, end_ms)`` by event time; a late one may arrive after.
     """
 
     scenario: Scenario
@@ -55,6 +75,15 @@ class History:
     market_events: pd.DataFrame
     requests: pd.DataFrame
     impressions: pd.DataFrame
+    end_state: MarketSnapshot
+
+    @property
+    def start_ms(self) -> int:
+        return self.scenario.start_time_ms
+
+    @property
+    def end_ms(self) -> int:
+        return self.end_state.time_ms
 
     def frames(self) -> dict[Contract, pd.DataFrame]:
         return {
@@ -94,6 +123,28 @@ class HistoryRun:
             f"wrote {self.n_events:,} events ({parts}) to {self.out_dir} in {self.seconds:.1f} s "
             f"({self.events_per_s:,.0f} events/s)"
         )
+
+
+def history_ending_at(scenario: Scenario, *, days: int, end_ms: int) -> Scenario:
+    """``scenario`` moved in time so that ``days`` of history end at or just before ``end_ms``.
+
+    The start is a multiple of the scenario's step (which divides a day) since the epoch, as the
+    default start is, so steps stay aligned with UTC hours and days: the hour-of-day and weekday
+    seasonality, restock cycles and every feature window see the same calendar as any other start.
+    The history then ends less than one step before ``end_ms`` (``start + days <= end_ms``): up
+    to an hour for the named scenarios, an hour in which a live run that follows finds fewer
+    views in the windows than usual. A finer step (``scenario.with_overrides(step_minutes=15)``,
+    the same market at the same rates, its history a little slower to simulate) narrows that gap.
+    Everything else, the seed included, is unchanged: the same market (catalogue, users, hidden
+    truth), living through other dates.
+    """
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    step_ms = scenario.step_minutes * 60_000
+    start = (end_ms - days * DAY_MS) // step_ms * step_ms
+    if start <= 0:
+        raise ValueError(f"{days} days ending at {end_ms} would start before 1970")
+    return scenario.with_overrides(start_time_ms=int(start))
 
 
 def generate_history(
@@ -223,7 +274,7 @@ def _assemble(world: World, outcome: Outcome) -> History:
     )
     return History(
         scenario=sc, days=world.days, behaviour=behaviour, market_events=market_events, requests=requests,
-        impressions=impressions,
+        impressions=impressions, end_state=dataclasses.replace(world.end_state, stock=outcome.end_stock),
     )  # fmt: skip
 
 

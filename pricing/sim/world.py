@@ -16,12 +16,16 @@ Restocks happen at step starts; the policy sees the stock at the start of the st
 
 The dynamics model itself (rates, the competitors' random walk, price wars, promotions,
 drift) is ``Dynamics``, shared with the live simulator, which moves the same model one
-event at a time (see ``Dynamics`` for why there are two drivers).
+event at a time (see ``Dynamics`` for why there are two drivers). ``seasonality`` (shopper
+traffic by hour and weekday) is shared too, and ``World.end_state`` (a ``MarketSnapshot``)
+is where a live run continuing the world's history starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TextIO
 
 import numpy as np
@@ -35,6 +39,7 @@ from pricing.sim.market import (
     rng_for,
     sample_products,
 )
+from pricing.sim.scenario import Scenario
 from pricing_udfs.serde import Contract, enum_symbols
 
 MARKET_KINDS = enum_symbols(Contract.MARKET_EVENT, "kind")  # in Avro order: MarketChanges.kind indexes it
@@ -45,20 +50,90 @@ CHANNELS = enum_symbols(Contract.PRICE_REQUEST, "channel")  # in Avro order: Vie
 DAY_MS = 86_400_000
 
 
+def seasonality(scenario: Scenario, time_ms: np.ndarray | int) -> np.ndarray:
+    """Relative shopper traffic at these UTC times: hour-of-day x weekday weight, each normalised to mean 1.
+
+    Averaged over a whole week it is exactly 1, so ``sessions_per_day`` is a weekly average. The history
+    evaluates it at each step's start, the live simulator at the wall clock.
+    """
+    t = np.asarray(time_ms, dtype=np.int64)
+    hourly = np.asarray(scenario.seasonality.hourly)
+    weekly = np.asarray(scenario.seasonality.weekly)
+    hour = (t // 3_600_000) % 24
+    weekday = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    return hourly[hour] / hourly.mean() * weekly[weekday] / weekly.mean()
+
+
+@dataclass(frozen=True, eq=False)
+class MarketSnapshot:
+    """The market's dynamic state at ``time_ms``, one row per product of one copy of the market.
+
+    ``World.end_state`` is the state after its last step (stock is None there: stock depends on the
+    policy replayed through the world); ``History.end_state`` adds the stock the historical policy
+    left. A live run started with it (``LiveSimulator(start_state=...)``) continues that market:
+    the same list prices, costs, competitor walks (price and the level it reverts to), price wars
+    and promotions (ending when they would have), and stock.
+    """
+
+    time_ms: int
+    list_price: np.ndarray  # int64
+    unit_cost: np.ndarray  # int64
+    competitor_level: np.ndarray  # [product, competitor] log-price level the walk reverts to; 0 where absent
+    competitor_log_price: np.ndarray  # [product, competitor] log price before any price war; 0 where absent
+    war_factor: np.ndarray  # 1 outside a price war
+    war_ends_ms: np.ndarray  # int64, 0 outside a price war
+    promotion_bp: np.ndarray  # int64, 0 outside a promotion
+    promotion_ends_ms: np.ndarray  # int64, 0 outside a promotion
+    stock: np.ndarray | None  # int64
+
+    @property
+    def n_products(self) -> int:
+        return int(self.list_price.size)
+
+    def competitor_prices(self, exists: np.ndarray) -> np.ndarray:
+        """[product, competitor] prices in minor units (``Dynamics.competitor_prices``); 0 where absent."""
+        prices = Dynamics.competitor_prices(self.competitor_log_price, self.war_factor[:, None])
+        return np.where(exists, prices, 0).astype(np.int64)
+
+    def save(self, path: Path, *, scenario: Scenario) -> None:
+        """Write it (numpy ``.npz``) with what identifies its market: the scenario's name, seed and sizes."""
+        if self.stock is None:
+            raise ValueError("a snapshot without stock cannot be continued; save History.end_state")
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        with path.open("wb") as out:
+            np.savez_compressed(out, market=np.array(_identity(scenario)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path, *, scenario: Scenario) -> "MarketSnapshot":
+        """Read what ``save`` wrote; ``ValueError`` if it is another scenario's market (name, seed or sizes)."""
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["market"]) != _identity(scenario):
+                raise ValueError(f"{path} holds the market {str(data['market'])!r}, not {_identity(scenario)!r}")
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**values, "time_ms": int(values["time_ms"])})
+
+
+def _identity(scenario: Scenario) -> str:
+    return f"{scenario.name} seed {scenario.seed}: {scenario.n_products} products, {scenario.n_users} users"
+
+
 @dataclass(frozen=True)
 class Dynamics:
     """The scenario's market dynamics, written once for the two drivers that move them.
 
     ``build_world`` steps the model on the scenario's time grid over days: in each step every
     product and competitor changes with probability rate x step length. The live simulator
-    (``pricing.sim.live``) moves it one event at a time instead, drawing the kind of the next
-    change with ``daily_rates`` as weights, because a live run lasts minutes: on an hourly grid
-    nothing would change during a run, and on a grid fine enough almost every draw would be "no
-    change". The two drivers cannot share the stepping code, so they share everything else:
-    the rates, the initial state, the competitors' mean-reverting random walk, the price-war and
-    promotion draws, and the list-price and cost drift. ``tests/pricing/sim/test_sim_dynamics.py``
-    checks that they agree: the same initial state, the world's realised changes per day match
-    the rates the live driver weighs its draws with, and competitor prices spread alike.
+    (``pricing.sim.live``) moves it one event at a time instead, in wall-clock time: changes
+    arrive as a Poisson process at ``daily_rates`` per day, the kind of each drawn with those
+    rates as weights, and promotions and price wars end at their scheduled times, because a
+    live run lasts minutes: on an hourly grid nothing would change during a run, and on a grid
+    fine enough almost every draw would be "no change". The two drivers cannot share the
+    stepping code, so they share everything else: the rates, the initial state (or a
+    ``MarketSnapshot`` to continue from), the competitors' mean-reverting random walk, the
+    price-war and promotion draws, and the list-price and cost drift.
+    ``tests/pricing/sim/test_sim_dynamics.py`` checks that they agree: the same initial state,
+    the world's realised changes per day match the rates, the live driver changes at them per
+    copy of the market, promotions and wars last as long, and competitor prices spread alike.
     One known difference: the live driver picks a product, then one of its competitors, so a
     product's competitors share its update rate (each competitor updates at the world's rate on
     average over products, not each one).
@@ -181,6 +256,7 @@ class World:
     views: Views
     changes: MarketChanges
     step_bounds: np.ndarray  # views of step s are views[step_bounds[s]:step_bounds[s+1]]
+    end_state: MarketSnapshot  # after the last step, at ``end_ms``; its stock is None (see MarketSnapshot)
 
     @property
     def n_steps(self) -> int:
@@ -208,6 +284,7 @@ class Outcome:
     stock_time_ms: np.ndarray  # stock changes caused by sales (columnar)
     stock_product: np.ndarray
     stock_value: np.ndarray
+    end_stock: np.ndarray  # stock after the last view (and before a restock at ``World.end_ms``)
 
 
 Pricer = Callable[[pd.DataFrame], np.ndarray]
@@ -311,6 +388,16 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
                        np.full(r.sum(), -1), market.capacity[r]))  # fmt: skip
         prev_list, prev_cost, prev_comp, prev_promo = out_list[s], out_cost[s], comp_price, promo_bp.copy()
 
+    end_ms = start + n_steps * step_ms
+
+    def ends(left: np.ndarray) -> np.ndarray:  # a war or promotion with k steps left ends at the start of step n-1+k
+        return np.where(left > 0, end_ms + (left - 1) * step_ms, 0).astype(np.int64)
+
+    end_state = MarketSnapshot(
+        time_ms=end_ms, list_price=out_list[-1].copy(), unit_cost=out_cost[-1].copy(), competitor_level=level,
+        competitor_log_price=log_price, war_factor=war_factor, war_ends_ms=ends(war_left),
+        promotion_bp=promo_bp.copy(), promotion_ends_ms=ends(promo_left), stock=None,
+    )  # fmt: skip
     with np.errstate(invalid="ignore"):
         comp_min = np.where(exists[None], out_comp, np.iinfo(np.int64).max).min(axis=2)
     comp_min = np.where(market.n_competitors[None, :] > 0, comp_min, 0)
@@ -326,6 +413,7 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
         "restock": restock,
         "change_offset_ms": offset,
         "changes": changes,
+        "end_state": end_state,
     }
 
 
@@ -350,11 +438,7 @@ def _views(market: MarketState, *, n_steps: int, step_ms: int, change_offset_ms:
     f = sc.funnel
     start = sc.start_time_ms
     step_start = start + np.arange(n_steps, dtype=np.int64) * step_ms
-    hourly = np.asarray(sc.seasonality.hourly)
-    weekly = np.asarray(sc.seasonality.weekly)
-    hour = (step_start // 3_600_000) % 24
-    weekday = (step_start // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    season = hourly[hour] / hourly.mean() * weekly[weekday] / weekly.mean()
+    season = seasonality(sc, step_start)
     per_step = market.user_sessions_per_day.sum() * sc.step_minutes / 1440
     n_sessions = rng.poisson(per_step * season)
     total = int(n_sessions.sum())
@@ -505,6 +589,7 @@ def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, labe
         stock_time_ms=np.concatenate(st_t) if st_t else empty,
         stock_product=np.concatenate(st_p) if st_p else empty,
         stock_value=np.concatenate(st_v) if st_v else empty,
+        end_stock=stock.copy(),
     )
 
 

@@ -28,8 +28,13 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
     result = pricing_job.run(settings, wait=False)
     try:
         pricing_job.wait_until_running(result)
+        # One copy of this market makes about 10 events/s (100,000 shoppers); rate 150 runs 15 copies side by side
+        # (375 products). Flat seasonality: the load is the same whatever the hour the test runs at.
+        scenario = get_scenario("default").with_overrides(
+            n_users=100_000, n_products=25, seasonality={"hourly": [1.0] * 24, "weekly": [1.0] * 7}
+        )
         sim = LiveSimulator(
-            get_scenario("default").with_overrides(n_users=300, n_products=25),
+            scenario,
             kafka_config=settings.kafka.client_config(),
             topics=LiveTopics.of(topics),
             rate=150,
@@ -37,6 +42,7 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
             answer_timeout_s=90,  # completeness, not speed: a cold, busy machine may take long to warm up
             seed=11,
         )
+        assert sim.plan.copies == 15 and 140 < sim.plan.expected_rate(0) < 160
         report = sim.run()
     finally:
         result.get_job_client().cancel().result()

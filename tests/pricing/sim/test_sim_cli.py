@@ -19,15 +19,22 @@ def parser() -> argparse.ArgumentParser:
 
 def test_register_adds_the_commands_with_their_defaults(parser: argparse.ArgumentParser) -> None:
     live = parser.parse_args(["simulate", "live"])
-    assert (live.rate, live.duration, live.no_loop, live.answer_timeout, live.scenario) == (
-        100.0, 60.0, False, 30.0, "default")  # fmt: skip
+    assert (live.rate, live.copies, live.intensity, live.duration, live.no_loop, live.answer_timeout, live.scenario,
+            live.continue_from) == (None, None, 1.0, 60.0, False, 30.0, "default", None)  # one copy of the market  # fmt: skip
+    busy = parser.parse_args(["simulate", "live", "--rate", "50", "--intensity", "10"])
+    assert (busy.rate, busy.intensity) == (50.0, 10.0)
+    for argv in (["--rate", "5", "--copies", "2"], ["--intensity", "0"], ["--copies", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["simulate", "live", *argv])
     conf, topics = _live_kafka(live, None)
     assert conf == {"bootstrap.servers": "127.0.0.1:9092"}
     defaults = TopicsSettings()
     assert topics == LiveTopics(behaviour=defaults.behaviour.name, market=defaults.market.name,
                                 requests=defaults.requests.name, priced=defaults.priced.name)  # fmt: skip
     hist = parser.parse_args(["simulate", "history", "--days", "3", "--out", "x", "--scenario", "price-war", "--seed", "5"])
-    assert (hist.days, hist.out, hist.scenario, hist.seed) == (3, Path("x"), "price-war", 5)
+    assert (hist.days, hist.out, hist.scenario, hist.seed, hist.to_kafka) == (3, Path("x"), "price-war", 5, False)
+    hist = parser.parse_args(["simulate", "history", "--days", "7", "--to-kafka", "--bootstrap", "h:1"])
+    assert (hist.out, hist.to_kafka, hist.bootstrap) == (None, True, "h:1")
     ev = parser.parse_args(["evaluate", "--scenario", "high-sensitivity"])
     assert (ev.scenario, ev.out, ev.days) == ("high-sensitivity", None, 7)
     for args in (live, hist, ev):
@@ -40,6 +47,8 @@ def test_bad_input_is_one_line_and_exit_2(parser: argparse.ArgumentParser, tmp_p
     cases = [
         ["simulate", "history", "--days", "1", "--out", str(tmp_path / "h"), "--scenario", "nope"],
         ["simulate", "live", "--scenario", "nope"],
+        ["simulate", "history", "--days", "1"],  # neither --out nor --to-kafka
+        ["simulate", "live", "--continue-from", str(tmp_path), "--users", "50", "--products", "5"],  # no end state there
         ["evaluate", "--scenario", "nope"],
         ["evaluate", "--policy", "no_such_module_xyz:Policy", "--users", "50", "--products", "5", "--days", "1"],
         ["evaluate", "--policy", "pricing.sim.market:Guardrails", "--users", "50", "--products", "5", "--days", "1"],
@@ -80,3 +89,27 @@ def test_handlers_accept_the_project_settings(parser: argparse.ArgumentParser, t
     ev = parser.parse_args(["evaluate", "--users", "300", "--products", "20", "--days", "1"])
     assert ev.func(ev, settings) == 0  # called the way pricing.cli calls it
     assert (tmp_path / "state" / "eval" / "default" / "evaluation.csv").is_file()
+
+
+def test_history_to_kafka_and_live_continuing_it_fail_in_one_line_without_a_broker(
+    parser: argparse.ArgumentParser, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--to-kafka checks the broker before simulating; --continue-from loads the end state --out wrote, for the same
+    market only. (The real clients against a closed port: exit 1, one line.)"""
+    monkeypatch.setattr("pricing.sim.cli.CONNECT_TIMEOUT_S", 1.0)
+    small = ["--users", "50", "--products", "5"]
+    args = parser.parse_args(["simulate", "history", "--days", "1", "--to-kafka", "--bootstrap", "127.0.0.1:1", *small])
+    assert args.func(args) == 1
+    err = capsys.readouterr()
+    assert err.err.startswith("error: cannot reach Kafka at 127.0.0.1:1") and err.err.count("\n") == 1
+    assert "simulated" not in err.out  # it failed before simulating
+    args = parser.parse_args(["simulate", "history", "--days", "1", "--out", str(tmp_path / "h"), *small])
+    assert args.func(args) == 0
+    assert "market_end_state.npz" in capsys.readouterr().out
+    live = ["simulate", "live", "--continue-from", str(tmp_path / "h"), "--bootstrap", "127.0.0.1:1", "--duration", "1"]
+    args = parser.parse_args([*live, *small])
+    assert args.func(args) == 1  # loaded, then no broker
+    assert capsys.readouterr().err.startswith("error: cannot reach Kafka")
+    args = parser.parse_args([*live, *small, "--seed", "3"])
+    assert args.func(args) == 2  # another market
+    assert "holds the market 'default seed 7" in capsys.readouterr().err

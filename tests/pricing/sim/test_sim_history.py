@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from pricing.sim.cli import register
-from pricing.sim.history import FILES, History, _fields, generate_history
+from pricing.sim.history import END_STATE_FILE, FILES, History, _fields, generate_history
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario
+from pricing.sim.world import MarketSnapshot
 from pricing_udfs.serde import Contract, decode, encode, enum_symbols, money_kinds, published_schema, read_container
 
 
@@ -46,7 +47,9 @@ def test_cli_history_files_decode_with_zero_rejects(tmp_path: Path, week_history
     args = parser.parse_args(["simulate", "history", "--days", "7", "--out", str(tmp_path / "h"),
                               "--users", str(scenario.n_users), "--products", str(scenario.n_products)])  # fmt: skip
     assert args.func(args) == 0
-    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == sorted(FILES.values())
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == sorted([*FILES.values(), END_STATE_FILE])
+    end = MarketSnapshot.load(tmp_path / "h" / END_STATE_FILE, scenario=scenario)
+    assert end.time_ms == week_history.end_ms and np.array_equal(end.stock, week_history.end_state.stock)
     for contract, name in FILES.items():
         records = read_container(tmp_path / "h" / name, contract)
         assert len(records) == week_history.counts()[name] > 1000
