@@ -124,7 +124,27 @@ class JobSettings(_Section):
     transactional_id_prefix: str = Field(default="pricing-engine", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     transaction_timeout_ms: int = Field(default=600_000, ge=1_000)
     consumer_group: str = "pricing-engine"
-    startup_mode: Literal["group-offsets", "earliest-offset", "latest-offset"] = "group-offsets"
+    startup_mode: Literal["group-offsets", "earliest-offset", "latest-offset", "timestamp"] = Field(
+        default="group-offsets",
+        description="where the requests input starts when the job starts without state (no checkpoint or savepoint); "
+        "group-offsets: the consumer group's committed offsets (earliest without them). The behaviour and market "
+        "inputs start warm_start_ms before that point (warm start)",
+    )
+    startup_timestamp_ms: int | None = Field(
+        default=None, gt=0, description="startup_mode = timestamp: the first request time (epoch ms) to read"
+    )
+    warm_start_ms: int = Field(
+        default=24 * 3_600_000, ge=0, lt=99 * 86_400_000,
+        description="on a start without state, read the behaviour and market topics from this much event time before "
+        "the requests' starting point, so the first request sees the windows a job that had run through would hold "
+        "(the longest window is 24 h; those topics must retain at least this much). 0: they start like the requests",
+    )
+    arrival_horizon_ms: int | None = Field(
+        default=None, ge=0, lt=99 * 86_400_000,
+        description="arrival mode: a request waits until every input that is not idle has been read up to its event "
+        "time minus this (live, nothing waits; after a start on a backlog the context catches up first). "
+        "None: watermark_out_of_orderness_ms + idle_timeout_ms + 1000",
+    )
     restore_from: str | None = Field(
         default=None,
         min_length=1,
@@ -200,9 +220,38 @@ class JobSettings(_Section):
     python_bundle_time_ms: int | None = Field(
         default=None, ge=1,
         description="max ms a bundle waits to fill; every Python stage (decode, price) can hold a row this long at "
-        "low load. None: 5 in arrival mode (200 ms gave a p50 of 0.73 s there, README, Latency), 200 in event-time "
+        "low load. None: 20 in arrival mode (200 ms gave a p50 of 0.73 s there; 5 ms stalled a start on a backlog: README, Latency), 200 in event-time "
         "mode, where the watermark dominates latency",
     )
+    anchor_lookback_ms: int | None = Field(
+        default=None, ge=0, lt=99 * 86_400_000,
+        description="at start each pricing worker rebuilds the hourly-change anchors from the priced events written "
+        "in this much time before it (pricing_udfs.anchors). None: 2 h + max_clock_skew_ms (the current and the "
+        "previous hour); 0: no rebuild (anchors start empty)",
+    )
+    anchor_seed_timeout_ms: int = Field(
+        default=120_000, ge=1_000,
+        description="the rebuild must reach the priced topic's high watermark taken at start within this time, or "
+        "the worker fails (Flink restarts it) instead of pricing without anchors",
+    )
+    anchor_history_hours: int = Field(
+        default=3, ge=2, le=48,
+        description="hours of anchors kept per product up to its newest priced hour; a request older than that, "
+        "with no price of the product in between, gets no anchor",
+    )
+    anchor_seed_grace_ms: int | None = Field(
+        default=10_000, ge=0,
+        description="exactly-once: after this long the rebuild takes a partition held by a transaction still open as "
+        "read (another worker of the same job attempt, whose commit waits for this worker: parallelism above 1); "
+        "None: wait for the high watermark until anchor_seed_timeout_ms",
+    )
+
+    @property
+    def arrival_horizon(self) -> int:
+        """``arrival_horizon_ms`` or its default: an input that is not idle is at most this far behind live traffic."""
+        if self.arrival_horizon_ms is not None:
+            return self.arrival_horizon_ms
+        return self.watermark_out_of_orderness_ms + self.idle_timeout_ms + 1_000
 
     @field_validator("transaction_timeout_ms")
     @classmethod
@@ -212,6 +261,12 @@ class JobSettings(_Section):
                 f"must not exceed the broker's transaction.max.timeout.ms ({BROKER_MAX_TRANSACTION_TIMEOUT_MS})"
             )
         return v
+
+    @model_validator(mode="after")
+    def _timestamp_start(self) -> "JobSettings":
+        if (self.startup_mode == "timestamp") != (self.startup_timestamp_ms is not None):
+            raise ValueError("startup_timestamp_ms is required with startup_mode = 'timestamp', and only with it")
+        return self
 
     @model_validator(mode="after")
     def _checkpoints_fit_transactions(self) -> "JobSettings":
@@ -269,6 +324,14 @@ class ModelSettings(_Section):
     )
     device: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where TensorFlow scores: auto (a GPU when the worker sees one), cpu, or gpu (required)"
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=0, le=1024,
+        description="TensorFlow threads inside one op, per Python worker (one worker per slot: 1); 0: TensorFlow's "
+        "default (one per core, per worker)",
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=0, le=1024, description="TensorFlow ops run at once, per Python worker; 0: TensorFlow's default"
     )
 
 

@@ -9,7 +9,7 @@ Layout::
 
     <root>/
       versions/<version>/model/          the model files (a TensorFlow SavedModel; opaque here)
-      versions/<version>/manifest.json   a Manifest, as JSON
+      versions/<version>/manifest.json   a Manifest, as JSON (version 2 adds the model's TrustRegion)
       latest                             the promoted version's id and a newline
       history.jsonl                      one JSON line per promotion or rollback
       .incoming/                         publishes in progress (or left by a crashed one)
@@ -69,7 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-MANIFEST_VERSION = 1
+# 2: adds ``trust_region`` (what the model saw in training); a version-1 manifest reads with none.
+MANIFEST_VERSION = 2
 LATEST = "latest"
 _VERSION_RE = re.compile(r"^v(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -111,6 +112,88 @@ class TrainingWindow:
 
 
 @dataclass(frozen=True)
+class TrustRegion:
+    """What the model saw in training, for the serving policy's trust region
+    (``pricing_udfs.policy.trust_region``), computed by ``pricing train`` from the training rows.
+
+    * ``features``: per feature of the spec (in spec order), ``(low, high)``: the ``quantiles``
+      (e.g. 0.5 % and 99.5 %) of its values over the ``rows`` training rows;
+    * ``traffic``: per traffic window (the product's views, the user's events, ...), its values at
+      the ``traffic_levels`` quantiles over the same rows: how much traffic the windows held.
+
+    Plain numbers only (JSON, finite); this module reads and checks them, the policy interprets them.
+    """
+
+    feature_spec_version: str
+    rows: int
+    quantiles: tuple[float, float]
+    features: Mapping[str, tuple[float, float]]
+    traffic_levels: tuple[float, ...] = ()
+    traffic: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _str(self.feature_spec_version, "trust_region.feature_spec_version")
+        if not isinstance(self.rows, int) or isinstance(self.rows, bool) or self.rows < 1:
+            raise RegistryError(f"trust_region.rows must be a positive integer, got {self.rows!r}")
+        q = _numbers(self.quantiles, "trust_region.quantiles")
+        if len(q) != 2 or not 0 <= q[0] <= q[1] <= 1:
+            raise RegistryError(f"trust_region.quantiles must be (low, high) in [0, 1], got {self.quantiles!r}")
+        if not isinstance(self.features, Mapping) or not self.features:
+            raise RegistryError("trust_region.features must map feature names to (low, high)")
+        features = {}
+        for name, pair in self.features.items():
+            lo_hi = _numbers(pair, f"trust_region.features.{name}")
+            if not isinstance(name, str) or not name or len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise RegistryError(f"trust_region.features.{name} must be (low, high) with low <= high, got {pair!r}")
+            features[name] = lo_hi
+        levels = _numbers(self.traffic_levels, "trust_region.traffic_levels")
+        if any(not 0 <= v <= 1 for v in levels) or list(levels) != sorted(set(levels)):
+            raise RegistryError(f"trust_region.traffic_levels must be increasing quantile levels in [0, 1], "
+                                f"got {self.traffic_levels!r}")  # fmt: skip
+        if not isinstance(self.traffic, Mapping):
+            raise RegistryError("trust_region.traffic must map window names to quantiles")
+        traffic = {}
+        for name, values in self.traffic.items():
+            v = _numbers(values, f"trust_region.traffic.{name}")
+            if not isinstance(name, str) or not name or len(v) != len(levels) or list(v) != sorted(v):
+                raise RegistryError(f"trust_region.traffic.{name} must hold one non-decreasing value per level "
+                                    f"({len(levels)}), got {values!r}")  # fmt: skip
+            traffic[name] = v
+        object.__setattr__(self, "quantiles", q)
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "traffic_levels", levels)
+        object.__setattr__(self, "traffic", traffic)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_spec_version": self.feature_spec_version,
+            "rows": self.rows,
+            "quantiles": list(self.quantiles),
+            "features": {k: list(v) for k, v in self.features.items()},
+            "traffic_levels": list(self.traffic_levels),
+            "traffic": {k: list(v) for k, v in self.traffic.items()},
+        }
+
+    @classmethod
+    def of(cls, value: "TrustRegion | Mapping[str, Any]") -> "TrustRegion":
+        """Accept a TrustRegion or its ``to_dict()`` form (as read from JSON)."""
+        if isinstance(value, TrustRegion):
+            return value
+        if not isinstance(value, Mapping):
+            raise RegistryError(f"trust_region must be a mapping, got {type(value).__name__}")
+        try:
+            return cls(
+                feature_spec_version=value["feature_spec_version"], rows=value["rows"],
+                quantiles=tuple(value["quantiles"]), features=dict(value["features"]),
+                traffic_levels=tuple(value.get("traffic_levels") or ()), traffic=dict(value.get("traffic") or {}),
+            )  # fmt: skip
+        except KeyError as exc:
+            raise RegistryError(f"trust_region lacks {exc.args[0]!r}") from None
+        except (TypeError, AttributeError) as exc:
+            raise RegistryError(f"malformed trust_region: {exc}") from None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a version is: stored as ``manifest.json`` next to its ``model/`` folder."""
 
@@ -123,6 +206,8 @@ class Manifest:
     parent: str | None  # the version that was latest when this one was published
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form, JSON values (notes, seed, data path, ...)
     manifest_version: int = MANIFEST_VERSION
+    # What the model saw in training (version 2); None for older manifests and models published without one.
+    trust_region: TrustRegion | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +220,7 @@ class Manifest:
             "content_hash": self.content_hash,
             "parent": self.parent,
             "extra": dict(self.extra),
+            "trust_region": None if self.trust_region is None else self.trust_region.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -153,7 +239,8 @@ class Manifest:
                 content_hash=_hex_hash(data["content_hash"]),
                 parent=None if data.get("parent") is None else _check_version_id(data["parent"]),
                 extra=dict(data.get("extra") or {}),
-                manifest_version=int(data.get("manifest_version", MANIFEST_VERSION)),
+                manifest_version=int(data.get("manifest_version", 1)),
+                trust_region=None if data.get("trust_region") is None else TrustRegion.of(data["trust_region"]),
             )
         except KeyError as exc:
             raise RegistryError(f"manifest lacks {exc.args[0]!r}") from None
@@ -284,9 +371,13 @@ class Registry:
         training_window: TrainingWindow | tuple[int, int] | Mapping[str, Any],
         metrics: Mapping[str, float],
         extra: Mapping[str, Any] | None = None,
+        trust_region: TrustRegion | Mapping[str, Any] | None = None,
         promote: bool = False,
     ) -> Manifest:
         """Copy ``model_dir`` into a new immutable version and return its manifest.
+
+        ``trust_region``: what the model saw in training (``pricing train`` computes it); without
+        one the version serves without a trust region.
 
         ``latest`` changes only with ``promote=True``. ``parent`` is the version that was
         latest at the time. If copying or writing fails, nothing becomes visible; if only
@@ -298,6 +389,7 @@ class Registry:
         feature_spec_version = _str(feature_spec_version, "feature_spec_version")
         window = TrainingWindow.of(training_window)
         metrics = _metrics(metrics)
+        region = None if trust_region is None else TrustRegion.of(trust_region)
         extra = dict(extra or {})
         try:
             json.dumps(extra, allow_nan=False)
@@ -322,6 +414,7 @@ class Registry:
                         content_hash=digest,
                         parent=parent,
                         extra=extra,
+                        trust_region=region,
                     )
                     _write_file(tmp / "manifest.json", manifest.to_json().encode("utf-8"), mode=0o444)
                     _fsync_dir(tmp)
@@ -592,6 +685,21 @@ def _hex_hash(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise RegistryError(f"content_hash must be 64 lowercase hex digits, got {value!r}")
     return value
+
+
+def _numbers(values: Any, name: str) -> tuple[float, ...]:
+    """A sequence of finite numbers as a tuple of floats; RegistryError otherwise."""
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise RegistryError(f"{name} must be a list of numbers, got {values!r}")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise RegistryError(f"{name} must hold numbers, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise RegistryError(f"{name} holds {number}; the manifest holds finite numbers only")
+        out.append(number)
+    return tuple(out)
 
 
 def _metrics(values: Any) -> dict[str, float]:

@@ -16,7 +16,7 @@ import pytest
 
 import pricing_udfs.model.registry as registry_module
 from pricing.jars import PROJECT_ROOT
-from pricing_udfs.model.registry import Manifest, Registry, RegistryError, TrainingWindow, content_hash
+from pricing_udfs.model.registry import Manifest, Registry, RegistryError, TrainingWindow, TrustRegion, content_hash
 
 T0 = dt.datetime(2026, 11, 29, 7, 15, 0, 250_000, tzinfo=dt.timezone.utc)
 METRICS = {"log_loss": 0.41, "auc": 0.72, "base_rate_log_loss": 0.52, "calibration_error": 0.013}
@@ -76,6 +76,63 @@ def test_publish_then_resolve_and_manifest_round_trip(tmp_path: Path) -> None:
     assert reg.versions() == [m.version]
     assert reg.latest_version() is None  # publishing alone does not promote
     assert reg.verify(m.version) == m
+
+
+REGION = TrustRegion(feature_spec_version="features/1", rows=1_000, quantiles=(0.005, 0.995),
+                     features={"views_1h": (0.0, 152.0), "user_price_ratio": (0.9, 1.04), "is_new_product": (0, 0)},
+                     traffic_levels=(0.01, 0.5, 0.99), traffic={"views_24h": (5.0, 132.0, 2_132.0)})  # fmt: skip
+
+
+def test_the_trust_region_round_trips_through_the_manifest(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg", clock=Clock())
+    m = publish(reg, make_model(tmp_path / "model"), trust_region=REGION.to_dict())  # the dict form is accepted
+    assert m.manifest_version == 2 and m.trust_region == REGION
+    stored = json.loads((reg.resolve(m.version) / "manifest.json").read_text())
+    assert stored["manifest_version"] == 2
+    assert stored["trust_region"]["features"]["views_1h"] == [0.0, 152.0]
+    assert stored["trust_region"]["traffic"] == {"views_24h": [5.0, 132.0, 2_132.0]}
+    assert reg.manifest(m.version) == m and reg.manifest(m.version).trust_region.features["is_new_product"] == (0, 0)
+    assert Manifest.from_dict(json.loads(m.to_json())) == m
+    plain = publish(reg, make_model(tmp_path / "other", b"other"))
+    assert plain.trust_region is None and reg.manifest(plain.version).trust_region is None
+
+
+def test_an_old_manifest_without_a_trust_region_still_loads(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg", clock=Clock())
+    m = publish(reg, make_model(tmp_path / "model"))
+    path = reg.resolve(m.version) / "manifest.json"
+    old = json.loads(path.read_text())
+    del old["trust_region"]
+    old["manifest_version"] = 1  # as the version-1 writer wrote it
+    path.chmod(0o644)
+    path.write_text(json.dumps(old))
+    read = reg.manifest(m.version)
+    assert read.trust_region is None and read.manifest_version == 1 and read.metrics == m.metrics
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"features": {"x": (2.0, 1.0)}}, "low <= high"),
+        ({"features": {"x": (0.0, float("nan"))}}, "finite"),
+        ({"features": {}}, "feature names"),
+        ({"quantiles": (0.9, 0.1)}, "quantiles"),
+        ({"traffic": {"views_24h": (1.0, 2.0)}}, "one non-decreasing value per level"),
+        ({"traffic": {"views_24h": (3.0, 2.0, 1.0)}}, "non-decreasing"),
+        ({"rows": 0}, "positive integer"),
+    ],
+)
+def test_a_malformed_trust_region_is_refused(tmp_path: Path, change: dict, message: str) -> None:
+    bad = {**REGION.to_dict(), **change}
+    reg = Registry(tmp_path / "reg", clock=Clock())
+    with pytest.raises(RegistryError, match=message):
+        publish(reg, make_model(tmp_path / "m"), trust_region=bad)
+    assert reg.versions() == []
+    m = publish(reg, make_model(tmp_path / "good"))
+    data = json.loads(m.to_json())
+    data["trust_region"] = bad
+    with pytest.raises(RegistryError, match=message):
+        Manifest.from_dict(data)
 
 
 def test_publish_with_promote_sets_latest_and_parent(tmp_path: Path) -> None:
