@@ -14,7 +14,8 @@ Sections:
    ``-d logit / d log(price)``, of the model (its ``price_slope`` signature, else central
    finite differences of its logit in log price at the list price) against the simulator's
    truth for the same rows (finite differences of ``MarketState.probability``: the truth
-   comes from ``pricing.sim.market`` itself), with their ratio; and demand curves, model vs
+   comes from ``pricing.sim.market`` itself), with their ratio, the same per user segment and the row-level
+   correlation of the two; and demand curves, model vs
    truth, for the three products with the most rows (``demand_curves.png``);
 4. the seed's approach as a baseline row: an MLP regressing the offered price on the
    features with squared error (TensorFlow), fitted on ``baseline_data`` (the training slice; else the
@@ -182,7 +183,27 @@ def _simulator_section(model: Any, data: TrainingSet, scenario: Any, product_ids
     signs = all(r["model"] > 0 and r["truth"] > 0 for r in per_cat)
     lines += ["", f"Every category's sensitivity has the right sign: {'yes' if signs else 'no'}; the worst "
                   f"category is within a factor of {factor:.2f} of the truth."]  # fmt: skip
-    summary["elasticity"] = {"categories": per_cat, "worst_factor": factor, "right_sign": signs,
+    # Per user segment: how well the model tells the shoppers' hidden sensitivities apart (what personal prices
+    # are made of), and the row-level correlation of its sensitivity with the truth.
+    per_seg = []
+    seg = market.user_segment[u_idx]
+    lines += ["", "Per user segment (the users' hidden sensitivity groups), the same rows:", "",
+              "| segment | rows | model | truth | model / truth |", "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for k, name in enumerate(market.segment_names):
+        mask = seg == k
+        if not mask.any():
+            continue
+        m, t = float(model_slope[mask].mean()), float(true_slope[mask].mean())
+        ratio = m / t if t != 0 else math.nan
+        per_seg.append({"segment": name, "rows": int(mask.sum()), "model": m, "truth": t, "ratio": ratio})
+        lines.append(f"| {name} | {int(mask.sum()):,} | {m:.3f} | {t:.3f} | {ratio:.2f} |")
+    both = np.isfinite(model_slope) & np.isfinite(true_slope)
+    corr = float(np.corrcoef(model_slope[both], true_slope[both])[0, 1]) if both.sum() > 2 else math.nan
+    spread = float(np.std(model_slope[both]) / np.std(true_slope[both])) if both.sum() > 2 else math.nan
+    lines += ["", f"Row by row, the model's sensitivity correlates {corr:.2f} with the truth; its spread (standard "
+                  f"deviation) is {spread:.2f} of the truth's."]  # fmt: skip
+    summary["elasticity"] = {"categories": per_cat, "segments": per_seg, "row_correlation": corr,
+                             "spread_ratio": spread, "worst_factor": factor, "right_sign": signs,
                              "matched_rows": int(rows.size)}  # fmt: skip
 
     # Demand curves: the products with the most rows, averaged over their rows (users and market states).

@@ -14,7 +14,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from pricing.config import registry_dir
 from pricing_udfs.model.registry import LATEST, Manifest, Registry, RegistryError
@@ -122,10 +122,43 @@ def _describe(m: Manifest, registry: Registry) -> str:
     out = [f"{k:<16} {v}" for k, v in lines]
     out.append("metrics:" if m.metrics else "metrics:        none")
     out += [f"  {k:<22} {v:.6g}" for k, v in sorted(m.metrics.items())]
+    out += _describe_trust_region(m)
     if m.extra:
         out.append("extra:")
         out += [f"  {k:<22} {json.dumps(v)}" for k, v in sorted(m.extra.items())]
     return "\n".join(out)
+
+
+def _describe_trust_region(m: Manifest) -> list[str]:
+    """The trust region's feature ranges and traffic quantiles, as a table."""
+    region = m.trust_region
+    if region is None:
+        return [f"trust region:   none (manifest version {m.manifest_version}); the model prices without one"]
+    lo_q, hi_q = region.quantiles
+    out = [f"trust region:   {region.rows:,} training rows ({region.feature_spec_version}); each feature's "
+           f"{_pct(lo_q)} to {_pct(hi_q)} quantiles of its values other than its default (the default included "
+           "where training rows held it)",  # fmt: skip
+           f"  {'feature':<28} {'low':>12} {'high':>12}"]
+    out += [f"  {name:<28} {region.features[name][0]:>12.6g} {region.features[name][1]:>12.6g}"
+            for name in _spec_order(region.features)]  # fmt: skip
+    if region.traffic:
+        out.append("traffic:        quantiles of each window over the training rows")
+        out.append(f"  {'window':<28} " + " ".join(f"{_pct(q):>7}" for q in region.traffic_levels))
+        out += [f"  {name:<28} " + " ".join(f"{v:>7.4g}" for v in region.traffic[name])
+                for name in _spec_order(region.traffic)]  # fmt: skip
+    return out
+
+
+def _spec_order(names: Iterable[str]) -> list[str]:
+    """The feature spec's order (the manifest's JSON is sorted by name); names it lacks last."""
+    from pricing_udfs.features import FEATURE_SPEC
+
+    rank = {name: i for i, name in enumerate(FEATURE_SPEC.names)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _pct(q: float) -> str:
+    return f"{q * 100:g}%"
 
 
 def _ms(epoch_ms: int) -> str:

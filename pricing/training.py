@@ -25,6 +25,11 @@ the rest of the process). ``propensity`` is read but not used: a demand model co
 on the offered price, so exploration gives it price variation and needs no reweighting.
 
 The training window is the ``event_time`` range (ms) of every row used (train and holdout).
+
+The **trust region** (``trust_region_of``, published as the manifest's ``trust_region``) records what
+the model saw, from the rows it was fitted on (the train slice): each spec feature's range, and the
+traffic windows' quantiles; the serving policy narrows prices outside it
+(``pricing_udfs.policy.trust_region``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ import pyarrow.parquet as pq
 
 from pricing.training_rows import SCHEMA
 from pricing_udfs.features.spec import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.model.registry import TrustRegion
+from pricing_udfs.policy.trust_region import PRODUCT_TRAFFIC, RANGE_QUANTILES, TRAFFIC_LEVELS, USER_TRAFFIC
 
 HoldoutKind = Literal["time", "random"]
 _EPS = 1e-7
@@ -286,6 +293,37 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return 1.0 / ((lo + hi) / 2)
 
 
+# ------------------------------------------------------------------------------ trust region
+def trust_region_of(features: np.ndarray, *, spec: FeatureSpec = FEATURE_SPEC,
+                    quantiles: tuple[float, float] = RANGE_QUANTILES,
+                    traffic_levels: tuple[float, ...] = TRAFFIC_LEVELS) -> TrustRegion:  # fmt: skip
+    """What a model fitted on these rows (``[N, F]``, spec order) saw: the manifest's ``trust_region``.
+
+    * each feature's range: the ``quantiles`` (0.5 % and 99.5 %) of its values **other than the spec
+      default** (an empty window, an unknown price), widened to include the default when more than
+      ``quantiles[0]`` of the rows held it. Many windows are mostly empty (a competitor price is
+      known in about 7 % of rows): quantiles over all rows would call their ordinary non-empty values
+      unseen. A feature that only ever held its default gets ``(default, default)``;
+    * the traffic windows (``PRODUCT_TRAFFIC``, ``USER_TRAFFIC``, those in the spec): their quantiles
+      at ``traffic_levels`` over all rows.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(spec.names) or len(x) == 0:
+        raise ValueError(f"need rows of {len(spec.names)} features, got shape {x.shape}")
+    ranges: dict[str, tuple[float, float]] = {}
+    for i, name in enumerate(spec.names):
+        column, default = x[:, i], float(spec.defaults[i])
+        other = column[column != default]
+        lo, hi = (float(v) for v in np.quantile(other, quantiles)) if other.size else (default, default)
+        if other.size < len(column) and (len(column) - other.size) / len(column) > quantiles[0]:
+            lo, hi = min(lo, default), max(hi, default)
+        ranges[name] = (lo, hi)
+    traffic = {name: tuple(float(v) for v in np.quantile(x[:, spec.index(name)], traffic_levels))
+               for name in (*PRODUCT_TRAFFIC, *USER_TRAFFIC) if name in spec.names}  # fmt: skip
+    return TrustRegion(feature_spec_version=spec.version, rows=len(x), quantiles=tuple(quantiles), features=ranges,
+                       traffic_levels=tuple(traffic_levels), traffic=traffic)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TrainConfig:
@@ -311,6 +349,7 @@ class TrainedModel:
     feature_spec_version: str
     config: TrainConfig
     epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, holdout_loss, seconds
+    trust_region: TrustRegion | None = None  # what the model saw (the train slice): the manifest's trust_region
 
     def registry_metadata(self) -> dict[str, Any]:
         """Keyword arguments for ``Registry.publish(model_dir, ...)``."""
@@ -318,6 +357,7 @@ class TrainedModel:
             "feature_spec_version": self.feature_spec_version,
             "training_window": self.training_window,
             "metrics": dict(self.metrics),
+            "trust_region": self.trust_region,
             "extra": json_safe({"calibration": [asdict(b) for b in self.calibration], "config": _config_json(self.config),
                               "epochs": self.epochs}),  # fmt: skip
         }
@@ -460,7 +500,8 @@ def train_on(
     table = calibration_table(test.labels, probs)
     window = (int(data.event_time.min()), int(data.event_time.max()))
     trained = TrainedModel(model_dir=target, metrics=metrics, calibration=table, training_window=window,
-                           feature_spec_version=spec.version, config=config, epochs=log.epochs)  # fmt: skip
+                           feature_spec_version=spec.version, config=config, epochs=log.epochs,
+                           trust_region=trust_region_of(train_set.features, spec=spec))  # fmt: skip
     net.export_saved_model(target, extra_info={"training": json_safe({
         "metrics": metrics, "training_window": {"start_ms": window[0], "end_ms": window[1]},
         "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": log.epochs,

@@ -4,35 +4,68 @@
 ``pricing_udfs.udfs`` is a thin adapter that calls :meth:`open` once and :meth:`price` per Arrow
 batch). Per batch it:
 
-1. gives every row its product's anchor (:class:`Anchors`, for the ``max_change`` guardrail);
-2. lets the :class:`ModelWatcher` pick up a newly promoted model (at most once per interval);
+1. gives every row its product's anchor (:class:`pricing_udfs.anchors.Anchors`, for the ``max_change``
+   guardrail);
+2. lets the :class:`ModelWatcher` swap in a newly promoted model that its background thread has
+   already loaded and validated (the batch never waits for a load; ``pricing_udfs.model.serving``);
 3. runs the policy (one ``model.score`` call over all rows and all K candidates), timing the call;
 4. checks every decision (``check_decisions``): a bad one is re-priced by the fallback;
-5. counts what happened (:attr:`counts`) for the Flink metrics.
+5. counts what happened (:attr:`counts`) for the Flink metrics (``trust_*``: rows the served
+   model's trust region narrowed, by reason; ``pricing_udfs.policy.trust_region``).
 
-Guarantee: given the same batch, the same model and the same anchors, the same prices. The anchors
-are per-worker memory, not checkpointed: after a restart (or on another worker) a product has no
-anchor until this worker prices it in an earlier hour, so the ``max_change`` limit restarts from
-the other guardrails. With exactly-once output, consumers never see prices from before a crash
-that the replay might price differently.
+Guarantee: given the same batch, the same model and the same anchors, the same prices.
+
+The anchors survive a restart, ``kill -9`` included. A row's anchor is the price of the last priced
+request (by request event time, then ``priced_time``, then ``request_id``) of its product in the most
+recent earlier hour of event time that had one, over every price written *before its batch*: this
+worker's earlier batches since it started, plus the priced events that :meth:`ScoringStage.open`
+reads back from the priced-events topic, those written in the last ``anchor_lookback_ms`` (default
+2 h + ``max_clock_skew_ms``; ``pricing_udfs.anchors.seed_from_topic``). Every price is inside
+``anchor * (1 +/- max_change)`` unless a guardrail that precedes it (cost floor, minimum advertised
+price, ceiling, fairness band) leaves no room.
+
+* **exactly-once**: ``open()`` reads read_committed up to the high watermark taken at its start, so
+  after the restored sink has committed or aborted the killed run's transactions: the anchors hold
+  exactly the committed prices, what read_committed consumers see. So for every price a consumer
+  sees in hour h, the anchor was the last committed price of the product's most recent earlier
+  hour, when that price was written within the lookback and committed before the batch that priced
+  it (a price of an earlier hour that arrives later, or in the same batch, is not its anchor).
+* **at-least-once**: there are no transactions; every price ever written, a replayed request's
+  second price included, is in the topic and in the anchors (ties go to the later ``priced_time``,
+  where a consumer that dedupes on ``request_id`` keeps the first copy).
+* A product whose most recent earlier priced hour was written before the lookback has no anchor
+  after a restart (an uninterrupted worker would still hold it, up to ``anchor_history_hours``).
+  With the defaults, a request of the restart's hour or later whose product was priced in the
+  previous hour always finds that hour's anchor.
+* Cost: ``open()`` reads every priced event written in the lookback, from every partition, on every
+  worker (the rate of priced events times the lookback, about 1.2 million records at 150 requests/s),
+  decoding only the fields up to ``priced_time``: 13 s for 1.17 million on the development machine
+  (README, "Pricing: scoring, policy, guardrails"; ``benchmarks/anchor_seed.py``).
+* With exactly-once and parallelism above 1, a worker that opens (at its first request) after another
+  worker has written prices into a transaction still open cannot wait for that commit: it needs this
+  worker's own checkpoint acknowledgement. After ``anchor_seed_grace_ms`` (10 s) such a partition counts
+  as read up to that transaction (``seed_from_topic``): exact as long as the killed run's transactions
+  were resolved within the grace, which the restored sinks do when their tasks start; logged and
+  reported in ``seed_report.held``. Exactly-once output stalls for that grace while the worker waits.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from pricing_udfs.anchors import DEFAULT_HISTORY_HOURS, Anchors, SeedReport, seed_from_topic
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.model.serving import Device, ModelWatcher
 from pricing_udfs.policy import ModelPolicy, PolicySettings, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
+from pricing_udfs.policy.trust_region import COLD_PRODUCT, OUT_OF_RANGE, TRUST_CODES
 
 _HOUR_MS = 3_600_000
 
@@ -49,34 +82,17 @@ class ScoringConfig(BaseModel):
     policy: PolicySettings = PolicySettings()
     default_price_minor: int = 1_999
     currency: str = "EUR"
-
-
-@dataclass
-class Anchors:
-    """Per product: the last price offered in an earlier hour (event time) than the current one."""
-
-    _state: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # product -> (hour, last price, anchor)
-
-    def for_batch(self, products: pd.Series, event_time: pd.Series) -> np.ndarray:
-        hours = (pd.to_numeric(event_time).to_numpy(dtype=np.int64) // _HOUR_MS).tolist()
-        out = np.zeros(len(hours), dtype=np.int64)
-        for i, (p, h) in enumerate(zip(products.tolist(), hours)):
-            st = self._state.get(p)
-            if st is not None:
-                out[i] = st[1] if st[0] < h else st[2]
-        return out
-
-    def record(self, products: pd.Series, event_time: pd.Series, prices: np.ndarray) -> None:
-        hours = (pd.to_numeric(event_time).to_numpy(dtype=np.int64) // _HOUR_MS).tolist()
-        for p, h, price in zip(products.tolist(), hours, np.asarray(prices).tolist()):
-            st = self._state.get(p)
-            if st is None:
-                self._state[p] = (h, price, 0)
-            elif st[0] < h:
-                self._state[p] = (h, price, st[1])
-            elif st[0] == h:
-                self._state[p] = (h, price, st[2])
-            # a request from an older hour than the product's newest does not move the anchor
+    # TensorFlow's thread pools per worker ([models] intra_op_threads / inter_op_threads; 0: TF's default)
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    # Rebuilding the anchors at start (pricing_udfs.anchors.seed_from_topic): librdkafka client settings
+    # (they include a SASL password when one is configured) and the priced-events topic; None: no rebuild.
+    kafka: dict[str, str] | None = Field(default=None, repr=False)
+    priced_topic: str | None = None
+    anchor_lookback_ms: int = 2 * _HOUR_MS + 600_000  # [job] anchor_lookback_ms; 0: no rebuild
+    anchor_seed_timeout_s: float = 120.0
+    anchor_seed_grace_s: float | None = None  # exactly-once only (seed_from_topic); None: wait for the watermarks
+    anchor_history_hours: int = DEFAULT_HISTORY_HOURS
 
 
 class _Timed:
@@ -102,21 +118,40 @@ class ScoringStage:
         self.config = config
         self.spec = spec
         self.watcher = watcher
-        self.anchors = Anchors()
+        self.anchors = Anchors(config.anchor_history_hours)
+        self.seed_report: SeedReport | None = None  # what open() read to rebuild the anchors (None: no rebuild)
         self.counts: Counter[str] = Counter()
         self.last_batch_size = 0
         self.last_inference_ms = 0.0
         self.events: list[str] = []
         self._recent: np.ndarray | None = None
+        self._rejected_seen = 0
+        self._last_priced_ms = 0
         self._policy = ModelPolicy.create(None, "none", config.policy, default_price_minor=config.default_price_minor,
                                           currency=config.currency, spec=spec)  # fmt: skip
 
     def open(self) -> None:
+        """Rebuild the anchors from the priced-events topic (when the config names it; raises ``AnchorSeedError``
+        if that fails, so that the worker never prices without them), then load the model synchronously and
+        start the watcher's background loader. This runs before the worker's first batch is priced. The
+        rebuild comes first so that its watermarks are taken as early as possible: before any other worker
+        of the job can have finished its own ``open()`` and written prices (``seed_from_topic``, ``grace_s``)."""
+        c = self.config
+        if c.kafka is not None and c.priced_topic and c.anchor_lookback_ms > 0:
+            self.seed_report = seed_from_topic(self.anchors, c.kafka, c.priced_topic, lookback_ms=c.anchor_lookback_ms,
+                                               timeout_s=c.anchor_seed_timeout_s, grace_s=c.anchor_seed_grace_s)  # fmt: skip
         if self.watcher is None:
-            c = self.config
             self.watcher = ModelWatcher(Path(c.registry_dir) if c.registry_dir else None, version=c.model_version,
-                                        interval_s=c.watch_interval_s, device=c.device, spec=self.spec)  # fmt: skip
-        self._refresh(force=True)
+                                        interval_s=c.watch_interval_s, device=c.device, spec=self.spec,
+                                        intra_op_threads=c.intra_op_threads,
+                                        inter_op_threads=c.inter_op_threads)  # fmt: skip
+        self._refresh(force=True)  # the first load: synchronous, before any batch
+        self.watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher's background loader."""
+        if self.watcher is not None:
+            self.watcher.close()
 
     @property
     def model_version(self) -> str | None:
@@ -124,28 +159,40 @@ class ScoringStage:
 
     def _refresh(self, *, force: bool = False) -> None:
         assert self.watcher is not None, "open() first"
-        before = len(self.watcher.rejected)
-        event = self.watcher.check(self._recent, force=force)
-        if event:
-            self.events.append(event)
-        self.counts["rejected_model_versions"] += len(self.watcher.rejected) - before
+        if force:  # open(): the synchronous first load
+            event = self.watcher.check(self._recent, force=True)
+            self.events += [event] if event else []
+        else:  # the hot path: never waits on a load
+            self.events += self.watcher.poll(self._recent)
+        rejected = len(self.watcher.rejected)
+        self.counts["rejected_model_versions"] += rejected - self._rejected_seen
+        self._rejected_seen = rejected
         current = self.watcher.current
         if current is not None and current.version != self._policy.model_version:
-            self._policy = self._policy.with_model(current.model, current.version)
+            self._policy = self._policy.with_model(current.model, current.version,
+                                                   trust_region=getattr(current, "trust_region", None))  # fmt: skip
 
-    def decide(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Checked decisions for ``batch`` (request columns plus one column per spec feature)."""
+    def decide(self, batch: pd.DataFrame, *, priced_time_ms: int | None = None) -> pd.DataFrame:
+        """Checked decisions for ``batch`` (request columns plus one column per spec feature).
+
+        ``priced_time_ms`` is the priced events' ``priced_time`` (the anchors order prices by it after the
+        request's event time); None: the wall clock, strictly increasing per stage (offline replays)."""
+        if priced_time_ms is None:
+            priced_time_ms = max(int(time.time() * 1000), self._last_priced_ms + 1)
+        self._last_priced_ms = priced_time_ms
         self._refresh()
         batch = batch.assign(anchor_price_minor=self.anchors.for_batch(batch["product_id"], batch["event_time"]))
         timed = _Timed(self._policy.model) if self._policy.model is not None else None
         policy = self._policy.with_model(timed, self._policy.model_version) if timed else self._policy
         decisions, replaced = check_decisions(policy, batch, policy.decide(batch))
-        self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy())
+        self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy(),
+                            priced_time=priced_time_ms,
+                            request_ids=batch["request_id"] if "request_id" in batch else None)  # fmt: skip
         self._count(decisions, replaced)
         self.last_batch_size = len(batch)
         self.last_inference_ms = timed.seconds * 1000 if timed else 0.0
         if len(batch):
-            self._recent = batch[list(self.spec.names)].to_numpy(dtype=np.float64)[-32:]
+            self._recent = batch[list(self.spec.names)].iloc[-32:].to_numpy(dtype=np.float64, copy=True)  # the canary's
         return decisions
 
     def _count(self, decisions: pd.DataFrame, replaced: int) -> None:
@@ -155,8 +202,12 @@ class ScoringStage:
         c["explored"] += int(decisions["explored"].sum())
         c["invalid_decisions"] += replaced
         for codes in decisions["reason_codes"]:
+            if OUT_OF_RANGE in codes or COLD_PRODUCT in codes:
+                c["trust_narrowed"] += 1  # the trust region narrowed its range (or priced it by the fallback)
             for code in codes:
-                if code in LIMITS or code == NO_PRICE_POINT:
+                if code in TRUST_CODES:
+                    c[f"trust_{code}"] += 1
+                elif code in LIMITS or code == NO_PRICE_POINT:
                     c[f"guardrail_{code}"] += 1
                 elif code in ("no_model", "model_error", "model_invalid_output", "no_unit_cost", "default_price"):
                     c[f"fallback_{code}"] += 1

@@ -25,6 +25,7 @@ from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.policy import Policy, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
+from pricing_udfs.policy.trust_region import TRUST_CODES
 from pricing_udfs.scoring import ScoringConfig, ScoringStage
 from pricing_udfs.serde import Contract
 
@@ -208,6 +209,7 @@ STAGE_COUNTERS = (
     "requests_priced", "fallbacks", "explored", "invalid_decisions", "rejected_model_versions",
     *(f"guardrail_{code}" for code in (*LIMITS, NO_PRICE_POINT)),
     *(f"fallback_{code}" for code in ("no_model", "model_error", "model_invalid_output", "no_unit_cost", "default_price")),
+    "trust_narrowed", *(f"trust_{code}" for code in TRUST_CODES),
 )  # fmt: skip
 
 
@@ -237,15 +239,26 @@ class _PriceAndEncode(ScalarFunction):
                     lambda: stage.watcher.current.created_epoch_s if stage.watcher and stage.watcher.current else 0)
         group.gauge("model_age_s", lambda: int(time.time()) - stage.watcher.current.created_epoch_s
                     if stage.watcher and stage.watcher.current else -1)  # fmt: skip
+        # What open() read to rebuild the anchors (pricing_udfs.anchors), and the products they hold now.
+        seed = stage.seed_report
+        group.gauge("anchor_seed_records", lambda: seed.records if seed else 0)
+        group.gauge("anchor_seed_ms", lambda: int(seed.seconds * 1000) if seed else 0)
+        group.gauge("anchor_seed_held_partitions", lambda: len(seed.held) if seed else 0)
+        group.gauge("anchor_products", lambda: len(stage.anchors))
+
+    def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()  # stops the model watcher's loader thread
 
     def eval(self, *columns: pd.Series) -> pd.Series:
         *request_cols, features = columns
         batch = request_batch(dict(zip(REQUEST_COLUMNS, request_cols)), features, spec=self._spec)
         if self._stage is None:
             raise RuntimeError("the pricing UDF was evaluated before open(): Flink opens every function first")
-        decisions = self._stage.decide(batch)
+        priced_time_ms = int(time.time() * 1000)  # one priced_time for the anchors and the events
+        decisions = self._stage.decide(batch, priced_time_ms=priced_time_ms)
         self._report()
-        return encode_priced_events(batch, decisions, spec=self._spec, priced_time_ms=int(time.time() * 1000))
+        return encode_priced_events(batch, decisions, spec=self._spec, priced_time_ms=priced_time_ms)
 
     def _report(self) -> None:
         assert self._stage is not None

@@ -7,7 +7,8 @@ DataFrame in, one row of ``DECISION_COLUMNS`` per request out). The Flink UDF in
 
 * ``guardrails``: the hard limits and their reason codes (also used by the simulator);
 * ``decisions``: the decision columns, the ``Policy`` protocol, the rule-based fallback, the check;
-* ``model_policy``: expected-profit maximisation with the demand model, exploration.
+* ``model_policy``: expected-profit maximisation with the demand model, exploration;
+* ``trust_region``: how far a request lies from what the model saw in training, and what follows.
 """
 
 from pricing_udfs.policy.decisions import (
@@ -19,8 +20,9 @@ from pricing_udfs.policy.decisions import (
 )
 from pricing_udfs.policy.guardrails import LIMITS, Bounds, Guardrails
 from pricing_udfs.policy.model_policy import ModelPolicy, PolicySettings
+from pricing_udfs.policy.trust_region import TrustRegion, TrustRegionSettings
 
 __all__ = [
     "DECISION_COLUMNS", "FALLBACK_VERSION", "LIMITS", "Bounds", "Guardrails", "ModelPolicy", "Policy",
-    "PolicySettings", "ReferencePriceFallback", "check_decisions",
+    "PolicySettings", "ReferencePriceFallback", "TrustRegion", "TrustRegionSettings", "check_decisions",
 ]  # fmt: skip

@@ -19,6 +19,13 @@ lies at or beyond it): its code joins the row's reason codes (``model`` always, 
 when explored). Rows without a list price or unit cost, and all rows when the model is missing,
 raises, or returns anything but finite probabilities in [0, 1] for a row, are priced by
 :class:`ReferencePriceFallback` with the reason as the first code.
+
+With a **trust region** (the served model's manifest records what it saw in training, and
+``trust_region.enabled``), rows whose features lie outside it get a range narrowed toward the
+reference price (code ``out_of_range``), rows far outside or of a cold product get the fallback
+(``out_of_range`` / ``cold_product`` first), and the model sees the features clipped into the
+recorded ranges (``pricing_udfs.policy.trust_region``). The narrowed range always lies inside the
+guardrails' range.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pricing_udfs.policy.decisions import (
     limit_codes,
 )
 from pricing_udfs.policy.guardrails import NO_PRICE_POINT, Guardrails
+from pricing_udfs.policy.trust_region import OUT_OF_RANGE, TrustRegion, TrustRegionSettings, assess, narrow
 
 MODEL = "model"
 EXPLORATION = "exploration"
@@ -64,6 +72,7 @@ class PolicySettings(BaseModel):
     )  # fmt: skip
     exploration_seed: int = Field(default=0, ge=0, description="salts the request-id hash that picks explored requests")
     guardrails: Guardrails = Guardrails()
+    trust_region: TrustRegionSettings = TrustRegionSettings()
 
 
 def _unit_hashes(request_ids: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,12 +85,16 @@ def _unit_hashes(request_ids: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(u1), np.asarray(u2)
 
 
+_KEEP: Any = object()
+
+
 @dataclass
 class ModelPolicy:
     """Expected-profit maximisation over a candidate grid with a demand model (see the module docstring).
 
     ``model`` is anything with ``score(features, prices) -> probs`` (a handler's loaded model); None prices
-    everything with the fallback. ``model_version`` goes into every model-priced event.
+    everything with the fallback. ``model_version`` goes into every model-priced event. ``trust_region``:
+    what the model saw in training (a manifest's ``TrustRegion`` record, its dict, or the arrays), or None.
     """
 
     model: Any
@@ -89,22 +102,34 @@ class ModelPolicy:
     settings: PolicySettings
     fallback: ReferencePriceFallback
     spec: FeatureSpec = FEATURE_SPEC
+    trust_region: Any = None
     guardrails: Guardrails = field(init=False)
 
     def __post_init__(self) -> None:
         self.guardrails = self.settings.guardrails
         if self.fallback.guardrails != self.guardrails:
             raise ValueError("the fallback must use the policy's guardrails")
+        self.trust_region = TrustRegion.of(self.trust_region, self.spec)
 
     @classmethod
     def create(cls, model: Any, model_version: str, settings: PolicySettings, *, default_price_minor: int,
-               currency: str, spec: FeatureSpec = FEATURE_SPEC) -> "ModelPolicy":  # fmt: skip
+               currency: str, spec: FeatureSpec = FEATURE_SPEC, trust_region: Any = None) -> "ModelPolicy":  # fmt: skip
         fallback = ReferencePriceFallback(settings.guardrails, default_price_minor, currency)
-        return cls(model=model, model_version=model_version, settings=settings, fallback=fallback, spec=spec)
+        return cls(model=model, model_version=model_version, settings=settings, fallback=fallback, spec=spec,
+                   trust_region=trust_region)  # fmt: skip
 
-    def with_model(self, model: Any, model_version: str) -> "ModelPolicy":
+    def with_model(self, model: Any, model_version: str, trust_region: Any = _KEEP) -> "ModelPolicy":
+        """The same policy with another model (and that model's trust region; by default the current one's)."""
+        region = self.trust_region if trust_region is _KEEP else trust_region
         return ModelPolicy(model=model, model_version=model_version, settings=self.settings, fallback=self.fallback,
-                           spec=self.spec)  # fmt: skip
+                           spec=self.spec, trust_region=region)  # fmt: skip
+
+    @property
+    def active_trust_region(self) -> TrustRegion | None:
+        """The trust region that applies: the model's, unless the settings switch it off (or there is no model)."""
+        if self.model is None or not self.settings.trust_region.enabled:
+            return None
+        return self.trust_region
 
     def decide(self, batch: pd.DataFrame) -> pd.DataFrame:
         n = len(batch)
@@ -115,11 +140,20 @@ class ModelPolicy:
         reason[~(np.isfinite(ref) & (ref > 0))] = NO_LIST_PRICE
         if self.model is None:
             reason[reason == ""] = NO_MODEL
+        shrink = np.zeros(n)
+        region = self.active_trust_region
+        if region is not None and (reason == "").any():
+            candidates = np.flatnonzero(reason == "")
+            features = batch.iloc[candidates][list(self.spec.names)].to_numpy(dtype=np.float64)
+            a = assess(region, features, self.settings.trust_region)
+            reason[candidates[a.fallback]] = a.reasons()[a.fallback]
+            shrink[candidates] = a.shrink
         scored = np.flatnonzero(reason == "")
         out = pd.DataFrame(index=batch.index, columns=list(self.fallback.decide(batch.iloc[:0]).columns))
         if scored.size:
             rows = batch.iloc[scored]
-            decisions, failed = self._score(rows, ref[scored], cost[scored])
+            decisions, failed = self._score(rows, ref[scored], cost[scored], None if region is None else shrink[scored],
+                                            region)  # fmt: skip
             reason[scored[failed != ""]] = failed[failed != ""]
             ok = failed == ""
             if ok.any():
@@ -132,16 +166,33 @@ class ModelPolicy:
                            "expected_profit_minor": np.int64, "fallback_used": bool, "explored": bool,
                            "propensity": np.float64})  # fmt: skip
 
-    def _score(self, rows: pd.DataFrame, ref: np.ndarray, cost: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        """Decisions for rows with a list price and a unit cost, and per row "" or why the model failed."""
+    def _score(self, rows: pd.DataFrame, ref: np.ndarray, cost: np.ndarray, shrink: np.ndarray | None = None,
+               region: TrustRegion | None = None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
+        """Decisions for rows with a list price and a unit cost, and per row "" or why the model failed.
+
+        ``shrink`` (per row, in [0, 1)) narrows the allowed range toward the reference price; ``region``
+        clips the features the model sees."""
         s = self.settings
         n, k = len(rows), s.grid_size
         g = self.guardrails
         b = g.limits(reference_price=ref, unit_cost=cost, anchor_price=_column(rows, "anchor_price_minor", 0.0))
+        lo, hi, lo_reason, hi_reason = b.lo, b.hi, b.lo_reason, b.hi_reason
+        narrowed = np.zeros(n, dtype=bool) if shrink is None else shrink > 0
+        if narrowed.any():
+            lo, hi = narrow(b.lo, b.hi, np.rint(ref), np.where(narrowed, shrink, 0.0))
+            # A narrowed end is not a guardrail: no limit code when the price sits on it.
+            lo_reason = np.where(lo == b.lo, b.lo_reason, "")
+            hi_reason = np.where(hi == b.hi, b.hi_reason, "")
         steps = np.linspace(0.0, 1.0, k)[None, :]
-        grid = np.rint(b.lo[:, None] + (b.hi - b.lo)[:, None] * steps).astype(np.int64)
-        cand, fits = g.to_price_points(grid, b.lo[:, None], b.hi[:, None])
+        grid = np.rint(lo[:, None] + (hi - lo)[:, None] * steps).astype(np.int64)
+        cand, fits = g.to_price_points(grid, lo[:, None], hi[:, None])
+        if narrowed.any() and not fits.all():
+            # no price point inside the narrowed range: the nearest one inside the guardrails' range
+            wide, wide_fits = g.to_price_points(grid, b.lo[:, None], b.hi[:, None])
+            cand, fits = np.where(fits, cand, wide), fits | wide_fits
         features = rows[list(self.spec.names)].to_numpy(dtype=np.float64)
+        if region is not None:
+            features = region.clip(features)
         failed = np.full(n, "", dtype=object)
         try:
             probs = np.asarray(self.model.score(features, cand.astype(np.float64)), dtype=np.float64)
@@ -168,9 +219,10 @@ class ModelPolicy:
         at = np.arange(n)
         price = cand[at, chosen]
         conversion = probs[at, chosen]
-        bound = limit_codes(price, b.lo, b.hi, b.lo_reason, b.hi_reason, greedy == k - 1, greedy == 0)
+        bound = limit_codes(price, lo, hi, lo_reason, hi_reason, greedy == k - 1, greedy == 0)
         codes = [
-            [MODEL] + ([EXPLORATION] if explored[i] else []) + ([] if explored[i] else bound[i])
+            [MODEL] + ([OUT_OF_RANGE] if narrowed[i] else []) + ([EXPLORATION] if explored[i] else [])
+            + ([] if explored[i] else bound[i])
             + ([] if fits[i, chosen[i]] else [NO_PRICE_POINT])
             for i in range(n)
         ]  # fmt: skip

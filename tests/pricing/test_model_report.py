@@ -123,3 +123,24 @@ def test_without_a_scenario_there_is_no_simulator_section(tmp_path: Path) -> Non
     text = write_report(FakeDemandModel(), data, tmp_path / "r").read_text()
     assert "simulator's truth" not in text and not (tmp_path / "r" / "demand_curves.png").exists()
     assert "| demand model |" in text
+
+
+def test_the_sensitivity_per_user_segment_shows_a_model_that_ignores_who_shops(tmp_path: Path) -> None:
+    # Mutation: group the segment table by the product's category instead of the user's segment (or average the
+    # truth over all rows) -> the ratios 1.0 / 0.5 move and this fails.
+    two = _scenario().with_overrides(
+        catalogue=CatalogueSpec(categories=(Category(name="cheap", share=1.0, elasticity=1.0,
+                                                     list_price_minor=Span(low=1_000, high=5_000),
+                                                     cost_ratio=Span(low=0.5, high=0.7)),), elasticity_noise_sd=0.0),
+        segments=(Segment(name="calm", share=0.5, sensitivity_mean=1.0, sensitivity_sd=0.0, sessions_per_day=1.0),
+                  Segment(name="keen", share=0.5, sensitivity_mean=2.0, sensitivity_sd=0.0, sessions_per_day=1.0)),
+    )  # fmt: skip
+    data, products, users = _rows(two)
+    calm = -two.demand.log_price_vs_reference  # the calm segment's true sensitivity; the keen one's is twice that
+    write_report(FakeDemandModel(intercept=-1.0, slope=calm), data, tmp_path / "r", scenario=two, product_ids=products,
+                 user_ids=users)  # fmt: skip
+    summary = json.loads((tmp_path / "r" / "report.json").read_text())["elasticity"]
+    ratio = {s["segment"]: s["ratio"] for s in summary["segments"]}
+    assert ratio["calm"] == pytest.approx(1.0, abs=0.01) and ratio["keen"] == pytest.approx(0.5, abs=0.01)
+    assert summary["spread_ratio"] == pytest.approx(0.0, abs=1e-6)  # one slope for everyone
+    assert "| keen |" in (tmp_path / "r" / "report.md").read_text()

@@ -98,6 +98,32 @@ def test_list_show_promote_rollback(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert err.startswith("pricing: error: nothing to roll back to") and "Traceback" not in err
 
 
+def test_show_prints_the_trust_region_and_its_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pricing_udfs.model.registry import TrustRegion
+
+    region = TrustRegion(feature_spec_version="features/2", rows=433_741, quantiles=(0.005, 0.995),
+                         features={"views_24h": (3.0, 2195.0), "list_price_minor": (165.0, 68602.0)},
+                         traffic_levels=(0.01, 0.5, 0.995), traffic={"views_24h": (5.0, 132.0, 2195.0)})  # fmt: skip
+    root = tmp_path / "reg"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "saved_model.pb").write_bytes(b"x")
+    version = Registry(root).publish(tmp_path / "m", feature_spec_version="features/2", training_window=(1, 2),
+                                     metrics=METRICS, trust_region=region).version  # fmt: skip
+    code, out, _ = run(capsys, "models", "show", version, "--registry", str(root))
+    assert code == 0 and "trust region:   433,741 training rows (features/2)" in out
+    lines = out.splitlines()
+    # spec order (list price before views_24h), not the JSON's alphabetical order
+    assert lines.index("  list_price_minor                      165        68602") \
+        < lines.index("  views_24h                               3         2195")
+    assert "  views_24h                          5     132    2195" in lines
+    code, out, _ = run(capsys, "models", "show", version, "--json", "--registry", str(root))
+    shown = json.loads(out)
+    assert shown["manifest_version"] == 2 and shown["trust_region"] == region.to_dict()
+    old = _publish(tmp_path / "old", 1)[0]  # published without one
+    code, out, _ = run(capsys, "models", "show", old, "--registry", str(tmp_path / "old"))
+    assert "trust region:   none (manifest version 2); the model prices without one" in out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

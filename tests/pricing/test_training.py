@@ -27,6 +27,7 @@ from pricing.training import (
     split,
     train,
     train_on,
+    trust_region_of,
 )
 from pricing_udfs.features.spec import FEATURE_SPEC
 from pricing_udfs.model import TFDemandModel
@@ -158,6 +159,45 @@ def test_a_missing_feature_value_takes_its_default(tmp_path: Path) -> None:
     row[FEATURE_SPEC.index("inventory")] = None
     rows = load_training_set(_write_rows(tmp_path / "s", [row]))
     assert rows.features[0, FEATURE_SPEC.index("inventory")] == -1.0
+
+
+# ------------------------------------------------------------------------------ trust region
+def test_the_trust_region_is_computed_from_the_rows_the_model_was_fitted_on(tmp_path: Path) -> None:
+    """An independent recompute: per feature, numpy quantiles of the train slice's non-default values
+    (widened to the default where more than 0.5 % of the rows held it), and the traffic windows' quantiles."""
+    data, trained, _ = synthetic.trained()
+    rows = load_training_set(synthetic.write(data, tmp_path / "set"))
+    fitted_on = split(rows)[0].features  # the default TrainConfig: time holdout of 20 %
+    region = trained.trust_region
+    assert region is not None and region.rows == len(fitted_on) == trained.metrics["train_rows"]
+    assert list(region.features) == list(FEATURE_SPEC.names)  # every spec feature, nothing hand-kept
+    for j, name in enumerate(FEATURE_SPEC.names):
+        column, default = fitted_on[:, j], FEATURE_SPEC.defaults[j]
+        other = np.sort(column[column != default])
+        expected = [np.quantile(other, 0.005), np.quantile(other, 0.995)] if other.size else [default, default]
+        if np.mean(column == default) > 0.005:
+            expected = [min(expected[0], default), max(expected[1], default)]
+        np.testing.assert_allclose(region.features[name], expected, rtol=1e-12, err_msg=name)
+    levels = np.array(region.traffic_levels)
+    assert levels[0] == 0.001 and levels[-1] == 0.995
+    for name in ("views_24h", "views_1h", "user_views_24h"):
+        np.testing.assert_allclose(region.traffic[name], np.quantile(fitted_on[:, FEATURE_SPEC.index(name)], levels))
+    assert trained.registry_metadata()["trust_region"] == region
+
+
+def test_the_trust_region_of_constant_and_mostly_default_features() -> None:
+    x = np.tile(FEATURE_SPEC.defaults, (1_000, 1))
+    i, j, k = (FEATURE_SPEC.index(n) for n in ("competitor_min_15m_minor", "is_new_product", "views_1h"))
+    x[:50, i] = np.arange(1, 51) * 100.0  # known in 5 % of rows: the range spans the known values and the default 0
+    x[:, j] = 0.0  # never new: the default (1) was never seen
+    x[:, k] = np.arange(1_000)  # never the default 0... except once
+    region = trust_region_of(x)
+    assert region.features["competitor_min_15m_minor"] == (0.0, pytest.approx(np.quantile(x[:50, i], 0.995)))
+    assert region.features["is_new_product"] == (0.0, 0.0)
+    assert region.features["views_1h"] == (pytest.approx(np.quantile(np.arange(1, 1_000), 0.005)),
+                                           pytest.approx(np.quantile(np.arange(1, 1_000), 0.995)))  # fmt: skip
+    with pytest.raises(ValueError, match="features"):
+        trust_region_of(x[:, :3])
 
 
 # ------------------------------------------------------------------------------- metrics

@@ -33,6 +33,11 @@ def stage_for(tmp_path: Path, **policy: object) -> tuple[ScoringStage, Registry]
     return stage, registry
 
 
+def settle(stage: ScoringStage) -> None:
+    """Let the stage's background loader finish a look at the registry: the next ``decide`` swaps in what it loaded."""
+    assert stage.watcher is not None and stage.watcher.look_now(timeout_s=60), "the model watcher did not look"
+
+
 def publish(registry: Registry, tmp_path: Path, name: str, **fake: float) -> str:
     FakeDemandModel(**fake).save(tmp_path / name)
     return registry.publish(tmp_path / name, feature_spec_version=FEATURE_SPEC.version, training_window=(0, 1),
@@ -44,11 +49,13 @@ def test_the_stage_prices_with_the_fallback_until_a_model_is_promoted(tmp_path: 
     first = stage.decide(requests(3))
     assert first["fallback_used"].all() and stage.counts["fallback_no_model"] == 3
     v1 = publish(registry, tmp_path, "m1", slope=0.5)
+    settle(stage)
     second = stage.decide(requests(3, t=T + 1))
     assert (second["model_version"] == v1).all() and not second["fallback_used"].any()
     assert stage.counts["requests_priced"] == 6 and stage.counts["fallbacks"] == 3
     assert stage.last_batch_size == 3 and stage.last_inference_ms >= 0
     publish(registry, tmp_path, "bad", intercept=float("nan"))
+    settle(stage)
     third = stage.decide(requests(2, t=T + 2))
     assert (third["model_version"] == v1).all() and stage.counts["rejected_model_versions"] == 1
 
@@ -56,9 +63,11 @@ def test_the_stage_prices_with_the_fallback_until_a_model_is_promoted(tmp_path: 
 def test_a_products_price_moves_at_most_max_change_per_hour(tmp_path: Path) -> None:
     stage, registry = stage_for(tmp_path, guardrails=Guardrails(max_change=0.1, max_multiplier=3.0))
     publish(registry, tmp_path, "cheap", slope=8.0)  # very price-sensitive: wants a low price
+    settle(stage)
     low = stage.decide(requests(1))["price_minor"].iloc[0]
     assert low == 700  # the minimum advertised price
     publish(registry, tmp_path, "dear", slope=0.01)  # hardly sensitive: wants the ceiling now
+    settle(stage)
     other = stage.decide(requests(1, product="q"))  # another product, no anchor: the ceiling
     assert other["price_minor"].iloc[0] == 3000 and other["reason_codes"].iloc[0] == ["model", "ceiling"]
     next_hour = stage.decide(requests(1, t=T + HOUR))
@@ -77,3 +86,33 @@ def test_anchors_remember_the_last_price_of_an_earlier_hour() -> None:
     assert a.for_batch(pd.Series(["x"]), pd.Series([T + HOUR])).tolist() == [110]
     a.record(pd.Series(["x"]), pd.Series([T + HOUR]), np.array([120]))
     assert a.for_batch(pd.Series(["x", "y"]), pd.Series([T + HOUR + 5, T + HOUR])).tolist() == [110, 0]
+
+
+def test_the_stage_applies_the_served_versions_trust_region_and_counts_it(tmp_path: Path) -> None:
+    from pricing_udfs.model.registry import TrustRegion
+    from pricing_udfs.udfs import STAGE_COUNTERS
+
+    from pricing_udfs.policy import TrustRegionSettings
+
+    stage, registry = stage_for(tmp_path, trust_region=TrustRegionSettings(tolerance=0.25, fallback_distance=1.0,
+                                                                           cold_product_quantile=0.01))  # fmt: skip
+    region = TrustRegion(feature_spec_version=FEATURE_SPEC.version, rows=100, quantiles=(0.005, 0.995),
+                         features={"views_1h": (0.0, 100.0)}, traffic_levels=(0.01, 0.5),
+                         traffic={"views_24h": (10.0, 100.0)})  # fmt: skip
+    FakeDemandModel(slope=0.1).save(tmp_path / "m")
+    version = registry.publish(tmp_path / "m", feature_spec_version=FEATURE_SPEC.version, training_window=(0, 1),
+                               metrics={}, trust_region=region, promote=True).version  # fmt: skip
+    settle(stage)
+    b = requests(4)
+    b["views_24h"] = [500.0, 500.0, 500.0, 5.0]  # the last one: a cold product
+    b["views_1h"] = [50.0, 150.0, 900.0, 50.0]  # inside, narrowed (distance 0.5), far out
+    d = stage.decide(b)
+    assert stage.model_version == version
+    assert [codes[:2] for codes in d["reason_codes"]] == [
+        ["model", "ceiling"], ["model", "out_of_range"], ["out_of_range", "reference_price"],
+        ["cold_product", "reference_price"]]  # fmt: skip
+    # the ceiling; a third of the way (distance 0.5, tolerance 0.25, fallback at 1) toward the list price
+    assert d["price_minor"].tolist() == [1_500, 1_333, 1_000, 1_000]
+    c = stage.counts
+    assert (c["trust_narrowed"], c["trust_out_of_range"], c["trust_cold_product"], c["fallbacks"]) == (3, 2, 1, 2)
+    assert {"trust_narrowed", "trust_out_of_range", "trust_cold_product"} <= set(STAGE_COUNTERS)

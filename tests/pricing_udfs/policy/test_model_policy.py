@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.model.handler import FakeDemandModel
-from pricing_udfs.policy import FALLBACK_VERSION, Guardrails, ModelPolicy, PolicySettings, check_decisions
+from pricing_udfs.model.registry import TrustRegion
+from pricing_udfs.policy import (
+    FALLBACK_VERSION,
+    Guardrails,
+    ModelPolicy,
+    PolicySettings,
+    TrustRegionSettings,
+    check_decisions,
+)
 from tests.pricing_udfs.policy.test_guardrails import guardrail_settings
 
 
@@ -113,17 +121,49 @@ class RandomModel:
         return out
 
 
+def random_trust_region(rng: np.random.Generator, b: pd.DataFrame) -> TrustRegion:
+    """Most features' ranges hold the batch's values; a few random ones (views_1h always) are narrower, constant,
+    or beside them; a random views_24h traffic profile."""
+    x = np.nan_to_num(b[list(FEATURE_SPEC.names)].to_numpy(dtype=np.float64))
+    features = {name: (float(x[:, j].min()), float(x[:, j].max())) for j, name in enumerate(FEATURE_SPEC.names)}
+    for name in {"views_1h", *rng.choice(FEATURE_SPEC.names, 3)}:
+        j = FEATURE_SPEC.index(name)
+        a, c = sorted(rng.choice(x[:, j], 2))
+        kind = rng.integers(0, 3)
+        lo, hi = (a, c) if kind == 0 else (a, a) if kind == 1 else (a - abs(rng.normal(0, 10)), c + rng.normal(0, 10))
+        features[name] = (float(lo), float(max(lo, hi)))
+    levels = (0.005, 0.01, 0.5, 0.995)
+    traffic = {"views_24h": tuple(float(v) for v in np.sort(rng.uniform(0, 30, 4)))}
+    return TrustRegion(feature_spec_version=FEATURE_SPEC.version, rows=100, quantiles=(0.005, 0.995), features=features,
+                       traffic_levels=levels, traffic=traffic)  # fmt: skip
+
+
+trust_settings = st.builds(lambda tol, span, cold, on: TrustRegionSettings(enabled=on, tolerance=tol,
+                           fallback_distance=tol + span, cold_product_quantile=cold),  # fmt: skip
+                           st.floats(0, 2), st.floats(0.01, 5), st.floats(0, 0.5), st.booleans())
+
+
 @settings(max_examples=150, deadline=None)
 @given(g=guardrail_settings, seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(["monotone", "any", "nan", "raise"]),
-       grid=st.integers(2, 40), weight=st.floats(0, 1), explore=st.floats(0, 0.2))  # fmt: skip
-def test_every_price_is_finite_positive_and_inside_every_guardrail(g, seed, kind, grid, weight, explore) -> None:
+       grid=st.integers(2, 40), weight=st.floats(0, 1), explore=st.floats(0, 0.2),
+       trust=st.one_of(st.none(), trust_settings))  # fmt: skip
+def test_every_price_is_finite_positive_and_inside_every_guardrail(g, seed, kind, grid, weight, explore, trust) -> None:
     rng = np.random.default_rng(seed)
     b = batch(40, seed=seed % 1000)
     b.loc[rng.random(40) < 0.1, "list_price_minor"] = 0.0  # unknown list price
     b.loc[rng.random(40) < 0.1, "unit_cost_minor"] = np.nan
     b["anchor_price_minor"] = np.where(rng.random(40) < 0.5, 0, rng.integers(1, 80_000, 40))
+    for name in ("views_1h", "views_24h", "user_views_30m", "is_new_product", "conversion_24h"):
+        b[name] = rng.choice([0.0, 1.0, 3.0, 50.0, 1e6], 40)  # inside, near and far outside a random range
+    region = random_trust_region(rng, b) if trust is not None else None
+    if region is not None:  # a quarter of the rows between the range and far beyond it: narrowed, not only fallen back
+        lo, hi = region.features["views_1h"]
+        far = rng.random(40) < 0.25
+        b.loc[far, "views_1h"] = hi + max(hi - lo, 1.0) * rng.uniform(0, trust.fallback_distance * 1.2, int(far.sum()))
+    b.loc[rng.random(40) < 0.05, "views_5m"] = rng.choice([np.nan, np.inf, -np.inf])  # not finite: infinitely far
     p = ModelPolicy.create(RandomModel(seed, kind), "v", PolicySettings(guardrails=g, grid_size=grid, profit_weight=weight,
-                           exploration_rate=explore), default_price_minor=1999, currency="EUR")  # fmt: skip
+                           exploration_rate=explore, trust_region=trust or TrustRegionSettings()),
+                           default_price_minor=1999, currency="EUR", trust_region=region)  # fmt: skip
     d = p.decide(b)
     price = d["price_minor"].to_numpy()
     assert d["price_minor"].dtype == np.int64 and np.all(price > 0)
@@ -133,6 +173,14 @@ def test_every_price_is_finite_positive_and_inside_every_guardrail(g, seed, kind
     assert check_decisions(p, b, d)[1] == 0
     if kind in ("raise",):
         assert d["fallback_used"].all()
+    trusted = [codes for codes in d["reason_codes"] if {"out_of_range", "cold_product"} & set(codes)]
+    if region is None or not trust.enabled:
+        assert not trusted
+    for codes, used in zip(d["reason_codes"], d["fallback_used"]):  # a trust code leads a fallback, follows "model"
+        if used and codes[0] in ("out_of_range", "cold_product"):
+            assert codes[1] == "reference_price"
+        elif not used and "out_of_range" in codes:
+            assert codes[:2] == ["model", "out_of_range"]
     if kind == "nan":
         assert d.loc[~d["fallback_used"], "expected_conversion"].notna().all()
 
