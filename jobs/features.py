@@ -88,6 +88,8 @@ _FUNCTIONS = {
     "arrival_repeats": "pricing.features.ArrivalRepeats",
     "arrival_last_long": "pricing.features.ArrivalLastLong",
     "arrival_last_string": "pricing.features.ArrivalLastString",
+    # Arrival mode: holds a request until every input has been read up to its event time minus a horizon.
+    "arrival_gate": "pricing.features.ArrivalGate",
 }
 
 ServingMode = Literal["arrival", "event-time"]
@@ -178,14 +180,15 @@ def _skipped(aggregates: _Aggregates) -> str:
 
 def declare_feature_views(
     t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC,
-    mode: ServingMode = "event-time", allowance_ms: int = 0,
+    mode: ServingMode = "event-time", allowance_ms: int = 0, horizon_ms: int = 0,
 ) -> str:
     """Create the feature views over the decoded (``ok``) inputs; returns the view of featured requests.
 
     The returned view has the request's fields, ``ts``, ``list_currency`` and one
     column per spec feature (defaults applied), plus ``features`` (ARRAY<DOUBLE> in spec order).
     ``mode`` "arrival" orders the stages by arrival (processing time) instead of event time, with
-    the ``arrival_*`` window functions and their ``allowance_ms`` (``arrival_allowance_ms``).
+    the ``arrival_*`` window functions and their ``allowance_ms`` (``arrival_allowance_ms``), behind
+    the catch-up gate with ``horizon_ms`` (``_gated_views``).
     """
     a = allowance_ms if mode == "arrival" else None
     frame = _ARRIVAL if mode == "arrival" else _ALL
@@ -251,6 +254,8 @@ SELECT 'request', product_id, user_id, ts, event_time,
   source_topic, source_partition, source_offset, raw_value
 FROM {requests} WHERE ok
 """,
+        # Half the allowance: a row released by the gate is never further from its key's newest row than that.
+        **({} if a is None else _gated_views(horizon_ms, context_horizon_ms=a // 2)),
         # Purchases carry their decayed weight split by hour parity (see _velocity()).
         "events_with_velocity": """
 SELECT *,{arrival}
@@ -258,8 +263,9 @@ SELECT *,{arrival}
        THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_even,
   CASE WHEN b_type = 'purchase' AND MOD(event_time / {hour}, 2) = 1
        THEN b_qty * EXP(CAST(MOD(event_time, {hour}) AS DOUBLE) / {tau}) END AS vel_odd
-FROM feature_events
-""".format(tau=tau, hour=_HOUR_MS, arrival="\n  PROCTIME() AS pt," if a is not None else ""),
+FROM {events}
+""".format(tau=tau, hour=_HOUR_MS, arrival="\n  PROCTIME() AS pt," if a is not None else "",
+           events="feature_events" if a is None else "gated_events"),
         # One stage per product, all rows: latest market values and every window.
         "by_product": _stage("events_with_velocity", "product_id", frame, latest | windows),
         # The user stage sees behaviour and requests only; anonymous traffic has no user state.
@@ -348,6 +354,34 @@ SELECT request_id, user_id, product_id, channel, event_time, ts, list_currency,
 FROM featured_rows
 """)
     return "featured_requests"
+
+
+# The union's columns; ``ts`` is rebuilt from ``event_time`` after the gate (a PTF returns no time attribute).
+_EVENT_COLUMNS = ("src", "product_id", "user_id", "event_time", "m_kind", "m_value", "m_currency", "b_type", "b_price",
+                  "b_qty", "request_id", "channel", "request_topic", "request_partition", "request_offset",
+                  "request_bytes")  # fmt: skip
+
+
+def _gated_views(horizon_ms: int, context_horizon_ms: int) -> dict[str, str]:
+    """Arrival mode's catch-up gate (``pricing.features.ArrivalGate``) between the union and the stages.
+
+    With W the watermark (the minimum over every input that is not idle), a request goes on once W has
+    reached its event time minus ``horizon_ms``, any other row once W has reached its event time minus
+    ``context_horizon_ms``. Live, the inputs are current and the gate holds nothing; after a start on
+    a backlog it keeps a request from reaching the windows before the market and behaviour events that
+    precede it by more than ``horizon_ms``, and a topic read ahead of the others from reaching them
+    more than ``context_horizon_ms`` ahead, which keeps every row within the arrival window functions'
+    allowance of its key's newest row.
+    """
+    columns = ", ".join(_EVENT_COLUMNS)
+    return {
+        "gate_input": f"SELECT {columns} FROM feature_events",
+        "gated_events": f"""
+SELECT {", ".join(c if c != "event_time" else "TO_TIMESTAMP_LTZ(event_time, 3) AS ts, event_time" for c in _EVENT_COLUMNS)}
+FROM arrival_gate(input => TABLE gate_input PARTITION BY product_id, horizon_ms => CAST({horizon_ms} AS BIGINT),
+                  context_horizon_ms => CAST({context_horizon_ms} AS BIGINT))
+""",
+    }
 
 
 def _velocity(tau: float) -> str:

@@ -58,17 +58,27 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment, TableResult
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
+from pyflink.table import EnvironmentSettings, Schema, StatementSet, StreamTableEnvironment, TableEnvironment, TableResult
 
 from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings, registry_dir
+from pricing.warm_start import WarmStart, plan_warm_start
 from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
 from jobs.features import arrival_allowance_ms, declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.scoring import ScoringConfig
 from pricing_udfs.serde import Contract
+
+
+# Arrival mode's Python bundle time. At 5 ms, a job starting on a backlog of requests behind the catch-up gate
+# decoded about 100 requests/s and answered its first request 50-70 s after the start (20 ms: 7 s, as without
+# the gate); the cause lies in PyFlink's bundle handling, not found (README, Latency).
+ARRIVAL_BUNDLE_TIME_MS = 20
 
 
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
@@ -79,15 +89,21 @@ def create_table_env(settings: Settings, *, jobmanager: str | None = None, start
     mode = os.environ.get("_python_worker_execution_mode")
     if jobmanager:
         os.environ["_python_worker_execution_mode"] = "process"
+    flink_conf = _flink_conf(settings, jobmanager=jobmanager, start=start)
+    configuration = Configuration()
+    for key, value in flink_conf.items():
+        configuration.set_string(key, value)
     try:
-        t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+        # A StreamTableEnvironment (not a plain TableEnvironment): the sources need one DataStream step (_unchained).
+        env = StreamExecutionEnvironment.get_execution_environment(configuration)
+        t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     finally:
         if jobmanager and mode is None:
             del os.environ["_python_worker_execution_mode"]
         elif jobmanager:
             os.environ["_python_worker_execution_mode"] = mode
     conf = t_env.get_config()
-    for key, value in _flink_conf(settings, jobmanager=jobmanager, start=start).items():
+    for key, value in flink_conf.items():
         conf.set(key, value)
     return t_env
 
@@ -113,7 +129,7 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
         "python.fn-execution.bundle.time": str(job.python_bundle_time_ms
-                                               or (5 if job.serving_mode == "arrival" else 200)),
+                                               or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
@@ -166,8 +182,16 @@ def _interval(ms: int) -> str:
     return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
 
 
-def _source_ddl(settings: Settings, *, table: str, topic: str) -> str:
+def _source_ddl(settings: Settings, *, table: str, topic: str, from_ms: int | None = None) -> str:
+    """A Kafka source of raw records. It starts as ``[job] startup_mode`` says, or at ``from_ms`` (event time)
+    when given (a warm start); with restored state its offsets come from the checkpoint instead."""
     job = settings.job
+    if from_ms is not None:
+        startup = f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{from_ms}',"
+    elif job.startup_mode == "timestamp":
+        startup = f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{job.startup_timestamp_ms}',"
+    else:
+        startup = f"'scan.startup.mode' = '{job.startup_mode}',"
     bounded = "'scan.bounded.mode' = 'latest-offset'," if job.bounded else ""
     return f"""
 CREATE TEMPORARY TABLE {table} (
@@ -188,7 +212,7 @@ CREATE TEMPORARY TABLE {table} (
   'properties.group.id' = '{_q(job.consumer_group)}',
   'properties.isolation.level' = 'read_committed',
   'properties.auto.offset.reset' = 'earliest',
-  'scan.startup.mode' = '{job.startup_mode}',
+  {startup}
   {bounded}
   'format' = 'raw'
 )"""
@@ -218,22 +242,57 @@ CREATE TEMPORARY TABLE {table} (
 )"""
 
 
-def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
+def _unchained(t_env: TableEnvironment, *, source: str, view: str) -> str:
+    """``source`` behind a task boundary: the Kafka reader runs in a task of its own, not chained to the decoder.
+
+    Flink decides per Kafka partition (split) whether it is idle: no record for ``idle_timeout_ms`` of
+    processing time. Chained operators run in the source's thread, and the time they take counts
+    (Flink 2.2 pauses that clock only while the task is back-pressured): with the Python decoder
+    chained to the reader, a bundle that takes longer than the idle timeout while the reader holds one
+    partition's batch marks the other partitions idle. The source's watermark then runs ahead with the
+    first partition, and the others' records count as late: on a one-day backlog in two partitions,
+    half of the behaviour events (and in some runs half of the requests) were dead-lettered as late
+    instead of the 0.02% really late (``tests/jobs/test_backlog.py``). Behind a boundary the reader task
+    only reads; when the decoder falls behind, the reader is back-pressured and its idle clock stops.
+
+    The record timestamp and the source's watermarks (per split, with idleness) cross the boundary
+    unchanged (one forward channel per subtask), so ``CURRENT_WATERMARK(ts)`` in the decoder is the
+    source's watermark as before.
+    """
+    stream = t_env.to_data_stream(t_env.from_path(source))
+    # HEAD: the conversion operator does not chain to the reader; the decoder chains to it.
+    stream._j_data_stream.getTransformation().setChainingStrategy(
+        get_gateway().jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.HEAD
+    )
+    schema = (Schema.new_builder().column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
+              .watermark("rowtime", "SOURCE_WATERMARK()").build())  # fmt: skip
+    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(stream, schema))
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW {view} AS
+SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_stream
+""")
+    return view
+
+
+def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract, late: bool = True) -> str:
     """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``, so the
     planner shares one Python decode operator between them (if one branch read another source
     column, the planner would split it in two and decode every record twice:
-    ``tests/jobs/test_job_plan.py``)."""
+    ``tests/jobs/test_job_plan.py``). Without ``late`` no record is rejected as late (the decoder gets no
+    watermark)."""
+    watermark = "CURRENT_WATERMARK(`ts`)" if late else "CAST(NULL AS TIMESTAMP_LTZ(3))"
     return f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
 FROM (
-  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
+  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, {watermark}) AS d FROM {source}
 ) AS x
 """
 
 
-def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
-    """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``)."""
+def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = None) -> list[str]:
+    """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``); with ``warm`` the
+    behaviour and market sources start at its ``context_from_ms`` (``pricing.warm_start``)."""
     topics = settings.kafka.topics
     inputs = (
         ("requests", topics.requests.name, Contract.PRICE_REQUEST, "decode_price_request"),
@@ -246,25 +305,41 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings) -> list[str]:
         t_env.create_temporary_system_function(
             decoder, udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=settings.job.max_clock_skew_ms)
         )
-        t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic))
-        t_env.execute_sql(_decoded_view(view=view, source=f"{view}_src", decoder=decoder, contract=contract))
+        from_ms = warm.context_from_ms if warm is not None and contract is not Contract.PRICE_REQUEST else None
+        t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
+        read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
+        # Arrival mode prices a request on arrival, whatever the watermark, so a request is never late there.
+        late = not (contract is Contract.PRICE_REQUEST and settings.job.serving_mode == "arrival")
+        t_env.execute_sql(_decoded_view(view=view, source=read, decoder=decoder, contract=contract, late=late))
     return [view for view, *_ in inputs]
 
 
 def scoring_config(settings: Settings) -> ScoringConfig:
-    """What each Python worker needs to build its scoring stage; the model itself is loaded there."""
-    m = settings.models
+    """What each Python worker needs to build its scoring stage; the model itself is loaded there.
+
+    It includes the Kafka client settings, with a SASL password when one is configured: the anchors are
+    rebuilt from the priced-events topic in each worker (``pricing_udfs.anchors``), so they travel in
+    the pickled UDF."""
+    m, job = settings.models, settings.job
+    lookback = job.anchor_lookback_ms if job.anchor_lookback_ms is not None else 2 * 3_600_000 + job.max_clock_skew_ms
     return ScoringConfig(
         registry_dir=str(registry_dir(settings).absolute()), model_version=m.version,
         watch_interval_s=m.watch_interval_s, device=m.device, policy=settings.policy,
         default_price_minor=settings.job.default_price_minor, currency=settings.job.currency,
+        intra_op_threads=m.intra_op_threads, inter_op_threads=m.inter_op_threads,
+        kafka=settings.kafka.client_config(), priced_topic=settings.kafka.topics.priced.name,
+        anchor_lookback_ms=lookback, anchor_seed_timeout_s=job.anchor_seed_timeout_ms / 1000,
+        anchor_history_hours=job.anchor_history_hours,
+        # only the job's own exactly-once sinks leave transactions that another worker's wait could hold open
+        anchor_seed_grace_s=(job.anchor_seed_grace_ms / 1000 if job.anchor_seed_grace_ms is not None
+                             and job.delivery_guarantee == "exactly-once" else None),
     )  # fmt: skip
 
 
-def build(t_env: TableEnvironment, settings: Settings) -> StatementSet:
+def build(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = None) -> StatementSet:
     """Declare sources, views and sinks on ``t_env``; return the statements to execute as one job."""
     topics = settings.kafka.topics
-    inputs = declare_inputs(t_env, settings)
+    inputs = declare_inputs(t_env, settings, warm)
     t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(scoring_config(settings)))
     t_env.create_temporary_system_function(
         "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes)
@@ -275,7 +350,7 @@ def build(t_env: TableEnvironment, settings: Settings) -> StatementSet:
     allowance = arrival_allowance_ms(max_clock_skew_ms=job.max_clock_skew_ms,
                                      watermark_out_of_orderness_ms=job.watermark_out_of_orderness_ms)
     featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
-                                     mode=job.serving_mode, allowance_ms=allowance)
+                                     mode=job.serving_mode, allowance_ms=allowance, horizon_ms=job.arrival_horizon)
     copies = _first_copies(t_env, requests=featured, window_ms=job.dedupe_window_ms,
                            arrival_allowance_ms=allowance if job.serving_mode == "arrival" else None)
 
@@ -368,12 +443,16 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     """
     start = plan_start(settings)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
+    # Without restored state the behaviour and market inputs start early enough to fill the windows.
+    warm = plan_warm_start(settings) if start.restore_from is None else None
+    if warm is not None:
+        print(f"pricing job: {warm.describe()}", file=sys.stderr, flush=True)
     if jobmanager is None and settings.job.rest_port is None:  # the MiniCluster's REST API on a free port
         settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
     if jobmanager:
         flink_jars(settings.state_dir)  # the job's own jar ships to the cluster: fail here, saying how to fetch it
     t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
-    result = build(t_env, settings).execute()
+    result = build(t_env, settings, warm).execute()
     host, port = _rest_address(settings, jobmanager)
     _REST_URLS[str(result.get_job_client().get_job_id())] = f"http://{host}:{port}"
     if wait:

@@ -1,0 +1,120 @@
+"""Warm start: a job that starts without state on a request topic's later part serves the vectors of one that ran through.
+
+One simulated day goes into the topics. Job A reads everything from the beginning (as a job that had
+run through the day would have); jobs B start without state at the 16th hour of the day
+(``startup_mode = timestamp``) with the default warm start, so their behaviour and market inputs start
+24 h before that. For every request B prices, its served vector must be A's: exactly in event-time
+mode; in arrival mode for every request with no event of its product or user within the arrival
+horizon before it (a job reading a backlog may see those after the request, a live one before), and
+the list price and unit cost for all. Without the warm start (its code reverted, or ``warm_start_ms =
+0``) the windows of B's first requests are empty and both comparisons fail.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs import pricing_job
+from pricing.config import Settings
+from pricing.sim.history import generate_history
+from pricing.sim.scenario import get_scenario
+from pricing.topics import create_topics
+from pricing_udfs import serde
+from pricing_udfs.features import FEATURE_SPEC
+from pricing_udfs.serde import Contract
+from tests.helpers import read_topic
+from tests.jobs.feature_reference import ABS_TOL, REL_TOL, produce_events
+
+pytestmark = pytest.mark.integration
+
+HOUR = 3_600_000
+
+
+def _job(settings: Settings, name: str, **job: object) -> Settings:
+    """``settings`` with its own consumer group and priced/dead-letter topics (the inputs are shared)."""
+    topics = settings.kafka.topics.model_copy(update={
+        "priced": settings.kafka.topics.priced.model_copy(update={"name": f"{settings.kafka.topics.priced.name}-{name}"}),
+        "dead_letters": settings.kafka.topics.dead_letters.model_copy(
+            update={"name": f"{settings.kafka.topics.dead_letters.name}-{name}"}),
+    })  # fmt: skip
+    s = settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topics": topics}),
+        "job": settings.job.model_copy(update={"consumer_group": f"{settings.job.consumer_group}-{name}-{uuid.uuid4().hex[:4]}",
+                                               "bounded": True, **job}),
+    })  # fmt: skip
+    create_topics(s.kafka)
+    return s
+
+
+def _served(settings: Settings) -> pd.DataFrame:
+    rows = {}
+    for msg in read_topic(settings, settings.kafka.topics.priced.name):
+        rec = serde.decode(Contract.PRICED_EVENT, msg.value()).record
+        rows[rec["request_id"]] = rec["features"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=FEATURE_SPEC.names)
+
+
+def _equal(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    """Per request: every feature equal within the parity tests' tolerance."""
+    return ((a - b).abs() <= ABS_TOL + REL_TOL * b.abs()).all(axis=1)
+
+
+def test_a_fresh_job_with_a_warm_start_serves_what_a_job_that_ran_through_serves(kafka_settings: Settings) -> None:
+    create_topics(kafka_settings.kafka)
+    history = generate_history(get_scenario("default").with_overrides(n_products=12, n_users=400, seed=17), days=1)
+    frames = {Contract.MARKET_EVENT: history.market_events, Contract.BEHAVIOUR_EVENT: history.behaviour,
+              Contract.PRICE_REQUEST: history.requests}  # fmt: skip
+    produce_events(kafka_settings, frames)
+    start = int(history.requests["event_time"].min())
+    middle = start // HOUR * HOUR + 16 * HOUR
+
+    ran_through = _job(kafka_settings, "a", serving_mode="event-time", startup_mode="earliest-offset", warm_start_ms=0)
+    pricing_job.run(ran_through, wait=True)
+    expected = _served(ran_through)
+    late_requests = set(history.requests["request_id"]) - set(expected.index)  # dead-lettered as late, if any
+
+    warm = _job(kafka_settings, "b", serving_mode="event-time", startup_mode="timestamp", startup_timestamp_ms=middle)
+    pricing_job.run(warm, wait=True)
+    served = _served(warm)
+    later = history.requests.loc[history.requests["event_time"] >= middle, "request_id"]
+    assert set(served.index) == set(later) - late_requests, "the warm job prices exactly the requests from its start on"
+    same = _equal(served, expected.loc[served.index])
+    print(f"\nwarm start, event time: {len(served):,} requests from hour 16, {int(same.sum()):,} with the ran-through vector")
+    assert same.all(), served.loc[~same].head(3).compare(expected.loc[served.loc[~same].head(3).index])
+
+    arrival = _job(kafka_settings, "c", serving_mode="arrival", startup_mode="timestamp", startup_timestamp_ms=middle)
+    pricing_job.run(arrival, wait=True)
+    served = _served(arrival)
+    assert set(later) - set(served.index) <= late_requests
+    horizon = arrival.job.arrival_horizon
+    quiet = _quiet(history, served.index, horizon)
+    same = _equal(served, expected.loc[served.index])
+    money = ["list_price_minor", "unit_cost_minor"]
+    print(f"warm start, arrival: {len(served):,} requests, {int(quiet.sum()):,} without an event of their product or "
+          f"user in the {horizon / 1000:g} s before them, of those {int(same[quiet].sum()):,} with the ran-through vector; "
+          f"{int(same.sum()):,} of all")  # fmt: skip
+    assert quiet.mean() > 0.5
+    assert same[quiet].all(), served.loc[quiet & ~same].head(3).compare(expected.loc[served.loc[quiet & ~same].head(3).index])
+    assert (served[money] == expected.loc[served.index, money]).all().all()
+
+
+def _quiet(history, request_ids: pd.Index, horizon_ms: int) -> pd.Series:  # noqa: ANN001 - a History
+    """Per request: no behaviour or market event of its product, nor behaviour of its user, within ``horizon_ms``
+    before it (a backlog's arrival order may apply those after the request)."""
+    requests = history.requests.set_index("request_id").loc[request_ids]
+    events = pd.concat([history.behaviour[["product_id", "user_id", "event_time"]],
+                        history.market_events[["product_id", "event_time"]].assign(user_id=None)])  # fmt: skip
+    by_product = {p: np.sort(g["event_time"].to_numpy()) for p, g in events.groupby("product_id")}
+    by_user = {u: np.sort(g["event_time"].to_numpy()) for u, g in history.behaviour.groupby("user_id")}
+
+    def recent(times: np.ndarray | None, t: int) -> bool:
+        if times is None:
+            return False
+        return np.searchsorted(times, t, side="right") > np.searchsorted(times, t - horizon_ms, side="right")
+
+    return pd.Series([not (recent(by_product.get(r.product_id), r.event_time) or recent(by_user.get(r.user_id), r.event_time))
+                      for r in requests.itertuples()], index=request_ids)  # fmt: skip
