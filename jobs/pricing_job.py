@@ -184,9 +184,11 @@ def _interval(ms: int) -> str:
 
 def _source_ddl(settings: Settings, *, table: str, topic: str, from_ms: int | None = None) -> str:
     """A Kafka source of raw records. It starts as ``[job] startup_mode`` says, or at ``from_ms`` (event time)
-    when given (a warm start); with restored state its offsets come from the checkpoint instead."""
+    when given (a warm start; 0: the earliest record); with restored state its offsets come from the checkpoint."""
     job = settings.job
-    if from_ms is not None:
+    if from_ms == 0:
+        startup = "'scan.startup.mode' = 'earliest-offset',"
+    elif from_ms is not None:
         startup = f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{from_ms}',"
     elif job.startup_mode == "timestamp":
         startup = f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{job.startup_timestamp_ms}',"
@@ -274,25 +276,24 @@ SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_st
     return view
 
 
-def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract, late: bool = True) -> str:
+def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
     """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``, so the
     planner shares one Python decode operator between them (if one branch read another source
-    column, the planner would split it in two and decode every record twice:
-    ``tests/jobs/test_job_plan.py``). Without ``late`` no record is rejected as late (the decoder gets no
-    watermark)."""
-    watermark = "CURRENT_WATERMARK(`ts`)" if late else "CAST(NULL AS TIMESTAMP_LTZ(3))"
+    column, or the call differed, the planner would split it in two and decode every record twice:
+    ``tests/jobs/test_job_plan.py``)."""
     return f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
 FROM (
-  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, {watermark}) AS d FROM {source}
+  SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
 ) AS x
 """
 
 
 def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = None) -> list[str]:
     """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``); with ``warm`` the
-    behaviour and market sources start at its ``context_from_ms`` (``pricing.warm_start``)."""
+    behaviour source starts at its ``context_from_ms`` and the market source at its ``market_from_ms``
+    (``pricing.warm_start``)."""
     topics = settings.kafka.topics
     inputs = (
         ("requests", topics.requests.name, Contract.PRICE_REQUEST, "decode_price_request"),
@@ -302,15 +303,16 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
     for view, topic, contract, decoder in inputs:
         # Requests keep their bytes: a duplicate is dead-lettered after decoding (see _first_copies).
         keep_raw = contract is Contract.PRICE_REQUEST
-        t_env.create_temporary_system_function(
-            decoder, udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=settings.job.max_clock_skew_ms)
-        )
-        from_ms = warm.context_from_ms if warm is not None and contract is not Contract.PRICE_REQUEST else None
-        t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
-        read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
         # Arrival mode prices a request on arrival, whatever the watermark, so a request is never late there.
         late = not (contract is Contract.PRICE_REQUEST and settings.job.serving_mode == "arrival")
-        t_env.execute_sql(_decoded_view(view=view, source=read, decoder=decoder, contract=contract, late=late))
+        t_env.create_temporary_system_function(decoder, udfs.decoder(
+            contract, keep_raw=keep_raw, max_clock_skew_ms=settings.job.max_clock_skew_ms, late=late))
+        from_ms = None
+        if warm is not None and contract is not Contract.PRICE_REQUEST:
+            from_ms = warm.market_from_ms if contract is Contract.MARKET_EVENT else warm.context_from_ms
+        t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
+        read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
+        t_env.execute_sql(_decoded_view(view=view, source=read, decoder=decoder, contract=contract))
     return [view for view, *_ in inputs]
 
 

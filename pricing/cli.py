@@ -124,9 +124,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="Kafka, a first model, the job and a closed-loop market simulation; a summary; stop")
     demo.add_argument("--duration", type=float, default=90.0, help="seconds of simulated traffic (default 90)")
-    demo.add_argument("--rate", type=float, default=5.0,
-                      help="simulated events per second (default 5: about the traffic of the week the first model is "
-                      "trained on; much denser traffic gives windows the model never saw)")  # fmt: skip
+    demo.add_argument("--rate", type=float, default=None,
+                      help="simulated events per second, as copies of the same market side by side, each at the "
+                      "market's own intensity (default: one copy, about 2 events/s; the copies beyond the first have no "
+                      "history in the topics, so their first requests see cold windows)")  # fmt: skip
     demo.add_argument("--port", type=int, default=None, help="broker port (default from settings: 9092)")
     demo.set_defaults(func=_demo)
 

@@ -139,6 +139,13 @@ class JobSettings(_Section):
         "the requests' starting point, so the first request sees the windows a job that had run through would hold "
         "(the longest window is 24 h; those topics must retain at least this much). 0: they start like the requests",
     )
+    warm_start_market_ms: int | None = Field(
+        default=None, ge=0, lt=99 * 86_400_000,
+        description="on a start without state, read the market topic from this much event time before the requests' "
+        "starting point (never less than warm_start_ms). None (default): from its earliest retained record, because "
+        "list prices, costs, stock and promotions are latest values that a product may have published long ago; the "
+        "market topic must retain every value still in force (README, Warm start)",
+    )
     arrival_horizon_ms: int | None = Field(
         default=None, ge=0, lt=99 * 86_400_000,
         description="arrival mode: a request waits until every input that is not idle has been read up to its event "

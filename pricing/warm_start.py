@@ -3,10 +3,12 @@
 A job that starts without state (no checkpoint or savepoint: a first deploy, ``--fresh``, a release
 that changes the feature plan) would otherwise price its first requests with empty windows: no
 views in the last hour, no purchases in the last day, no list price for a product whose price was
-set yesterday. With a warm start the behaviour and market inputs start ``[job] warm_start_ms``
-(default 24 h, the longest window) of event time before the first request the job will read, so the
-first request is priced with the windows a job that had run through would hold (``jobs.features``;
-all-history values, such as a user's mean paid ratio, then cover that much history only).
+set last week. With a warm start the behaviour input starts ``[job] warm_start_ms`` (default 24 h, the
+longest window) of event time before the first request the job will read, and the market input
+from its earliest retained record (or ``[job] warm_start_market_ms`` back: list prices, costs, stock
+and promotions are latest values, published when they change, possibly weeks ago), so the first request is priced with the windows and the latest
+values a job that had run through would hold (``jobs.features``). The all-history values of a user
+(mean paid ratio, time since the last purchase, new user) then cover the warm start's history only.
 
 Where the requests start is the configuration's (``[job] startup_mode``):
 
@@ -17,9 +19,11 @@ Where the requests start is the configuration's (``[job] startup_mode``):
 * ``latest-offset``: now;
 * ``timestamp``: ``startup_timestamp_ms``.
 
-The warm start reads from the earliest of those, minus ``warm_start_ms``. The behaviour and market
-topics must retain at least ``warm_start_ms`` plus the longest outage the job should recover from
-(README, "Warm start"); what they no longer hold is simply not there (the windows then start later).
+The warm start reads from the earliest of those, minus ``warm_start_ms`` (behaviour) or
+the earliest retained market record. The behaviour topic must retain at least ``warm_start_ms`` and
+the market topic every product's last value of each kind still in force, plus the longest outage the
+job should recover from (README, "Warm start"); what they no longer hold is
+simply not there (the windows then start later, a product without a known list price gets the fallback).
 
 Guarantee: the computed start is a lower bound of every request's window start, so no context event
 a request's windows need is skipped (unless retention deleted it). With a checkpoint or savepoint
@@ -47,11 +51,14 @@ class WarmStart:
 
     requests_from_ms: int
     context_from_ms: int
+    market_from_ms: int
 
     def describe(self) -> str:
-        return (f"warm start: behaviour and market events from {_iso(self.context_from_ms)}, "
-                f"{(self.requests_from_ms - self.context_from_ms) / 3_600_000:g} h before the first request to read "
-                f"({_iso(self.requests_from_ms)})")  # fmt: skip
+        market = ("their earliest retained record" if self.market_from_ms == 0 else
+                  f"{_iso(self.market_from_ms)} ({(self.requests_from_ms - self.market_from_ms) / 3_600_000:g} h)")
+        return (f"warm start: behaviour events from {_iso(self.context_from_ms)} "
+                f"({(self.requests_from_ms - self.context_from_ms) / 3_600_000:g} h before the first request to read, "
+                f"{_iso(self.requests_from_ms)}), market events from {market}")  # fmt: skip
 
 
 def plan_warm_start(
@@ -63,7 +70,9 @@ def plan_warm_start(
         return None
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     first = requests_start_ms(settings, now_ms=now, consumer_factory=consumer_factory)
-    return WarmStart(requests_from_ms=first, context_from_ms=max(first - job.warm_start_ms, 0))
+    market_from = 0 if job.warm_start_market_ms is None else first - max(job.warm_start_ms, job.warm_start_market_ms)
+    return WarmStart(requests_from_ms=first, context_from_ms=max(first - job.warm_start_ms, 0),
+                     market_from_ms=max(market_from, 0))
 
 
 def requests_start_ms(

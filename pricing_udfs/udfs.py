@@ -160,10 +160,11 @@ def _epoch_millis(timestamps: pd.Series, *, missing: int | None = None) -> np.nd
 
 
 class _Decode(ScalarFunction):
-    def __init__(self, contract: Contract, keep_raw: bool, max_clock_skew_ms: int | None) -> None:
+    def __init__(self, contract: Contract, keep_raw: bool, max_clock_skew_ms: int | None, late: bool) -> None:
         self._contract = contract
         self._keep_raw = keep_raw
         self._max_clock_skew_ms = max_clock_skew_ms
+        self._check_late = late
         self._late: Any = None
         self._rejected: Any = None
 
@@ -183,7 +184,7 @@ class _Decode(ScalarFunction):
     ) -> pd.DataFrame:
         out = decode_batch(
             self._contract, values, topics=topics, partitions=partitions, offsets=offsets,
-            timestamps=timestamps, watermarks=watermarks, keep_raw=self._keep_raw,
+            timestamps=timestamps, watermarks=watermarks if self._check_late else None, keep_raw=self._keep_raw,
             max_clock_skew_ms=self._max_clock_skew_ms,
         )
         if self._late is not None:
@@ -192,12 +193,14 @@ class _Decode(ScalarFunction):
         return out
 
 
-def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None) -> Any:
+def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None, late: bool = True) -> Any:
     """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``.
 
     ``keep_raw`` keeps the bytes of good rows too (price requests: a later duplicate check may dead-letter them).
+    Without ``late`` the watermark is ignored: no record is rejected as late.
     """
-    return udf(_Decode(contract, keep_raw, max_clock_skew_ms), result_type=decoded_type(contract), func_type="pandas")
+    return udf(_Decode(contract, keep_raw, max_clock_skew_ms, late), result_type=decoded_type(contract),
+               func_type="pandas")
 
 
 # The pricing UDF's arguments, in order, before the feature array: the job builds its SQL call from this.

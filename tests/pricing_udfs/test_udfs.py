@@ -105,6 +105,17 @@ def test_late_rows_are_rejected_with_their_bytes() -> None:
     assert "not after the watermark (it is 4000 ms behind)" in out.loc[1, "error_message"]
 
 
+@pytest.mark.parametrize("late", [True, False])
+def test_a_decoder_without_the_late_check_ignores_the_watermark(late: bool) -> None:
+    """Arrival mode's request decoder: the SQL call is the same in both modes (one shared Python operator),
+    the function itself drops the watermark."""
+    function = udfs.decoder(Contract.PRICE_REQUEST, late=late)._func
+    out = function.eval(pd.Series([_request(0, ts=T - 5_000)], dtype=object), pd.Series(["req"]), pd.Series([0]),
+                        pd.Series([7]), pd.Series(pd.to_datetime([T - 5_000], unit="ms", utc=True)),
+                        pd.Series(pd.to_datetime([T], unit="ms", utc=True)))  # fmt: skip
+    assert out["ok"].tolist() == [not late]
+
+
 def test_a_dead_letter_carries_a_capped_prefix_with_the_whole_size_and_digest() -> None:
     import hashlib
 
