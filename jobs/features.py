@@ -377,7 +377,7 @@ def _gated_views(horizon_ms: int, context_horizon_ms: int) -> dict[str, str]:
     return {
         # record_ts is not used after the gate: reading the decoded views' ts here makes the priced branch read
         # what the dead-letter branch reads, so both share one Python decoder (tests/jobs/test_job_plan.py).
-        "gate_input": f"SELECT {columns}, CAST(ts AS TIMESTAMP_LTZ(3)) AS record_ts FROM feature_events",
+        "gate_input": f"SELECT {columns} FROM feature_events",
         "gated_events": f"""
 SELECT {", ".join(c if c != "event_time" else "TO_TIMESTAMP_LTZ(event_time, 3) AS ts, event_time" for c in _EVENT_COLUMNS)}
 FROM arrival_gate(input => TABLE gate_input PARTITION BY product_id, horizon_ms => CAST({horizon_ms} AS BIGINT),

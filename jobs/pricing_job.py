@@ -365,10 +365,14 @@ SELECT CAST(request_id AS BYTES), price_and_encode({arguments})
 FROM {copies} WHERE repeats = 0
 """
     )
-    letter = "SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts"
+    # The record time as the priced branch reads it: the rowtime in event-time mode, the decoder's record_time in
+    # arrival mode (whose stages order by arrival). Reading another column would split the shared Python decoder.
+    record = "ts" if job.serving_mode == "event-time" else "record_time"
+    letter = f"SELECT source_topic, source_partition, source_offset, raw_value, error_kind, error_message, {record}"
     rejected = "\n  UNION ALL\n  ".join([*(f"{letter} FROM {view} WHERE NOT ok" for view in inputs), f"""{letter}
   FROM (SELECT request_topic AS source_topic, request_partition AS source_partition,
-      request_offset AS source_offset, request_bytes AS raw_value, ts,
+      request_offset AS source_offset, request_bytes AS raw_value,
+      {"ts" if record == "ts" else "event_time AS record_time"},  -- equal: the decoder enforces it
       -- (a constant here, even cast to STRING, reached the Python encoder cut to its first
       -- character in Flink 2.2; an expression over a column is not folded into one)
       IF(repeats > 0, '{serde.ErrorKind.DUPLICATE.value}', request_id) AS error_kind,
@@ -380,7 +384,7 @@ FROM {copies} WHERE repeats = 0
         f"""
 INSERT INTO dead_letter_sink
 SELECT CAST(source_topic AS BYTES),
-  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, ts)
+  encode_dead_letter(source_topic, source_partition, source_offset, raw_value, error_kind, error_message, {record})
 FROM (
   {rejected}
 )

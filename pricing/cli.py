@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="simulated events per second, as copies of the same market side by side, each at the "
                       "market's own intensity (default: one copy, about 2 events/s; the copies beyond the first have no "
                       "history in the topics, so their first requests see cold windows)")  # fmt: skip
+    demo.add_argument("--intensity", type=float, default=1.0,
+                      help="multiply every live shopper's session rate: a quieter (0.1) or busier (10) market per shopper "
+                      "and product than the week the model learned from (default 1)")  # fmt: skip
     demo.add_argument("--port", type=int, default=None, help="broker port (default from settings: 9092)")
     demo.set_defaults(func=_demo)
 
@@ -265,7 +268,9 @@ def _schemas_freeze(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.demo import run_demo
 
-    return run_demo(settings, duration_s=args.duration, rate=args.rate, port=args.port)
+    if args.intensity <= 0:
+        raise SystemExit("pricing demo: --intensity must be positive")
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, port=args.port, intensity=args.intensity)
 
 
 if __name__ == "__main__":

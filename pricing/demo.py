@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,7 +79,26 @@ def ensure_model(settings: Settings, history: History, *, scenario: str = DEMO_S
     return manifest.version
 
 
-def run_demo(settings: Settings, *, duration_s: float, rate: float | None, port: int | None) -> int:
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What one demo run measured (``benchmarks/online_profit.py`` repeats it)."""
+
+    exit_code: int
+    report: LiveReport
+    counters: dict[str, int]
+    model_version: str
+
+
+def run_demo(settings: Settings, *, duration_s: float, rate: float | None, port: int | None, intensity: float = 1.0,
+             seed: int | None = None) -> int:
+    """``pricing demo``: the steps of the module docstring; 0 when the run passed (see there)."""
+    return demo_once(settings, duration_s=duration_s, rate=rate, port=port, intensity=intensity, seed=seed).exit_code
+
+
+def demo_once(settings: Settings, *, duration_s: float, rate: float | None, port: int | None, intensity: float = 1.0,
+              seed: int | None = None) -> DemoOutcome:
+    """One demo run; ``intensity`` multiplies the live shoppers' session rates (1: the history's market), ``seed``
+    the live simulator's randomness (None: the scenario's)."""
     from jobs.pricing_job import run, wait_until_running
     from pricing.broker import LocalBroker, free_port
     from pricing.sim.history import generate_history, history_ending_at
@@ -118,10 +138,13 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float | None, port:
         metrics_url = f"http://127.0.0.1:{job.metrics_port.split('-')[0]}/metrics"
         _say(f"    Prometheus metrics: {metrics_url}")
         sim = LiveSimulator(scenario, kafka_config=kafka.client_config(), topics=LiveTopics.of(kafka.topics),
-                            rate=rate, duration_s=duration_s, answer_timeout_s=60.0, start_state=history.end_state,
-                            progress=sys.stderr)  # fmt: skip
+                            rate=rate, intensity=intensity, duration_s=duration_s, answer_timeout_s=60.0,
+                            start_state=history.end_state, seed=seed, progress=sys.stderr)  # fmt: skip
         _say(f"5/6 closed-loop market for {duration_s:.0f} s: {sim.plan.describe(int(time.time() * 1000))} "
              "(plus 2 malformed records)")  # fmt: skip
+        if sim.plan.copies > 1:  # their initial market goes in first, and the job reads it before any shopper comes
+            _say(f"    the other copies' initial market: {sim.publish_snapshot():,} records")
+            _wait_for_catch_up(settings)
         _malformed(settings)
         report = sim.run()
         _say("6/6 summary")
@@ -132,7 +155,8 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float | None, port:
         # Fallbacks with a reason the engine should not have (the trust region's fallback is a decision, not one).
         unexplained = sum(n for name, n in counters.items() if name.startswith("fallback_"))
         ok = report.answered == report.requests and report.unanswered == 0 and counters.get("rejected", 0) >= 2
-        return 0 if ok and counters.get("requests_priced", 0) > 0 and unexplained == 0 else 1
+        code = 0 if ok and counters.get("requests_priced", 0) > 0 and unexplained == 0 else 1
+        return DemoOutcome(exit_code=code, report=report, counters=counters, model_version=version)
     finally:
         if result is not None:
             _say("    stopping the job and Kafka")
@@ -147,7 +171,7 @@ def run_demo(settings: Settings, *, duration_s: float, rate: float | None, port:
 
 def _wait_for_catch_up(settings: Settings) -> None:
     """Until the job's consumer group has committed (at a checkpoint) the end offsets the behaviour and market
-    topics had when it started: it has then read the warm start's history. Progress on stderr."""
+    topics have now: it has then read the history in them. Progress on stderr."""
     topics = [settings.kafka.topics.behaviour.name, settings.kafka.topics.market.name]
     consumer = Consumer(settings.kafka.client_config() | {"group.id": settings.job.consumer_group,
                                                           "enable.auto.commit": False, "log_level": 2})  # fmt: skip
@@ -161,13 +185,13 @@ def _wait_for_catch_up(settings: Settings) -> None:
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
             behind = sum(max(end - max(committed[k], 0), 0) for k, end in ends.items())
             if behind == 0:
-                _say(f"    warm start: read the behaviour and market history in {time.monotonic() - start:.0f} s")
+                _say(f"    the job has read the behaviour and market records in {time.monotonic() - start:.0f} s")
                 return
             if time.monotonic() > deadline:
-                _say(f"    warm start: still {behind:,} records behind after {CATCH_UP_TIMEOUT_S:.0f} s; going on")
+                _say(f"    catching up: still {behind:,} records behind after {CATCH_UP_TIMEOUT_S:.0f} s; going on")
                 return
             if tty or time.monotonic() >= next_line:
-                note = f"    warm start: {behind:,} behaviour and market records to read ..."
+                note = f"    catching up: {behind:,} behaviour and market records to read ..."
                 print(f"\r{note}" if tty else note, end="" if tty else "\n", file=sys.stderr, flush=True)
                 next_line = time.monotonic() + 10.0
             time.sleep(1.0)

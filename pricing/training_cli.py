@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     train.add_argument("--promote", action="store_true", help="make the new version latest")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping)")
+    train.add_argument("--threads", type=int, default=0, metavar="N",
+                       help="TensorFlow's intra- and inter-op threads (0: its default, one per core); 1 makes a run "
+                       "repeatable on one machine, whatever else runs beside it")  # fmt: skip
     train.add_argument("--scenario", default=None, metavar="NAME",
                        help="the simulator scenario the data came from: the evaluation report then compares the "
                        "model's price sensitivity and demand curves with the simulator's truth")
@@ -97,6 +100,12 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         from pricing.sim.scenario import get_scenario
 
         get_scenario(args.scenario)  # an unknown name fails before training
+    if args.threads < 0:
+        raise SystemExit("pricing train: --threads must be 0 or more")
+    if args.threads:
+        from pricing_udfs.model.serving import configure_threads
+
+        configure_threads(args.threads, args.threads)
     with tempfile.TemporaryDirectory(prefix="pricing-train-") as scratch:  # the registry keeps its own copy
         trained = train(args.data, seed=args.seed, epochs=args.epochs, out_dir=Path(scratch) / "model")
         report = _write_report(args, trained)  # inside the model folder, so the version holds it (immutable)

@@ -40,6 +40,9 @@ _STATUS = [
     DataTypes.FIELD("source_partition", DataTypes.INT()),
     DataTypes.FIELD("source_offset", DataTypes.BIGINT()),
     DataTypes.FIELD("raw_value", DataTypes.BYTES()),
+    # The Kafka record timestamp (epoch ms): a dead letter's record_time without reading the source's
+    # rowtime column, which arrival mode's priced branch does not read (one shared decoder, see jobs.pricing_job).
+    DataTypes.FIELD("record_time", DataTypes.BIGINT()),
 ]
 # Avro type -> Flink type of a decoded column (timestamps arrive as epoch millis).
 _FLINK_TYPES = {"string": DataTypes.STRING, "long": DataTypes.BIGINT, "int": DataTypes.INT,
@@ -137,6 +140,7 @@ def decode_batch(
     out["source_offset"] = pd.Series(offsets.to_numpy(dtype=object), dtype=object)
     raw = values.to_numpy(dtype=object)
     out["raw_value"] = pd.Series(raw if keep_raw else np.where(ok, None, raw), dtype=object)
+    out["record_time"] = ts_ms
     for n in names:
         out[n] = pd.Series(cols[n], dtype=object)  # object keeps nulls as None for Arrow
     return out
@@ -349,7 +353,9 @@ class _EncodeDeadLetter(ScalarFunction):
         record_time: pd.Series,
     ) -> pd.Series:
         return encode_dead_letters(
-            topic, partition, offset, raw, kind, message, _epoch_millis(record_time),
+            topic, partition, offset, raw, kind, message,
+            # epoch ms (a decoder's record_time) or the rowtime itself (event-time mode)
+            record_time.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(record_time) else _epoch_millis(record_time),
             max_raw_bytes=self._max_raw_bytes, now_ms=int(time.time() * 1000),
         )
 

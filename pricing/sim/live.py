@@ -506,6 +506,7 @@ class LiveSimulator:
         self._seq = 0
         self._in_window = False
         self._window_start = 0.0
+        self._snapshot_sent = False
         self._t = _Totals()
 
     # ---------------------------------------------------------------- public
@@ -520,15 +521,36 @@ class LiveSimulator:
         """End the window at the next tick (the run still drains and reports)."""
         self._stop = True
 
+    def publish_snapshot(self, *, flush_timeout_s: float = 120.0) -> int:
+        """Produce the market snapshot now and wait until Kafka has it; returns how many records it held.
+
+        ``run()`` then starts the traffic at once. A caller that wants the engine to have read a large
+        snapshot (many copies of the market) before the first shopper arrives calls this first and waits
+        for the engine (as ``pricing demo`` does): in arrival mode a request is not held back for market
+        events stamped only seconds before it, and a snapshot of 200,000 records takes longer to read."""
+        if self._snapshot_sent:
+            return self._t.snapshot
+        self._connect()
+        self._check_start_state(self._wall_ms())
+        self._snapshot()
+        left = self._producer.flush(flush_timeout_s)  # type: ignore[union-attr]
+        if left:
+            raise LiveError(f"{left} snapshot records not delivered within {flush_timeout_s:g} s")
+        return self._t.snapshot
+
+    def _check_start_state(self, now_ms: int) -> None:
+        if self.start_state is not None and now_ms < self.start_state.time_ms:
+            raise LiveError(f"the start state is of {self.start_state.time_ms} ms, later than the clock ({now_ms} ms): "
+                            "a live run continues a history that ended before it")  # fmt: skip
+
     def run(self) -> LiveReport:
-        """Connect, produce the market snapshot, run the traffic for ``duration_s``, drain, and report."""
+        """Connect, produce the market snapshot (unless ``publish_snapshot`` did), run the traffic for
+        ``duration_s``, drain, and report."""
         interrupted = False
         try:
             self._connect()
             now_ms = self._wall_ms()
-            if self.start_state is not None and now_ms < self.start_state.time_ms:
-                raise LiveError(f"the start state is of {self.start_state.time_ms} ms, later than the clock ({now_ms} ms): "
-                                "a live run continues a history that ended before it")  # fmt: skip
+            self._check_start_state(now_ms)
             self._announce(now_ms)
             self._snapshot()
             window_start = self._window_start = self._clock()
@@ -676,6 +698,9 @@ class LiveSimulator:
 
     def _snapshot(self) -> None:
         """The initial state of the copies whose state the topics do not hold yet (all of them without a start state)."""
+        if self._snapshot_sent:
+            return
+        self._snapshot_sent = True
         now = self._wall_ms()
         first = 1 if self.start_state is not None else 0
         for j, kind, comp, value in self._state.snapshot(range(first * self._state.n, self._state.n_slots)):

@@ -150,7 +150,8 @@ def simulated_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     steps = [
         ["simulate", "history", "--days", "2", "--out", str(root / "history")],
         ["backfill", "--history", str(root / "history"), "--out", str(root / "rows")],
-        ["train", "--data", str(root / "rows"), "--registry", str(root / "registry"), "--promote"],
+        # one thread: the same model however busy the machine is (TF's op determinism holds per thread layout)
+        ["train", "--data", str(root / "rows"), "--registry", str(root / "registry"), "--promote", "--threads", "1"],
     ]
     for step in steps:
         subprocess.run([sys.executable, "-m", "pricing.cli", *step], check=True, env=env, stdout=subprocess.DEVNULL,

@@ -120,6 +120,23 @@ def test_a_live_run_continues_the_history_without_a_snapshot_burst(scenario: Sce
     assert len(set(copy0["user_id"]) & set(history.requests["user_id"])) > 0.5 * copy0["user_id"].nunique()
 
 
+def test_a_snapshot_published_first_goes_out_once_before_any_traffic(scenario: Scenario, history: History) -> None:
+    """``pricing demo --rate``: the other copies' initial market is produced (and read by the job) first."""
+    clock = FakeClock(NOW)
+    cluster = FakeCluster(clock=clock)
+    sim = simulator(scenario, cluster, clock, closed_loop=False, copies=2, duration_s=60, tick_s=1.0,
+                    start_state=history.end_state)  # fmt: skip
+    n = sim.publish_snapshot()
+    assert n == len(sim._state.snapshot(range(scenario.n_products, 2 * scenario.n_products))) > 0
+    assert len(cluster.records(TOPICS.market)) == n and not cluster.records(TOPICS.requests)
+    assert sim.publish_snapshot() == n  # idempotent
+    report = sim.run()
+    assert report.snapshot_events == n
+    market = pd.DataFrame(cluster.records(TOPICS.market))
+    assert len(market) - n < 0.2 * n  # a minute of changes, no second snapshot
+    assert market.iloc[:n]["product_id"].str.endswith("-c1").all() and len(cluster.records(TOPICS.requests)) > 0
+
+
 def test_a_live_run_cannot_start_before_the_history_ends(scenario: Scenario, history: History) -> None:
     clock = FakeClock(history.end_ms - 60_000)
     sim = simulator(scenario, FakeCluster(clock=clock), clock, closed_loop=False, start_state=history.end_state)
