@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Configuration
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 from pyflink.table import EnvironmentSettings, Schema, StatementSet, StreamTableEnvironment, TableEnvironment, TableResult
 
@@ -79,6 +79,12 @@ from pricing_udfs.serde import Contract
 # decoded about 100 requests/s and answered its first request 50-70 s after the start (20 ms: 7 s, as without
 # the gate); the cause lies in PyFlink's bundle handling, not found (README, Latency).
 ARRIVAL_BUNDLE_TIME_MS = 20
+
+
+def python_bundle_time_ms(settings: Settings) -> int:
+    """How long a Python stage may hold a row back at low load: ``python_bundle_time_ms`` or the mode's default."""
+    job = settings.job
+    return job.python_bundle_time_ms or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)
 
 
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
@@ -128,8 +134,7 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "python.executable": job.python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
-        "python.fn-execution.bundle.time": str(job.python_bundle_time_ms
-                                               or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)),
+        "python.fn-execution.bundle.time": str(python_bundle_time_ms(settings)),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
@@ -261,19 +266,51 @@ def _unchained(t_env: TableEnvironment, *, source: str, view: str) -> str:
     unchanged (one forward channel per subtask), so ``CURRENT_WATERMARK(ts)`` in the decoder is the
     source's watermark as before.
     """
-    stream = t_env.to_data_stream(t_env.from_path(source))
+    jvm = get_gateway().jvm
+    j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
     # HEAD: the conversion operator does not chain to the reader; the decoder chains to it.
-    stream._j_data_stream.getTransformation().setChainingStrategy(
-        get_gateway().jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.HEAD
-    )
-    schema = (Schema.new_builder().column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
-              .watermark("rowtime", "SOURCE_WATERMARK()").build())  # fmt: skip
-    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(stream, schema))
+    j_stream.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.HEAD)
+    # The decoder must never see an idle status (pricing.watermarks; _idle_after_silence derives it after the decoder).
+    stripped = j_stream.transform("strip idleness before the decoder", j_stream.getType(),
+                                  jvm.pricing.watermarks.StripIdleness())  # fmt: skip
+    stripped.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
+    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(DataStream(stripped), _ROWTIME))
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_stream
 """)
     return view
+
+
+# A table over a DataStream whose record timestamps and watermarks become the ``rowtime`` attribute.
+_ROWTIME = (Schema.new_builder().column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
+            .watermark("rowtime", "SOURCE_WATERMARK()").build())  # fmt: skip
+
+
+def _idle_after_silence(t_env: TableEnvironment, settings: Settings, *, source: str, view: str, columns: list[str]) -> None:
+    """``view``: the decoded ``source`` behind ``pricing.watermarks.IdleAfterSilence``, which marks the stream idle
+    after ``idle_timeout_ms`` plus the Python bundle time without input.
+
+    PyFlink's Python operators hold a watermark back until their bundle is finished but pass an idle status
+    on at once, and Flink drops a watermark emitted while the output is idle: an input that went idle while
+    its decoder held its last watermark lost that watermark, and the catch-up gate (or the event-time
+    windows) waited for the input's next record, on a quiet topic for ever
+    (``tests/jobs/test_arrival_mode.py``). So the decoders never see a status (``_unchained`` strips it)
+    and the status is derived here, after the watermarks have come out in order. Without an idle timeout
+    (0) no input is ever idle and the view is the decoded one.
+    """
+    job = settings.job
+    if job.idle_timeout_ms == 0:
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT * FROM {source}")
+        return
+    jvm = get_gateway().jvm
+    j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
+    silence_ms = job.idle_timeout_ms + python_bundle_time_ms(settings)
+    marked = j_stream.transform("idle after silence", j_stream.getType(), jvm.pricing.watermarks.IdleAfterSilence(silence_ms))
+    marked.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
+    t_env.create_temporary_view(f"{view}_marked", t_env.from_data_stream(DataStream(marked), _ROWTIME))
+    others = ", ".join(f"`{c}`" for c in columns if c != "ts")
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT `rowtime` AS `ts`, {others} FROM {view}_marked")
 
 
 def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
@@ -312,7 +349,9 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
             from_ms = warm.market_from_ms if contract is Contract.MARKET_EVENT else warm.context_from_ms
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
         read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
-        t_env.execute_sql(_decoded_view(view=view, source=read, decoder=decoder, contract=contract))
+        t_env.execute_sql(_decoded_view(view=f"{view}_decoded", source=read, decoder=decoder, contract=contract))
+        _idle_after_silence(t_env, settings, source=f"{view}_decoded", view=view,
+                            columns=["ts", *udfs.decoded_field_names(contract)])  # fmt: skip
     return [view for view, *_ in inputs]
 
 

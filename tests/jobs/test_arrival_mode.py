@@ -219,3 +219,44 @@ def test_quiet_inputs_hold_no_answer_back(kafka_settings: Settings) -> None:
     assert p50 <= (CHECKPOINT_MS + 250) / 1000
     assert p99 <= (2 * CHECKPOINT_MS + 250) / 1000 < settings.job.idle_timeout_ms / 1000
     assert quiet[-1] < settings.job.idle_timeout_ms / 1000
+
+
+def test_an_input_turning_idle_while_its_decoder_holds_a_watermark_holds_no_request_back(
+    kafka_settings: Settings,
+) -> None:
+    """PyFlink's Python operators hold a watermark back until the current bundle is finished but pass an
+    idle status on at once; Flink drops a watermark emitted while the output is idle. With a bundle time
+    longer than the idle timeout, every input's last watermark was lost that way, the catch-up gate never
+    saw one, and the requests waited for the next event forever. The job keeps the idle status away from
+    the decoders and derives it after them (``jobs.pricing_job._decoded``)."""
+    settings = _arrival_settings(
+        kafka_settings, delivery_guarantee="at-least-once", python_bundle_time_ms=20_000, idle_timeout_ms=1_000,
+        checkpoint_interval_ms=600_000,  # a checkpoint also finishes the bundles: none during the test
+    )
+    producer = Producer(settings.kafka.client_config() | {"linger.ms": 0})
+    result = pricing_job.run(settings, wait=False)
+    try:
+        pricing_job.wait_until_running(result)
+        time.sleep(3)  # every input idle before anything arrives
+        now = int(time.time() * 1000)
+        ids = []
+        for i, product in enumerate(("idle-p0", "idle-p1")):
+            market = {"product_id": product, "kind": "list_price", "competitor_id": None, "value": 1000,
+                      "currency": "EUR", "event_time": now}
+            producer.produce(settings.kafka.topics.market.name, serde.encode(Contract.MARKET_EVENT, market),
+                             key=product.encode(), timestamp=now)
+            rec = {"request_id": f"idle-r{i}", "user_id": "u0", "product_id": product, "channel": "web",
+                   "event_time": now + 1}
+            producer.produce(settings.kafka.topics.requests.name, serde.encode(Contract.PRICE_REQUEST, rec),
+                             key=product.encode(), timestamp=now + 1)
+            ids.append(rec["request_id"])
+        producer.flush()
+        # Nothing else arrives: two bundle times for the decoders and the scoring stage, and a margin.
+        deadline = time.monotonic() + 3 * settings.job.python_bundle_time_ms / 1000 + 20
+        print("produced")
+        while set(ids) - set(_priced(settings)[0]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        served = _priced(settings)[0]
+    finally:
+        result.get_job_client().cancel().result()
+    assert set(ids) <= set(served), f"unanswered: {sorted(set(ids) - set(served))}"

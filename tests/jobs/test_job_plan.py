@@ -1,6 +1,9 @@
-"""The job's plan, as Flink optimises it (needs the connector jars, no broker): each record is decoded once."""
+"""The job's plan, as Flink builds its stream graph (needs the connector jars, no broker): each record is
+decoded once, and no decoder sees a watermark status."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -9,14 +12,35 @@ from pricing.config import Settings
 
 pytestmark = pytest.mark.integration
 
+DECODERS = ("decode_price_request(", "decode_market_event(", "decode_behaviour_event(")
+
+
+def _stream_graph(settings: Settings) -> list[str]:
+    """The contents of every node of the job's stream graph, in order."""
+    t_env = pricing_job.create_table_env(settings)
+    pricing_job.build(t_env, settings).attach_as_datastream()
+    return [node["contents"] for node in json.loads(t_env._j_tenv.execEnv().getExecutionPlan())["nodes"]]
+
 
 @pytest.mark.parametrize("mode", ["arrival", "event-time"])
-def test_each_input_is_decoded_by_one_python_operator_shared_by_both_branches(kafka_settings: Settings, mode: str) -> None:
-    """The priced and the dead-letter branch read the same decoded view; if they read different
-    source columns the planner splits the Python decoder in two and every record is decoded twice."""
+def test_each_input_is_decoded_by_one_python_operator_between_the_idleness_operators(
+    kafka_settings: Settings, mode: str
+) -> None:
+    """The priced and the dead-letter branch read the same decoded stream (were the decoder split in two,
+    every record would be decoded twice); the idle status is stripped before each decoder and derived
+    after it (``jobs.pricing_job._idle_after_silence``)."""
     settings = kafka_settings.model_copy(update={"job": kafka_settings.job.model_copy(update={"serving_mode": mode})})
-    t_env = pricing_job.create_table_env(settings)
-    plan = pricing_job.build(t_env, settings).explain()
-    execution = plan.split("== Optimized Execution Plan ==")[1]
-    for decoder in ("decode_price_request(", "decode_market_event(", "decode_behaviour_event("):
-        assert execution.count(decoder) == 1, f"{decoder} appears {execution.count(decoder)} times:\n{execution}"
+    nodes = _stream_graph(settings)
+    for decoder in DECODERS:
+        at = [i for i, contents in enumerate(nodes) if decoder in contents]
+        assert len(at) == 1, f"{decoder} is in {len(at)} operators:\n" + "\n".join(nodes)
+        before = [c for c in nodes[: at[0]] if c.startswith(("strip idleness", "idle after silence"))]
+        after = [c for c in nodes[at[0] + 1:] if c.startswith(("strip idleness", "idle after silence"))]
+        assert before[-1:] == ["strip idleness before the decoder"] and after[:1] == ["idle after silence"], nodes
+
+
+def test_without_an_idle_timeout_nothing_marks_a_decoded_input_idle(kafka_settings: Settings) -> None:
+    settings = kafka_settings.model_copy(update={"job": kafka_settings.job.model_copy(update={"idle_timeout_ms": 0})})
+    nodes = _stream_graph(settings)
+    assert sum(c.startswith("strip idleness") for c in nodes) == 3
+    assert not any(c.startswith("idle after silence") for c in nodes)
