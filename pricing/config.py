@@ -40,6 +40,8 @@ class _Section(BaseModel):
 class Topic(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=2, ge=1, le=1024)
+    cleanup_policy: Literal["delete", "compact"] = Field(
+        default="delete", description="for topics this tool creates; 'compact' keeps the last record per key")
 
 
 class TopicsSettings(_Section):
@@ -50,9 +52,13 @@ class TopicsSettings(_Section):
     requests: Topic = Topic(name="price-requests", partitions=2)
     priced: Topic = Topic(name="priced-events", partitions=2)
     dead_letters: Topic = Topic(name="dead-letters", partitions=1)
+    recommend_requests: Topic = Topic(name="recommend-requests", partitions=2)
+    recommendations: Topic = Topic(name="recommendations", partitions=2)
+    catalogue: Topic = Topic(name="catalogue", partitions=1, cleanup_policy="compact")
 
     def all(self) -> list[Topic]:
-        return [self.behaviour, self.market, self.requests, self.priced, self.dead_letters]
+        return [self.behaviour, self.market, self.requests, self.priced, self.dead_letters, self.recommend_requests,
+                self.recommendations, self.catalogue]
 
     @model_validator(mode="after")
     def _distinct(self) -> "TopicsSettings":

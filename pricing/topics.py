@@ -28,7 +28,8 @@ def create_topics(kafka: KafkaSettings, *, replication_factor: int = 1, timeout_
                 )
             status[topic.name] = "exists"
         else:
-            wanted.append(NewTopic(topic.name, num_partitions=topic.partitions, replication_factor=replication_factor))
+            wanted.append(NewTopic(topic.name, num_partitions=topic.partitions, replication_factor=replication_factor,
+                                   config={"cleanup.policy": topic.cleanup_policy}))
     if wanted:
         for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
             try:

@@ -46,6 +46,9 @@ class Contract(str, Enum):
     PRICE_REQUEST = "price_request"
     PRICED_EVENT = "priced_event"
     DEAD_LETTER = "dead_letter"
+    RECOMMEND_REQUEST = "recommend_request"
+    RECOMMENDATION = "recommendation"
+    CATALOGUE_ENTRY = "catalogue_entry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +246,8 @@ class _Rule:
     """The ``constraints`` of one field in a ``.avsc`` file (a custom attribute: Avro ignores it,
     and it is not part of the Parsing Canonical Form, so it never changes a fingerprint).
 
-    Keys: ``min``/``max`` (numbers, inclusive), ``min_length``/``max_length`` (strings), ``unit``
+    Keys: ``min``/``max`` (numbers, inclusive), ``min_length``/``max_length`` (strings; of each item too,
+    with ``max_items`` and ``item_min_length``/``item_max_length``, for an array of strings), ``unit``
     (``"minor"``: money in minor units, so the record's ``currency`` must be an ISO-4217 code), and
     ``by`` + ``cases``: the rule depends on another field's value (``cases`` maps it to a rule; a
     value without a case is unconstrained).
@@ -258,6 +262,16 @@ class _Rule:
             spec = spec["cases"].get(record[spec["by"]], {})
         value = record[self.field]
         if value is None:
+            return None
+        if isinstance(value, list):
+            if len(value) > spec.get("max_items", len(value)):
+                return f"{self.field} has {len(value)} items, more than {spec['max_items']}"
+            lo, hi = spec.get("item_min_length", 0), spec.get("item_max_length")
+            for i, item in enumerate(value):
+                if isinstance(item, str) and len(item) < lo:
+                    return f"{self.field}[{i}] is empty" if not item else f"{self.field}[{i}] is shorter than {lo}"
+                if hi is not None and isinstance(item, str) and len(item) > hi:
+                    return f"{self.field}[{i}] has {len(item)} characters, more than {hi}"
             return None
         if isinstance(value, str):
             if len(value) < spec.get("min_length", 0):

@@ -93,6 +93,8 @@ def test_topics_and_parallelism_follow_the_partitions(rendered: dict[str, list[d
         spec = topics[topic.name]
         assert spec["partitions"] == topic.partitions, topic.name
         assert 1 <= int(spec["config"]["min.insync.replicas"]) <= max(1, spec["replicas"] - 1), topic.name
+        if topic.cleanup_policy == "compact":  # a compacted topic keeps every key's last record for ever
+            assert spec["config"]["cleanup.policy"] == "compact" and "retention.ms" not in spec["config"], topic.name
     conf = one(docs, "FlinkDeployment")["spec"]["flinkConfiguration"]
     most = max(t.partitions for t in settings.kafka.topics.all())
     assert int(conf["job.autoscaler.vertex.max-parallelism"]) == most

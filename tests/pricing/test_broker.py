@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from pricing.broker import BrokerError, LocalBroker, free_port
 from pricing.config import Settings
@@ -23,6 +23,12 @@ def test_topics_are_created_idempotently_and_listed_by_a_plain_admin_client(kafk
     listed = AdminClient({"bootstrap.servers": kafka_settings.kafka.bootstrap_servers}).list_topics(timeout=10).topics
     for topic in kafka_settings.kafka.topics.all():
         assert len(listed[topic.name].partitions) == topic.partitions
+    admin = AdminClient({"bootstrap.servers": kafka_settings.kafka.bootstrap_servers})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in kafka_settings.kafka.topics.all()]
+    for resource, future in admin.describe_configs(resources).items():
+        policy = future.result(timeout=10)["cleanup.policy"].value
+        expected = next(t.cleanup_policy for t in kafka_settings.kafka.topics.all() if t.name == resource.name)
+        assert policy == expected, resource.name
 
 
 def test_cli_start_status_stop_leaves_no_process(broker_state_dir, tmp_path) -> None:

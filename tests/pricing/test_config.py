@@ -12,7 +12,9 @@ def test_defaults_run_on_this_machine() -> None:
     assert s.job.delivery_guarantee == "exactly-once"
     assert [t.name for t in s.kafka.topics.all()] == [
         "behaviour-events", "market-events", "price-requests", "priced-events", "dead-letters",
+        "recommend-requests", "recommendations", "catalogue",
     ]
+    assert [t.name for t in s.kafka.topics.all() if t.cleanup_policy == "compact"] == ["catalogue"]
 
 
 def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,7 +50,41 @@ SAMPLES = {
         "source_topic": "t", "partition": 3, "offset": 99, "record_time": T, "raw": b"\x00\xff", "error_kind": "bad_payload",
         "error_message": "boom", "time": T, "raw_size": 2, "raw_sha256": "ab" * 32, "raw_truncated": False,
     },
+    Contract.RECOMMEND_REQUEST: {
+        "request_id": "rr-1", "user_id": "u-1", "channel": "web", "event_time": T, "k": 5, "context_product_id": "p-1",
+        "context_category": None, "candidate_product_ids": ["p-2", "p-3"],
+    },
+    Contract.RECOMMENDATION: {
+        "request_id": "rr-1", "user_id": "u-1", "model_version": "m/1", "fallback_used": False, "request_time": T,
+        "answered_time": T + 9, "feature_spec_version": "features/3",
+        "items": [{"product_id": "p-2", "price_minor": 2149, "reference_price_minor": 1999, "currency": "EUR",
+                   "expected_conversion": 0.125, "expected_profit_minor": 77, "reason_codes": ["co_view", "model"],
+                   "explored": False, "propensity": 1.0}],
+    },
+    Contract.CATALOGUE_ENTRY: {
+        "product_id": "p-1", "category": "home/kitchen", "attributes": {"brand": "Zoë"}, "active": True, "event_time": T,
+    },
 }
+
+
+@pytest.mark.parametrize(("record", "problem"), [
+    ({"k": 0}, "k 0 is outside [1, 50]"),
+    ({"k": 51}, "k 51 is outside [1, 50]"),
+    ({"candidate_product_ids": [f"p{i}" for i in range(501)]}, "candidate_product_ids has 501 items, more than 500"),
+    ({"candidate_product_ids": ["p1", ""]}, "candidate_product_ids[1] is empty"),
+    ({"candidate_product_ids": ["x" * 257]}, "candidate_product_ids[0] has 257 characters, more than 256"),
+    ({"context_product_id": ""}, "context_product_id is empty"),
+])  # fmt: skip
+def test_a_recommend_request_outside_its_constraints_is_rejected_with_the_reason(record: dict, problem: str) -> None:
+    decoded = serde.decode(Contract.RECOMMEND_REQUEST, serde.encode(Contract.RECOMMEND_REQUEST,
+                                                                   SAMPLES[Contract.RECOMMEND_REQUEST] | record))
+    assert isinstance(decoded, Rejected) and decoded.kind is ErrorKind.INVALID_VALUE, decoded
+    assert problem in decoded.message
+
+
+def test_a_recommend_request_with_500_candidates_is_accepted() -> None:
+    record = SAMPLES[Contract.RECOMMEND_REQUEST] | {"candidate_product_ids": [f"p{i}" for i in range(500)]}
+    assert serde.decode(Contract.RECOMMEND_REQUEST, serde.encode(Contract.RECOMMEND_REQUEST, record)) == Ok(record)
 
 
 @pytest.mark.parametrize("contract", list(Contract))

@@ -39,7 +39,13 @@ def _value(avro: Any, rule: dict[str, Any], name: str) -> st.SearchStrategy:
     if kind == "enum":
         return st.sampled_from(avro["symbols"])
     if kind == "array":
-        return st.lists(_value(avro["items"], {}, name), max_size=5)
+        items = {"min_length": rule.get("item_min_length", 0), "max_length": rule.get("item_max_length", 40)}
+        return st.lists(_value(avro["items"], items, name), max_size=min(5, rule.get("max_items", 5)))
+    if kind == "map":
+        return st.dictionaries(st.text(TEXT, max_size=10), _value(avro["values"], {}, name), max_size=3)
+    if kind == "record":
+        return st.fixed_dictionaries({f["name"]: _value(f["type"], f.get("constraints", {}), f["name"])
+                                      for f in avro["fields"]})
     raise NotImplementedError(f"{name}: {avro!r}")
 
 
