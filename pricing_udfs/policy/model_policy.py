@@ -75,7 +75,7 @@ class PolicySettings(BaseModel):
     trust_region: TrustRegionSettings = TrustRegionSettings()
 
 
-def _unit_hashes(request_ids: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def unit_hashes(request_ids: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two independent uniforms in [0, 1) per request id, stable across processes and replays."""
     u1, u2 = [], []
     for rid in request_ids:
@@ -211,7 +211,7 @@ class ModelPolicy:
         explored = np.zeros(n, dtype=bool)
         propensity = np.ones(n)
         if s.exploration_rate > 0:
-            u, v = _unit_hashes(rows["request_id"] if "request_id" in rows else range(n), s.exploration_seed)
+            u, v = unit_hashes(rows["request_id"] if "request_id" in rows else range(n), s.exploration_seed)
             explored = u < s.exploration_rate
             pick = np.minimum((v * k).astype(np.int64), k - 1)
             chosen = np.where(explored, pick, greedy)
