@@ -55,7 +55,7 @@ import numpy as np
 
 from pricing.config import TopicsSettings
 from pricing.sim._progress import Progress
-from pricing.sim.market import STREAM_LIVE, MarketState, build_market
+from pricing.sim.market import STREAM_LIVE, MarketState, build_market, catalogue_entries
 from pricing.sim.policies import historical_prices
 from pricing.sim.scenario import Scenario
 from pricing.sim.traffic import Shoppers, TrafficPlan, View, copy_id, copy_ids, plan_traffic
@@ -77,12 +77,14 @@ class LiveTopics:
     market: str
     requests: str
     priced: str
+    catalogue: str | None = None  # None: no catalogue entries are produced
 
     @classmethod
     def of(cls, topics: TopicsSettings | None = None) -> "LiveTopics":
         """The names in ``topics`` (``settings.kafka.topics``); without it, the project's default names."""
         t = topics if topics is not None else TopicsSettings()
-        return cls(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name)
+        return cls(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name,
+                   catalogue=t.catalogue.name)  # fmt: skip
 
 
 class ProducerLike(Protocol):
@@ -603,6 +605,8 @@ class LiveSimulator:
                     "error_cb": self._on_error, **self.kafka_config}  # fmt: skip
             self._producer = Producer(conf)
         needed = [self.topics.behaviour, self.topics.market, self.topics.requests]
+        if self.topics.catalogue:
+            needed.append(self.topics.catalogue)
         if self.closed_loop:
             needed.append(self.topics.priced)
         meta = check_topics(self._producer, needed, bootstrap=bootstrap, timeout_s=self.connect_timeout_s)
@@ -703,6 +707,11 @@ class LiveSimulator:
         self._snapshot_sent = True
         now = self._wall_ms()
         first = 1 if self.start_state is not None else 0
+        if self.topics.catalogue:  # the copies' catalogue entries, before their market state
+            slots = np.arange(first * self._state.n, self._state.n_slots)
+            for rec in catalogue_entries(self._market, event_time_ms=now, product_ids=self._product_ids[slots],
+                                         slots=slots):  # fmt: skip
+                self._send(self.topics.catalogue, Contract.CATALOGUE_ENTRY, rec["product_id"], rec)
         for j, kind, comp, value in self._state.snapshot(range(first * self._state.n, self._state.n_slots)):
             rec = self._market_record(j, kind, comp, value, now)
             self._t.snapshot += self._send(self.topics.market, Contract.MARKET_EVENT, rec["product_id"], rec)

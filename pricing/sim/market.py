@@ -353,3 +353,15 @@ def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[: total - counts.sum()]] += 1
     return counts
+
+
+def catalogue_entries(market: MarketState, *, event_time_ms: int, product_ids: np.ndarray | None = None,
+                      slots: np.ndarray | None = None) -> list[dict]:  # fmt: skip
+    """``CatalogueEntry`` records (the catalogue topic's contract): each product's category. ``product_ids``
+    and ``slots`` name copies of the market (slot ``c * n + j`` is a copy of product ``j``); by default the
+    market's own products."""
+    ids = market.product_ids if product_ids is None else product_ids
+    at = np.arange(len(ids)) if slots is None else np.asarray(slots)
+    names = np.asarray(market.category_names, dtype=object)[market.product_category[at % market.n_products]]
+    return [{"product_id": str(p), "category": str(c), "attributes": {}, "active": True, "event_time": int(event_time_ms)}
+            for p, c in zip(ids, names)]

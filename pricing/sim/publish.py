@@ -1,7 +1,8 @@
 """Write a simulated history into the engine's input topics, as its consumers would have seen it.
 
 ``publish_history`` produces the three input contracts of a ``History`` (behaviour,
-market and price-request events) to Kafka, so that a job started on those topics warms
+market and price-request events) to Kafka, after the catalogue (one ``CatalogueEntry`` per product,
+stamped at the history's start, when the topics name a catalogue topic), so that a job started on those topics warms
 its windows up on the history (typically one made by ``history.history_ending_at`` to end
 now, followed by a live run continuing it from ``History.end_state``).
 
@@ -33,6 +34,7 @@ from pricing.config import TopicsSettings
 from pricing.sim._progress import Progress
 from pricing.sim.history import History, _fields
 from pricing.sim.live import LiveError, LiveTopics, ProducerLike, _one_line, check_topics
+from pricing.sim.market import build_market, catalogue_entries
 from pricing_udfs.serde import Contract, encode
 
 # Large batches: the history is a bulk load, latency does not matter; lz4 keeps the network and the log small.
@@ -83,7 +85,15 @@ def publish_history(
         from confluent_kafka import Producer
 
         producer = Producer({**PRODUCER_CONFIG, "error_cb": lambda err: None, **kafka_config})
-    check_topics(producer, [names.behaviour, names.market, names.requests], bootstrap=bootstrap, timeout_s=connect_timeout_s)
+    needed = [names.behaviour, names.market, names.requests] + ([names.catalogue] if names.catalogue else [])
+    check_topics(producer, needed, bootstrap=bootstrap, timeout_s=connect_timeout_s)
+    counts: dict[str, int] = {}
+    if names.catalogue:  # what the products are, before anything happens to them
+        entries = catalogue_entries(build_market(history.scenario), event_time_ms=history.start_ms)
+        for rec in entries:
+            producer.produce(names.catalogue, value=encode(Contract.CATALOGUE_ENTRY, rec), key=rec["product_id"].encode(),
+                             timestamp=rec["event_time"], on_delivery=on_delivery)  # fmt: skip
+        counts[names.catalogue] = len(entries)
 
     # market first on ties, then requests, then behaviour (a tick's changes go out before its shoppers)
     plan = [(Contract.MARKET_EVENT, names.market), (Contract.PRICE_REQUEST, names.requests),
@@ -96,7 +106,7 @@ def publish_history(
     sources = source[order].tolist()
     streams = [_records(c, frames[c]) for c, _ in plan]
     total = len(sources)
-    counts = {topic: 0 for _, topic in plan}
+    counts |= {topic: 0 for _, topic in plan}
     status = Progress(progress)
     t0 = time.perf_counter()
     produce = producer.produce

@@ -14,7 +14,8 @@ from pricing_udfs.serde import Contract, decode, encode
 
 TOPICS = LiveTopics.of()
 CONTRACTS = {TOPICS.behaviour: Contract.BEHAVIOUR_EVENT, TOPICS.market: Contract.MARKET_EVENT,
-             TOPICS.requests: Contract.PRICE_REQUEST, TOPICS.priced: Contract.PRICED_EVENT}  # fmt: skip
+             TOPICS.requests: Contract.PRICE_REQUEST, TOPICS.priced: Contract.PRICED_EVENT,
+             TOPICS.catalogue: Contract.CATALOGUE_ENTRY}  # fmt: skip
 START_MS = 1_767_225_600_000
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -30,7 +30,8 @@ def test_register_adds_the_commands_with_their_defaults(parser: argparse.Argumen
     assert conf == {"bootstrap.servers": "127.0.0.1:9092"}
     defaults = TopicsSettings()
     assert topics == LiveTopics(behaviour=defaults.behaviour.name, market=defaults.market.name,
-                                requests=defaults.requests.name, priced=defaults.priced.name)  # fmt: skip
+                                requests=defaults.requests.name, priced=defaults.priced.name,
+                                catalogue=defaults.catalogue.name)  # fmt: skip
     hist = parser.parse_args(["simulate", "history", "--days", "3", "--out", "x", "--scenario", "price-war", "--seed", "5"])
     assert (hist.days, hist.out, hist.scenario, hist.seed, hist.to_kafka) == (3, Path("x"), "price-war", 5, False)
     hist = parser.parse_args(["simulate", "history", "--days", "7", "--to-kafka", "--bootstrap", "h:1"])

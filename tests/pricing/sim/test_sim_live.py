@@ -19,6 +19,7 @@ from pricing.sim.live import LiveError, LiveSimulator, LiveTopics
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario, get_scenario
 from pricing.sim.world import seasonality
+from pricing.sim.traffic import copy_id
 from pricing_udfs.serde import money_kinds
 from tests.pricing.sim.fakes import (
     HOUR_MS,
@@ -83,10 +84,17 @@ def test_closed_loop_runs_the_market_answers_and_buys_at_the_offered_price(scena
     assert engine.closed and [tp.offset for tp in engine.assigned] == [17, 17]  # started at the end offsets
 
     # every record honours the contract: decodes, Kafka timestamp = event_time, key = product_id
-    records = {t: cluster.records(t) for t in (TOPICS.behaviour, TOPICS.market, TOPICS.requests)}
+    records = {t: cluster.records(t) for t in (TOPICS.behaviour, TOPICS.market, TOPICS.requests, TOPICS.catalogue)}
     for rows in records.values():
         assert all(r["_ts"] == r["event_time"] and r["_key"] == r["product_id"].encode() for r in rows)
     assert report.produced_by_topic == {t: len(cluster.log[t]) for t in records}
+    # one catalogue entry per product of every copy, with the category of the product it copies
+    catalogue = {r["product_id"]: r["category"] for r in records[TOPICS.catalogue]}
+    market = build_market(scenario)
+    assert len(catalogue) == len(records[TOPICS.catalogue]) == scenario.n_products * 20
+    for j in (0, scenario.n_products - 1):
+        for c in (0, 19):
+            assert catalogue[copy_id(market.product_ids[j], c)] == market.category_names[market.product_category[j]]
     assert all((r["currency"] == scenario.currency) == (r["kind"] in money_kinds()) for r in records[TOPICS.market])
 
     # the loop: answered + unanswered = requests; exactly the skipped ones timed out
@@ -209,7 +217,8 @@ def test_topic_names_come_from_the_settings(scenario: Scenario) -> None:
     topics = TopicsSettings(market=Topic(name="m-x"), requests=Topic(name="r-x"), behaviour=Topic(name="b-x"),
                             priced=Topic(name="p-x"))  # fmt: skip
     sim = LiveSimulator(scenario, kafka_config={}, topics=topics, rate=1, duration_s=1)
-    assert sim.topics == LiveTopics(behaviour="b-x", market="m-x", requests="r-x", priced="p-x")
+    assert sim.topics == LiveTopics(behaviour="b-x", market="m-x", requests="r-x", priced="p-x",
+                                    catalogue=TopicsSettings().catalogue.name)
     assert LiveSimulator(scenario, kafka_config={}, duration_s=1).topics == LiveTopics.of(TopicsSettings())
     assert LiveTopics.of(TopicsSettings()).priced == TopicsSettings().priced.name
 

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from pricing.sim.history import History, generate_history
 from pricing.sim.live import LiveError
+from pricing.sim.market import build_market
 from pricing.sim.publish import publish_history
 from pricing.sim.scenario import Scenario
 from tests.pricing.sim.fakes import TOPICS, FakeCluster, FakeProducer
@@ -23,7 +24,16 @@ def test_every_record_goes_out_decodable_keyed_stamped_and_in_arrival_order(week
     counts = publish_history(week_history, kafka_config=KAFKA, producer=FakeProducer(cluster))
     frames = {TOPICS.behaviour: week_history.behaviour, TOPICS.market: week_history.market_events,
               TOPICS.requests: week_history.requests}  # fmt: skip
-    assert counts == {t: len(f) for t, f in frames.items()} and cluster.log[TOPICS.priced] == []
+    catalogue = cluster.records(TOPICS.catalogue)
+    assert counts == {t: len(f) for t, f in frames.items()} | {TOPICS.catalogue: len(catalogue)}
+    assert cluster.log[TOPICS.priced] == []
+    # the catalogue first: every product once, with its category, stamped at the history's start
+    market = build_market(week_history.scenario)
+    assert cluster.order[: len(catalogue)] == [TOPICS.catalogue] * len(catalogue)
+    assert [r["product_id"] for r in catalogue] == list(market.product_ids)
+    assert [r["category"] for r in catalogue] == [market.category_names[c] for c in market.product_category]
+    assert {r["_ts"] for r in catalogue} == {week_history.start_ms}
+    del cluster.order[: len(catalogue)]
     for topic, frame in frames.items():
         records = pd.DataFrame(cluster.records(topic))  # asserts that each decodes (constraints included)
         assert (records["_ts"] == records["event_time"]).all()
