@@ -270,11 +270,10 @@ def _unchained(t_env: TableEnvironment, *, source: str, view: str) -> str:
     j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
     # HEAD: the conversion operator does not chain to the reader; the decoder chains to it.
     j_stream.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.HEAD)
-    # The decoder must never see an idle status (pricing.watermarks; _idle_after_silence derives it after the decoder).
-    stripped = j_stream.transform("strip idleness before the decoder", j_stream.getType(),
-                                  jvm.pricing.watermarks.StripIdleness())  # fmt: skip
-    stripped.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
-    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(DataStream(stripped), _ROWTIME))
+    # The decoder must never see an idle status: it travels through it as a marker row (_idle_from_markers).
+    marked = j_stream.transform("idle status to marker rows", j_stream.getType(), jvm.pricing.watermarks.IdleToMarker())
+    marked.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
+    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(DataStream(marked), _ROWTIME))
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_stream
@@ -287,28 +286,25 @@ _ROWTIME = (Schema.new_builder().column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)
             .watermark("rowtime", "SOURCE_WATERMARK()").build())  # fmt: skip
 
 
-def _idle_after_silence(t_env: TableEnvironment, settings: Settings, *, source: str, view: str, columns: list[str]) -> None:
-    """``view``: the decoded ``source`` behind ``pricing.watermarks.IdleAfterSilence``, which marks the stream idle
-    after ``idle_timeout_ms`` plus the Python bundle time without input.
+def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, columns: list[str]) -> None:
+    """``view``: the decoded ``source`` behind ``pricing.watermarks.IdleFromMarker``, which turns the marker rows
+    that ``_unchained`` put in place of the reader's idle status back into the status.
 
-    PyFlink's Python operators hold a watermark back until their bundle is finished but pass an idle status
-    on at once, and Flink drops a watermark emitted while the output is idle: an input that went idle while
-    its decoder held its last watermark lost that watermark, and the catch-up gate (or the event-time
-    windows) waited for the input's next record, on a quiet topic for ever
-    (``tests/jobs/test_arrival_mode.py``). So the decoders never see a status (``_unchained`` strips it)
-    and the status is derived here, after the watermarks have come out in order. Without an idle timeout
-    (0) no input is ever idle and the view is the decoded one.
+    PyFlink's Python operators hold records and watermarks back until their bundle is finished but pass an
+    idle status on at once. Flink drops a watermark emitted while the output is idle: an input that went
+    idle while its decoder held its last watermark lost it, and the catch-up gate (or the event-time
+    windows) waited for the input's next record, on a quiet topic for ever; and records that left the
+    decoder after the status could fall behind a watermark the other inputs had advanced, where the
+    event-time windows drop them (``tests/jobs/test_arrival_mode.py``, README "Warm start"). The marker
+    travels through the decoder in order with the records, so the status follows them as it would
+    without a Python operator.
     """
-    job = settings.job
-    if job.idle_timeout_ms == 0:
-        t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT * FROM {source}")
-        return
     jvm = get_gateway().jvm
     j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
-    silence_ms = job.idle_timeout_ms + python_bundle_time_ms(settings)
-    marked = j_stream.transform("idle after silence", j_stream.getType(), jvm.pricing.watermarks.IdleAfterSilence(silence_ms))
-    marked.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
-    t_env.create_temporary_view(f"{view}_marked", t_env.from_data_stream(DataStream(marked), _ROWTIME))
+    status = j_stream.transform("idle status from marker rows", j_stream.getType(),
+                                jvm.pricing.watermarks.IdleFromMarker(columns.index("source_offset")))  # fmt: skip
+    status.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
+    t_env.create_temporary_view(f"{view}_marked", t_env.from_data_stream(DataStream(status), _ROWTIME))
     others = ", ".join(f"`{c}`" for c in columns if c != "ts")
     t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT `rowtime` AS `ts`, {others} FROM {view}_marked")
 
@@ -350,8 +346,7 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
         read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
         t_env.execute_sql(_decoded_view(view=f"{view}_decoded", source=read, decoder=decoder, contract=contract))
-        _idle_after_silence(t_env, settings, source=f"{view}_decoded", view=view,
-                            columns=["ts", *udfs.decoded_field_names(contract)])  # fmt: skip
+        _idle_from_markers(t_env, source=f"{view}_decoded", view=view, columns=["ts", *udfs.decoded_field_names(contract)])
     return [view for view, *_ in inputs]
 
 

@@ -192,8 +192,11 @@ class _Decode(ScalarFunction):
             max_clock_skew_ms=self._max_clock_skew_ms,
         )
         if self._late is not None:
-            self._late.inc(int((out["error_kind"] == serde.ErrorKind.LATE.value).sum()))
-            self._rejected.inc(int((~out["ok"]).sum()))
+            # A negative offset marks no record but a source turning idle (pricing.watermarks.IdleToMarker); the
+            # job drops such rows after the decoder, so they are not counted.
+            real = pd.to_numeric(offsets).to_numpy() >= 0
+            self._late.inc(int(((out["error_kind"] == serde.ErrorKind.LATE.value).to_numpy() & real).sum()))
+            self._rejected.inc(int((~out["ok"].to_numpy(dtype=bool) & real).sum()))
         return out
 
 

@@ -23,24 +23,18 @@ def _stream_graph(settings: Settings) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["arrival", "event-time"])
-def test_each_input_is_decoded_by_one_python_operator_between_the_idleness_operators(
+def test_each_input_is_decoded_by_one_python_operator_between_the_idle_marker_operators(
     kafka_settings: Settings, mode: str
 ) -> None:
     """The priced and the dead-letter branch read the same decoded stream (were the decoder split in two,
-    every record would be decoded twice); the idle status is stripped before each decoder and derived
-    after it (``jobs.pricing_job._idle_after_silence``)."""
+    every record would be decoded twice); the idle status crosses each decoder as a marker row
+    (``jobs.pricing_job._idle_from_markers``)."""
     settings = kafka_settings.model_copy(update={"job": kafka_settings.job.model_copy(update={"serving_mode": mode})})
     nodes = _stream_graph(settings)
     for decoder in DECODERS:
         at = [i for i, contents in enumerate(nodes) if decoder in contents]
         assert len(at) == 1, f"{decoder} is in {len(at)} operators:\n" + "\n".join(nodes)
-        before = [c for c in nodes[: at[0]] if c.startswith(("strip idleness", "idle after silence"))]
-        after = [c for c in nodes[at[0] + 1:] if c.startswith(("strip idleness", "idle after silence"))]
-        assert before[-1:] == ["strip idleness before the decoder"] and after[:1] == ["idle after silence"], nodes
-
-
-def test_without_an_idle_timeout_nothing_marks_a_decoded_input_idle(kafka_settings: Settings) -> None:
-    settings = kafka_settings.model_copy(update={"job": kafka_settings.job.model_copy(update={"idle_timeout_ms": 0})})
-    nodes = _stream_graph(settings)
-    assert sum(c.startswith("strip idleness") for c in nodes) == 3
-    assert not any(c.startswith("idle after silence") for c in nodes)
+        before = [c for c in nodes[: at[0]] if c.startswith("idle status")]
+        after = [c for c in nodes[at[0] + 1:] if c.startswith("idle status")]
+        assert before[-1:] == ["idle status to marker rows"] and after[:1] == ["idle status from marker rows"], nodes
+    assert sum(c.startswith("idle status") for c in nodes) == 2 * len(DECODERS)
