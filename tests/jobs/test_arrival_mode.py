@@ -230,14 +230,16 @@ def test_an_input_turning_idle_while_its_decoder_holds_a_watermark_holds_no_requ
     saw one, and the requests waited for the next event forever. The job keeps the idle status away from
     the decoders and derives it after them (``jobs.pricing_job._decoded``)."""
     settings = _arrival_settings(
-        kafka_settings, delivery_guarantee="at-least-once", python_bundle_time_ms=20_000, idle_timeout_ms=1_000,
+        # The bundle timer fires every bundle time: it must not finish the bundle within the idle timeout of the
+        # rows' arrival (one chance in 25 here), or the watermark gets out before the idle status.
+        kafka_settings, delivery_guarantee="at-least-once", python_bundle_time_ms=10_000, idle_timeout_ms=400,
         checkpoint_interval_ms=600_000,  # a checkpoint also finishes the bundles: none during the test
     )
     producer = Producer(settings.kafka.client_config() | {"linger.ms": 0})
     result = pricing_job.run(settings, wait=False)
     try:
         pricing_job.wait_until_running(result)
-        time.sleep(3)  # every input idle before anything arrives
+        time.sleep(1)  # every input idle before anything arrives
         now = int(time.time() * 1000)
         ids = []
         for i, product in enumerate(("idle-p0", "idle-p1")):
@@ -253,7 +255,6 @@ def test_an_input_turning_idle_while_its_decoder_holds_a_watermark_holds_no_requ
         producer.flush()
         # Nothing else arrives: two bundle times for the decoders and the scoring stage, and a margin.
         deadline = time.monotonic() + 3 * settings.job.python_bundle_time_ms / 1000 + 20
-        print("produced")
         while set(ids) - set(_priced(settings)[0]) and time.monotonic() < deadline:
             time.sleep(0.5)
         served = _priced(settings)[0]

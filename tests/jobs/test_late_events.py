@@ -90,8 +90,11 @@ def test_events_behind_the_watermark_are_dead_lettered_and_not_used(kafka_settin
     late_ids = {serde.decode(Contract.BEHAVIOUR_EVENT, bytes(d["raw"])).record.get("event_id") for d in dead
                 if d["source_topic"] == topics.behaviour.name}
     assert late_ids == {"v99"}
+    # (a decoder that ran but counted nothing reports 0: the market decoder sees only its source's idle markers)
+    late_counts = {contract: n for contract, n in late_counts.items() if n}
     assert late_counts == {"behaviour_event": 1, "price_request": 1}, "the late_events metric counts each late record"
-    assert rejected_counts == late_counts, "rejected_records counts the late records too, and nothing else was rejected"
+    assert {c: n for c, n in rejected_counts.items() if n} == late_counts, (
+        "rejected_records counts the late records too, and nothing else was rejected (no idle marker either)")
     assert "late-request" not in priced
     views = FEATURE_SPEC.index("views_5m")
     assert priced["before"]["features"][views] == 3

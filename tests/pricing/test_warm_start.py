@@ -94,3 +94,28 @@ def test_a_missing_requests_topic_is_a_clear_error() -> None:
 
     with pytest.raises(WarmStartError, match="not found; create the topics first"):
         plan_warm_start(_settings(startup_mode="earliest-offset"), now_ms=NOW, consumer_factory=NoTopic)
+
+
+def test_partition_leaders_still_being_elected_are_waited_for_and_other_errors_are_one_line() -> None:
+    """Right after ``pricing topics create`` a new topic's leaders may not be elected yet: a transient error."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    class NewTopic(_Consumer):
+        failures = 0
+
+        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+            if NewTopic.failures < 3:
+                NewTopic.failures += 1
+                raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+            return super().get_watermark_offsets(tp, timeout)
+
+    warm = plan_warm_start(_settings(startup_mode="group-offsets"), now_ms=NOW, consumer_factory=NewTopic)
+    assert warm is not None and warm.requests_from_ms == 1005 and NewTopic.failures == 3
+
+    class Denied(_Consumer):
+        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    with pytest.raises(WarmStartError, match="cannot read") as caught:
+        plan_warm_start(_settings(startup_mode="group-offsets"), now_ms=NOW, consumer_factory=Denied)
+    assert "\n" not in str(caught.value)
