@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from pricing.config import Settings
+from pricing_udfs.kafka_retry import retried
 
 _TIMEOUT_S = 30.0
-T = TypeVar("T")
 
 
 class WarmStartError(RuntimeError):
@@ -111,7 +111,7 @@ def requests_start_ms(
             offsets = {}
         first = now_ms
         for tp in partitions:
-            low, high = _retried(lambda: consumer.get_watermark_offsets(tp, timeout=_TIMEOUT_S))
+            low, high = retried(lambda: consumer.get_watermark_offsets(tp, timeout=_TIMEOUT_S), timeout_s=_TIMEOUT_S)
             offset = offsets.get(tp.partition, -1)
             offset = low if offset is None or offset < 0 else max(offset, low)
             if offset >= high:
@@ -128,26 +128,7 @@ def requests_start_ms(
 
 def _committed(consumer: Any, partitions: list[Any]) -> list[Any]:
     """The group's committed offsets; retried while the group coordinator is not ready (a new broker or group)."""
-    return _retried(lambda: consumer.committed(partitions, timeout=_TIMEOUT_S))
-
-
-def _retried(call: Callable[[], T]) -> T:
-    """``call()``, retried for up to ``_TIMEOUT_S`` while Kafka calls its error transient: a group coordinator
-    that is not ready, or a topic created a moment ago whose partition leaders are still being elected."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    not_ready = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                 KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE}  # fmt: skip
-    deadline = time.monotonic() + _TIMEOUT_S
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            retry = error is not None and (error.code() in not_ready or error.retriable())
-            if not retry or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return retried(lambda: consumer.committed(partitions, timeout=_TIMEOUT_S), timeout_s=_TIMEOUT_S)
 
 
 def _timestamp_at(consumer: Any, tp: Any) -> int | None:

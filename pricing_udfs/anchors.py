@@ -44,6 +44,7 @@ import pandas as pd
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pricing_udfs import serde
+from pricing_udfs.kafka_retry import retried
 from pricing_udfs.serde import Contract
 
 log = logging.getLogger(__name__)
@@ -273,12 +274,13 @@ def seed_from_topic(
     try:
         probe = make({**base, "isolation.level": "read_uncommitted"})
         try:
-            meta = probe.list_topics(topic, timeout=remaining()).topics.get(topic)
+            meta = retried(lambda: probe.list_topics(topic, timeout=remaining()), timeout_s=remaining()).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 raise AnchorSeedError(f"cannot read the priced-events topic {topic!r}: "
                                       f"{meta.error if meta is not None else 'not in the metadata'}")  # fmt: skip
             partitions = sorted(meta.partitions)
-            targets = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=remaining(), cached=False)[1]
+            targets = {p: retried(lambda p=p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=remaining(),
+                                                                          cached=False), timeout_s=remaining())[1]
                        for p in partitions}  # fmt: skip
             # Also read_uncommitted: a read_committed lookup by time stops at the last stable offset, so it
             # would find nothing in a partition whose records after the lookback are all behind an open
