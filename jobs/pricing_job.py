@@ -81,12 +81,6 @@ from pricing_udfs.serde import Contract
 ARRIVAL_BUNDLE_TIME_MS = 20
 
 
-def python_bundle_time_ms(settings: Settings) -> int:
-    """How long a Python stage may hold a row back at low load: ``python_bundle_time_ms`` or the mode's default."""
-    job = settings.job
-    return job.python_bundle_time_ms or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)
-
-
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
     """A streaming TableEnvironment configured from ``settings`` (local MiniCluster by default)."""
     # Submitted to a cluster, the Python workers run on its TaskManagers. Told nothing, PyFlink sees
@@ -134,7 +128,8 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "python.executable": job.python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(job.python_bundle_size),
-        "python.fn-execution.bundle.time": str(python_bundle_time_ms(settings)),
+        "python.fn-execution.bundle.time": str(job.python_bundle_time_ms
+                                               or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
@@ -266,14 +261,10 @@ def _unchained(t_env: TableEnvironment, *, source: str, view: str) -> str:
     unchanged (one forward channel per subtask), so ``CURRENT_WATERMARK(ts)`` in the decoder is the
     source's watermark as before.
     """
-    jvm = get_gateway().jvm
-    j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
-    # HEAD: the conversion operator does not chain to the reader; the decoder chains to it.
-    j_stream.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.HEAD)
-    # The decoder must never see an idle status: it travels through it as a marker row (_idle_from_markers).
-    marked = j_stream.transform("idle status to marker rows", j_stream.getType(), jvm.pricing.watermarks.IdleToMarker())
-    marked.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
-    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(DataStream(marked), _ROWTIME))
+    # A new chain: the conversion does not chain to the reader; the decoder chains to it. And the decoder must
+    # never see an idle status: it travels through the decoder as a marker row (_idle_from_markers).
+    _behind_java_operator(t_env, source=source, name="idle status to marker rows", view=f"{view}_stream",
+                          operator=get_gateway().jvm.pricing.watermarks.IdleToMarker(), new_chain=True)  # fmt: skip
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW {view} AS
 SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_stream
@@ -284,6 +275,19 @@ SELECT `value`, `topic`, `partition`, `offset`, `rowtime` AS `ts` FROM {view}_st
 # A table over a DataStream whose record timestamps and watermarks become the ``rowtime`` attribute.
 _ROWTIME = (Schema.new_builder().column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
             .watermark("rowtime", "SOURCE_WATERMARK()").build())  # fmt: skip
+
+
+def _behind_java_operator(t_env: TableEnvironment, *, source: str, name: str, operator: Any, view: str,
+                          new_chain: bool = False) -> None:  # fmt: skip
+    """``view``: the table ``source`` through a Java stream ``operator`` (rows in, the same rows type out), chained
+    to what precedes it unless ``new_chain``; record times and watermarks come out as its ``rowtime``."""
+    strategy = get_gateway().jvm.org.apache.flink.streaming.api.operators.ChainingStrategy
+    j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
+    if new_chain:
+        j_stream.getTransformation().setChainingStrategy(strategy.HEAD)
+    out = j_stream.transform(name, j_stream.getType(), operator)
+    out.getTransformation().setChainingStrategy(strategy.ALWAYS)
+    t_env.create_temporary_view(view, t_env.from_data_stream(DataStream(out), _ROWTIME))
 
 
 def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, columns: list[str]) -> None:
@@ -299,12 +303,8 @@ def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, colum
     travels through the decoder in order with the records, so the status follows them as it would
     without a Python operator.
     """
-    jvm = get_gateway().jvm
-    j_stream = t_env.to_data_stream(t_env.from_path(source))._j_data_stream
-    status = j_stream.transform("idle status from marker rows", j_stream.getType(),
-                                jvm.pricing.watermarks.IdleFromMarker(columns.index("source_offset")))  # fmt: skip
-    status.getTransformation().setChainingStrategy(jvm.org.apache.flink.streaming.api.operators.ChainingStrategy.ALWAYS)
-    t_env.create_temporary_view(f"{view}_marked", t_env.from_data_stream(DataStream(status), _ROWTIME))
+    marker = get_gateway().jvm.pricing.watermarks.IdleFromMarker(columns.index("source_offset"))
+    _behind_java_operator(t_env, source=source, name="idle status from marker rows", operator=marker, view=f"{view}_marked")
     others = ", ".join(f"`{c}`" for c in columns if c != "ts")
     t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT `rowtime` AS `ts`, {others} FROM {view}_marked")
 

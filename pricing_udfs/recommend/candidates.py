@@ -8,8 +8,8 @@ behaviour and needs no window bookkeeping: a score s stored at time t0 is worth
 - per product at most ``max_neighbours`` co-view and as many co-purchase neighbours. When a product has
   twice that many, the weakest (decayed) half is dropped: a dropped pair that comes back starts again
   from its new evidence, so the kept scores are exact for every pair never dropped and a lower bound
-  otherwise (``tests/pricing_udfs/recommend/test_candidates.py`` compares both against a brute-force
-  recount);
+  otherwise (``tests/pricing_udfs/recommend/test_candidates.py`` compares both against its brute-force
+  recount of the rule);
 - per user the last ``recent_per_user`` products within ``co_window_ms``;
 - per category the ``max_popular`` most popular products, kept as for the neighbours.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from pricing_udfs.serde import Contract, enum_symbols
 
@@ -182,11 +182,14 @@ class CandidateIndex:
             if reason not in entry[1]:
                 entry[1].append(reason)
 
+        def result() -> list[Candidate]:
+            return [Candidate(p, score, tuple(reasons)) for p, (score, reasons) in list(found.items())[:limit]]
+
         explicit = list(explicit)
         if explicit:
             for product in explicit:
                 add(product, 0.0, EXPLICIT)
-            return [Candidate(p, v[0], tuple(v[1])) for p, v in list(found.items())[:limit]]
+            return result()
         recent = self.recent_products(user_id) if user_id else []
         seeds = ([context_product_id] if context_product_id else []) + recent
         for seed in seeds:
@@ -203,7 +206,7 @@ class CandidateIndex:
                 add(product, score, CATEGORY_POPULAR)
         for product, score in self.popular.top(limit + len(self.inactive) + 1, t):
             add(product, score, POPULAR)
-        return [Candidate(p, v[0], tuple(v[1])) for p, v in list(found.items())[:limit]]
+        return result()
 
 
 def _distinct(values: Iterable[str | None]) -> list[str]:
@@ -211,32 +214,4 @@ def _distinct(values: Iterable[str | None]) -> list[str]:
     for v in values:
         if v is not None and v not in out:
             out.append(v)
-    return out
-
-
-def brute_force_pairs(events: Iterable[Mapping], settings: CandidateSettings, t: int, *,
-                      purchases: bool = False) -> dict[tuple[str, str], float]:  # fmt: skip
-    """Every co-occurrence pair's decayed score at ``t``, recounted from all events without any bound
-    (the reference the bounded index is tested against; also a readable statement of the rule)."""
-    kinds = {PURCHASE} if purchases else VIEW_KINDS
-    by_user: dict[str, list[Mapping]] = {}
-    for e in events:
-        if e["user_id"] and (e["type"] in VIEW_KINDS or e["type"] == PURCHASE):  # what the index remembers
-            by_user.setdefault(e["user_id"], []).append(e)
-    out: dict[tuple[str, str], float] = {}
-    for evs in by_user.values():
-        for i, later in enumerate(evs):
-            if later["type"] not in kinds:
-                continue
-            counted: set[str] = set()
-            window = [e for e in evs[:i] if later["event_time"] - e["event_time"] <= settings.co_window_ms]
-            window = window[-settings.recent_per_user:]  # what the index remembers of this user
-            for earlier in window:
-                other = earlier["product_id"]
-                if earlier["type"] not in kinds or other == later["product_id"] or other in counted:
-                    continue
-                counted.add(other)
-                w = _decay(t - later["event_time"], settings.half_life_ms)
-                for pair in ((later["product_id"], other), (other, later["product_id"])):
-                    out[pair] = out.get(pair, 0.0) + w
     return out

@@ -25,7 +25,6 @@ input gives the same slates.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -70,13 +69,6 @@ def candidate_rows(requests: Sequence[Mapping[str, Any]], candidates: Sequence[S
     columns = ["request_id", "user_id", "product_id", "channel", "event_time", "slate", "candidate_score",
                "candidate_reasons"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
-
-
-@dataclass(frozen=True)
-class _Item:
-    row: int
-    utility: float
-    tiebreak: str
 
 
 def rank(requests: Sequence[Mapping[str, Any]], rows: pd.DataFrame, decisions: pd.DataFrame, settings: RankingSettings,

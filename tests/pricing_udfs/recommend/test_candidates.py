@@ -4,17 +4,50 @@ against hand-built behaviour."""
 from __future__ import annotations
 
 import random
+from typing import Iterable, Mapping
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pricing_udfs.recommend.candidates import (
-    CATEGORY_POPULAR, CO_PURCHASE, CO_VIEW, EXPLICIT, POPULAR, RECENT, CandidateIndex, CandidateSettings, Decayed,
-    brute_force_pairs,
+    CATEGORY_POPULAR, CO_PURCHASE, CO_VIEW, EXPLICIT, POPULAR, PURCHASE, RECENT, VIEW_KINDS, CandidateIndex,
+    CandidateSettings, Decayed,
 )  # fmt: skip
 
 H = 3_600_000
+
+
+def decay(dt_ms: int, half_life_ms: int) -> float:
+    return 0.5 ** (max(dt_ms, 0) / half_life_ms)
+
+
+def brute_force_pairs(events: Iterable[Mapping], settings: CandidateSettings, t: int, *,
+                      purchases: bool = False) -> dict[tuple[str, str], float]:  # fmt: skip
+    """Every co-occurrence pair's decayed score at ``t``, recounted from all events without any bound
+    (the reference the bounded index is tested against; also a readable statement of the rule)."""
+    kinds = {PURCHASE} if purchases else VIEW_KINDS
+    by_user: dict[str, list[Mapping]] = {}
+    for e in events:
+        if e["user_id"] and (e["type"] in VIEW_KINDS or e["type"] == PURCHASE):  # what the index remembers
+            by_user.setdefault(e["user_id"], []).append(e)
+    out: dict[tuple[str, str], float] = {}
+    for evs in by_user.values():
+        for i, later in enumerate(evs):
+            if later["type"] not in kinds:
+                continue
+            counted: set[str] = set()
+            window = [e for e in evs[:i] if later["event_time"] - e["event_time"] <= settings.co_window_ms]
+            window = window[-settings.recent_per_user:]  # what the index remembers of this user
+            for earlier in window:
+                other = earlier["product_id"]
+                if earlier["type"] not in kinds or other == later["product_id"] or other in counted:
+                    continue
+                counted.add(other)
+                w = decay(t - later["event_time"], settings.half_life_ms)
+                for pair in ((later["product_id"], other), (other, later["product_id"])):
+                    out[pair] = out.get(pair, 0.0) + w
+    return out
 
 
 def _events(seed: int, n: int, *, users: int = 6, products: int = 8, span_ms: int = 6 * H) -> list[dict]:
