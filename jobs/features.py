@@ -71,6 +71,10 @@ from pyflink.table import TableEnvironment
 
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 
+# A recommendation candidate's columns (``jobs.recommendations``), NULL on every other row.
+SLATE_COLUMNS = ("slate_size", "slate_index", "slate_k", "candidate_score", "candidate_reasons")
+_NO_SLATE = ("CAST(NULL AS INT) AS slate_size, CAST(NULL AS INT) AS slate_index, CAST(NULL AS INT) AS slate_k, "
+             "CAST(NULL AS DOUBLE) AS candidate_score, CAST(NULL AS STRING) AS candidate_reasons")
 _MINUTE_MS = 60_000
 _HOUR_MS = 3_600_000
 # Window aggregates with O(1) amortised cost per row, from deploy/jvm (pricing-features.jar).
@@ -180,7 +184,7 @@ def _skipped(aggregates: _Aggregates) -> str:
 
 def declare_feature_views(
     t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC,
-    mode: ServingMode = "event-time", allowance_ms: int = 0, horizon_ms: int = 0,
+    mode: ServingMode = "event-time", allowance_ms: int = 0, horizon_ms: int = 0, candidates: str | None = None,
 ) -> str:
     """Create the feature views over the decoded (``ok``) inputs; returns the view of featured requests.
 
@@ -189,6 +193,10 @@ def declare_feature_views(
     ``mode`` "arrival" orders the stages by arrival (processing time) instead of event time, with
     the ``arrival_*`` window functions and their ``allowance_ms`` (``arrival_allowance_ms``), behind
     the catch-up gate with ``horizon_ms`` (``_gated_views``).
+
+    ``candidates`` (``jobs.recommendations``) names a view of recommendation candidate rows: each is featured
+    exactly like a price request of its user and product at its request's time (it is one, with ``slate_size``
+    set), and comes out in the returned view beside the price requests, whose ``slate_*`` columns are NULL.
     """
     a = allowance_ms if mode == "arrival" else None
     frame = _ARRIVAL if mode == "arrival" else _ALL
@@ -239,20 +247,20 @@ SELECT 'market' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_t
   CAST(NULL AS STRING) AS b_type, CAST(NULL AS BIGINT) AS b_price, CAST(NULL AS INT) AS b_qty,
   CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel,
   CAST(NULL AS STRING) AS request_topic, CAST(NULL AS INT) AS request_partition,
-  CAST(NULL AS BIGINT) AS request_offset, CAST(NULL AS BYTES) AS request_bytes
+  CAST(NULL AS BIGINT) AS request_offset, CAST(NULL AS BYTES) AS request_bytes, {_NO_SLATE}
 FROM {market} WHERE ok
 UNION ALL
 SELECT 'behaviour', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), currency,
   type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING),
-  CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES)
+  CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES), {_NO_SLATE}
 FROM {behaviour} WHERE ok
 UNION ALL
 SELECT 'request', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel,
-  source_topic, source_partition, source_offset, raw_value
-FROM {requests} WHERE ok
+  source_topic, source_partition, source_offset, raw_value, {_NO_SLATE}
+FROM {requests} WHERE ok{_candidate_branch(candidates)}
 """,
         # Half the allowance: a row released by the gate is never further from its key's newest row than that.
         **({} if a is None else _gated_views(horizon_ms, context_horizon_ms=a // 2)),
@@ -328,6 +336,8 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
     register_window_functions(t_env)
     for name, sql in views.items():
         t_env.execute_sql(f"CREATE TEMPORARY VIEW {name} AS {sql}")
+        if name == "gated_events_sql":
+            _single_gate(t_env, source=name, view="gated_events")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
     user_aggregates = user_windows | user_all
     user_cols = ", ".join(user_aggregates)
@@ -335,7 +345,8 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
         " request_bytes, list_currency, list_price, unit_cost, comp_min_15m,"
         " comp_sum_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
-        " purchases_1h, views_24h, purchases_24h, vel_sum_even, vel_sum_odd, product_events"
+        " purchases_1h, views_24h, purchases_24h, vel_sum_even, vel_sum_odd, product_events, "
+        + ", ".join(SLATE_COLUMNS)
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
@@ -349,17 +360,43 @@ SELECT {base_cols}, {_skipped(user_aggregates)} FROM by_product WHERE src = 'req
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_requests AS
 SELECT request_id, user_id, product_id, channel, event_time, ts, list_currency,
-  request_topic, request_partition, request_offset, request_bytes,
+  request_topic, request_partition, request_offset, request_bytes, {", ".join(SLATE_COLUMNS)},
   {columns}
 FROM featured_rows
 """)
     return "featured_requests"
 
 
+def _single_gate(t_env: TableEnvironment, *, source: str, view: str) -> None:
+    """``view``: the gate's output through a DataStream, so that every query reading the featured rows (the
+    priced and the recommendation branch) shares one gate: Flink plans a process table function once per
+    query that reads it and refuses two calls with one ``uid``. Without a DataStream API (a plain
+    TableEnvironment, used to check the SQL) the view is the SQL itself."""
+    if not hasattr(t_env, "to_data_stream"):
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT * FROM {source}")
+        return
+    t_env.create_temporary_view(view, t_env.from_data_stream(t_env.to_data_stream(t_env.from_path(source))))
+
+
+def _candidate_branch(candidates: str | None) -> str:
+    """The feature union's branch of recommendation candidates: each one a request of its user and product."""
+    if candidates is None:
+        return ""
+    return f"""
+UNION ALL
+SELECT 'request', product_id, user_id, ts, event_time,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel,
+  CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES),
+  {", ".join(SLATE_COLUMNS)}
+FROM {candidates}"""
+
+
 # The union's columns; ``ts`` is rebuilt from ``event_time`` after the gate (a PTF returns no time attribute).
 _EVENT_COLUMNS = ("src", "product_id", "user_id", "event_time", "m_kind", "m_value", "m_currency", "b_type", "b_price",
                   "b_qty", "request_id", "channel", "request_topic", "request_partition", "request_offset",
-                  "request_bytes")  # fmt: skip
+                  "request_bytes", "slate_size", "slate_index", "slate_k", "candidate_score",
+                  "candidate_reasons")  # fmt: skip
 
 
 def _gated_views(horizon_ms: int, context_horizon_ms: int) -> dict[str, str]:
@@ -378,10 +415,10 @@ def _gated_views(horizon_ms: int, context_horizon_ms: int) -> dict[str, str]:
         # record_ts is not used after the gate: reading the decoded views' ts here makes the priced branch read
         # what the dead-letter branch reads, so both share one Python decoder (tests/jobs/test_job_plan.py).
         "gate_input": f"SELECT {columns} FROM feature_events",
-        "gated_events": f"""
+        "gated_events_sql": f"""
 SELECT {", ".join(c if c != "event_time" else "TO_TIMESTAMP_LTZ(event_time, 3) AS ts, event_time" for c in _EVENT_COLUMNS)}
 FROM arrival_gate(input => TABLE gate_input PARTITION BY product_id, horizon_ms => CAST({horizon_ms} AS BIGINT),
-                  context_horizon_ms => CAST({context_horizon_ms} AS BIGINT))
+                  context_horizon_ms => CAST({context_horizon_ms} AS BIGINT), uid => 'arrival-gate')
 """,
     }
 

@@ -68,6 +68,7 @@ from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings, registry_dir
 from pricing.warm_start import WarmStart, plan_warm_start
 from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
+from jobs import recommendations
 from jobs.features import arrival_allowance_ms, declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
@@ -290,6 +291,19 @@ def _behind_java_operator(t_env: TableEnvironment, *, source: str, name: str, op
     t_env.create_temporary_view(view, t_env.from_data_stream(DataStream(out), _ROWTIME))
 
 
+def _shared(t_env: TableEnvironment, *, source: str, view: str) -> str:
+    """``source`` (with its ``ts`` rowtime) through a DataStream: the queries that read ``view`` share one copy of
+    everything before it. Two queries reading one event-time view are otherwise planned apart when they read
+    different columns of it (measured: the feature stages' over-windows twice, 12 instead of 3, when the
+    recommendation branch reads the featured rows beside the priced branch)."""
+    columns = [c for c in t_env.from_path(source).get_schema().get_field_names() if c != "ts"]
+    stream = t_env.to_data_stream(t_env.from_path(source))
+    t_env.create_temporary_view(f"{view}_stream", t_env.from_data_stream(stream, _ROWTIME))
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT {', '.join(f'`{c}`' for c in columns)}, `rowtime` AS `ts` "
+                      f"FROM {view}_stream")
+    return view
+
+
 def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, columns: list[str]) -> None:
     """``view``: the decoded ``source`` behind ``pricing.watermarks.IdleFromMarker``, which turns the marker rows
     that ``_unchained`` put in place of the reader's idle status back into the status.
@@ -309,14 +323,14 @@ def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, colum
     t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT `rowtime` AS `ts`, {others} FROM {view}_marked")
 
 
-def _decoded_view(*, view: str, source: str, decoder: str, contract: Contract) -> str:
+def _decoded_view(*, view: str, source: str, decoder: str, fields: list[str]) -> str:
     """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``, so the
     planner shares one Python decode operator between them (if one branch read another source
     column, or the call differed, the planner would split it in two and decode every record twice:
     ``tests/jobs/test_job_plan.py``)."""
     return f"""
 CREATE TEMPORARY VIEW {view} AS
-SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in udfs.decoded_field_names(contract))}
+SELECT `ts`, {", ".join(f"x.d.`{n}` AS `{n}`" for n in fields)}
 FROM (
   SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
 ) AS x
@@ -328,25 +342,34 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
     behaviour source starts at its ``context_from_ms`` and the market source at its ``market_from_ms``
     (``pricing.warm_start``)."""
     topics = settings.kafka.topics
-    inputs = (
+    inputs = [
         ("requests", topics.requests.name, Contract.PRICE_REQUEST, "decode_price_request"),
         ("market", topics.market.name, Contract.MARKET_EVENT, "decode_market_event"),
         ("behaviour", topics.behaviour.name, Contract.BEHAVIOUR_EVENT, "decode_behaviour_event"),
-    )
+    ]
+    if settings.recommend.enabled:
+        inputs.append(("recommend", topics.recommend_requests.name, Contract.RECOMMEND_REQUEST, "decode_recommend_request"))
+    requests = (Contract.PRICE_REQUEST, Contract.RECOMMEND_REQUEST)
     for view, topic, contract, decoder in inputs:
         # Requests keep their bytes: a duplicate is dead-lettered after decoding (see _first_copies).
         keep_raw = contract is Contract.PRICE_REQUEST
-        # Arrival mode prices a request on arrival, whatever the watermark, so a request is never late there.
-        late = not (contract is Contract.PRICE_REQUEST and settings.job.serving_mode == "arrival")
-        t_env.create_temporary_system_function(decoder, udfs.decoder(
-            contract, keep_raw=keep_raw, max_clock_skew_ms=settings.job.max_clock_skew_ms, late=late))
+        # Arrival mode answers a request on arrival, whatever the watermark, so a request is never late there.
+        late = not (contract in requests and settings.job.serving_mode == "arrival")
+        skew = settings.job.max_clock_skew_ms
+        fields = udfs.decoded_field_names(contract)
+        if contract is Contract.RECOMMEND_REQUEST:  # decodes and finds each request's candidates
+            function = udfs.recommend_decoder(recommendations.candidate_config(settings), max_clock_skew_ms=skew, late=late)
+            fields += [f.name for f in udfs.CANDIDATE_FIELDS]
+        else:
+            function = udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late)
+        t_env.create_temporary_system_function(decoder, function)
         from_ms = None
-        if warm is not None and contract is not Contract.PRICE_REQUEST:
+        if warm is not None and contract not in requests:
             from_ms = warm.market_from_ms if contract is Contract.MARKET_EVENT else warm.context_from_ms
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
         read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
-        t_env.execute_sql(_decoded_view(view=f"{view}_decoded", source=read, decoder=decoder, contract=contract))
-        _idle_from_markers(t_env, source=f"{view}_decoded", view=view, columns=["ts", *udfs.decoded_field_names(contract)])
+        t_env.execute_sql(_decoded_view(view=f"{view}_decoded", source=read, decoder=decoder, fields=fields))
+        _idle_from_markers(t_env, source=f"{view}_decoded", view=view, columns=["ts", *fields])
     return [view for view, *_ in inputs]
 
 
@@ -366,6 +389,8 @@ def scoring_config(settings: Settings) -> ScoringConfig:
         kafka=settings.kafka.client_config(), priced_topic=settings.kafka.topics.priced.name,
         anchor_lookback_ms=lookback, anchor_seed_timeout_s=job.anchor_seed_timeout_ms / 1000,
         anchor_history_hours=job.anchor_history_hours,
+        recommendations_topic=settings.kafka.topics.recommendations.name if settings.recommend.enabled else None,
+        honour_validity_ms=settings.recommend.honour_validity_ms,
         # only the job's own exactly-once sinks leave transactions that another worker's wait could hold open
         anchor_seed_grace_s=(job.anchor_seed_grace_ms / 1000 if job.anchor_seed_grace_ms is not None
                              and job.delivery_guarantee == "exactly-once" else None),
@@ -385,12 +410,24 @@ def build(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = 
     job = settings.job
     allowance = arrival_allowance_ms(max_clock_skew_ms=job.max_clock_skew_ms,
                                      watermark_out_of_orderness_ms=job.watermark_out_of_orderness_ms)
+    recommend = "recommend" in inputs
+    candidates = recommendations.declare_candidate_rows(t_env, recommend="recommend") if recommend else None
     featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
-                                     mode=job.serving_mode, allowance_ms=allowance, horizon_ms=job.arrival_horizon)
-    copies = _first_copies(t_env, requests=featured, window_ms=job.dedupe_window_ms,
+                                     mode=job.serving_mode, allowance_ms=allowance, horizon_ms=job.arrival_horizon,
+                                     candidates=candidates)  # fmt: skip
+    if recommend and job.serving_mode == "event-time":
+        featured = _shared(t_env, source=featured, view="featured_shared")
+    t_env.execute_sql(f"CREATE TEMPORARY VIEW featured_prices AS SELECT * FROM {featured} WHERE slate_size IS NULL")
+    copies = _first_copies(t_env, requests="featured_prices", window_ms=job.dedupe_window_ms,
                            arrival_allowance_ms=allowance if job.serving_mode == "arrival" else None)
 
     statements = t_env.create_statement_set()
+    if recommend:
+        t_env.execute_sql(_sink_ddl(settings, table="recommendations_sink", topic=topics.recommendations.name,
+                                    id_suffix="recommend"))  # fmt: skip
+        statements.add_insert_sql(recommendations.recommendations_sql(
+            t_env, settings, recommend="recommend", featured=featured, scoring=scoring_config(settings),
+            sink="recommendations_sink"))  # fmt: skip
     arguments = ", ".join((*udfs.REQUEST_COLUMNS, f"ARRAY[{', '.join(FEATURE_SPEC.names)}]"))
     statements.add_insert_sql(
         f"""

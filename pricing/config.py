@@ -25,6 +25,8 @@ from pydantic_settings import (
 )
 
 from pricing_udfs.policy import PolicySettings
+from pricing_udfs.recommend.candidates import CandidateSettings
+from pricing_udfs.recommend.ranking import RankingSettings
 
 DeliveryGuarantee = Literal["exactly-once", "at-least-once"]
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_CONFIG_FILE", default=None)
@@ -348,6 +350,30 @@ class ModelSettings(_Section):
     )
 
 
+class RecommendSettings(_Section):
+    """The recommendation path (recommend-requests in, recommendations out; README "Recommendations")."""
+
+    enabled: bool = Field(default=True, description="read recommend-requests and answer them; false: the job "
+                          "neither reads nor writes the recommendation topics")
+    candidates: int = Field(default=100, ge=1, le=500, description="candidates priced and ranked per request")
+    half_life_ms: int = Field(default=24 * 3_600_000, ge=60_000, description="decay of co-occurrence and popularity")
+    co_window_ms: int = Field(default=3_600_000, ge=1_000, description="two products one user touches within this co-occur")
+    max_neighbours: int = Field(default=50, ge=1, le=1_000, description="co-view (and co-purchase) neighbours kept per product")
+    recent_per_user: int = Field(default=20, ge=1, le=1_000, description="recent products kept per user")
+    max_popular: int = Field(default=200, ge=1, le=10_000, description="popular products kept per category and overall")
+    lookback_ms: int = Field(default=24 * 3_600_000, ge=0, description="behaviour each worker reads back at start "
+                             "to rebuild its candidate index (the catalogue is read whole)")
+    catch_up_timeout_ms: int = Field(default=60_000, ge=1_000, description="how long a worker reads back at start "
+                                     "before it answers with what it has")
+    honour_validity_ms: int = Field(default=15 * 60_000, ge=0, description="a recommended price is charged when the "
+                                    "same user asks for the product within this time; 0: offers are not honoured")
+    ranking: RankingSettings = RankingSettings()
+
+    def candidate_settings(self) -> CandidateSettings:
+        return CandidateSettings(half_life_ms=self.half_life_ms, co_window_ms=self.co_window_ms,
+                                 max_neighbours=self.max_neighbours, recent_per_user=self.recent_per_user,
+                                 max_popular=self.max_popular, n_candidates=self.candidates)  # fmt: skip
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -361,6 +387,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     policy: PolicySettings = PolicySettings()
     cluster: ClusterSettings = ClusterSettings()
+    recommend: RecommendSettings = RecommendSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -66,8 +66,11 @@ from pricing_udfs.model.serving import Device, ModelWatcher
 from pricing_udfs.policy import ModelPolicy, PolicySettings, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
 from pricing_udfs.policy.trust_region import COLD_PRODUCT, OUT_OF_RANGE, TRUST_CODES
+from pricing_udfs.recommend.honoured import HonouredPrices, honour, record_offers
+from pricing_udfs.recommend.tail import TopicTail
 
 _HOUR_MS = 3_600_000
+_CLOCK_SLACK_MS = 60_000  # offers are read from this much before the validity, for writers' clock skew
 
 
 class ScoringConfig(BaseModel):
@@ -93,6 +96,10 @@ class ScoringConfig(BaseModel):
     anchor_seed_timeout_s: float = 120.0
     anchor_seed_grace_s: float | None = None  # exactly-once only (seed_from_topic); None: wait for the watermarks
     anchor_history_hours: int = DEFAULT_HISTORY_HOURS
+    # Honoured prices (pricing_udfs.recommend.honoured): the recommendations topic this stage follows for the
+    # offers it honours, and for how long an offer holds; None / 0: no offers honoured.
+    recommendations_topic: str | None = None
+    honour_validity_ms: int = 0
 
 
 class _Timed:
@@ -127,6 +134,8 @@ class ScoringStage:
         self._recent: np.ndarray | None = None
         self._rejected_seen = 0
         self._last_priced_ms = 0
+        self.offers: HonouredPrices | None = None  # open() follows the recommendations topic when configured
+        self._offers_tail: TopicTail | None = None
         self._policy = ModelPolicy.create(None, "none", config.policy, default_price_minor=config.default_price_minor,
                                           currency=config.currency, spec=spec)  # fmt: skip
 
@@ -147,11 +156,21 @@ class ScoringStage:
                                         inter_op_threads=c.inter_op_threads)  # fmt: skip
         self._refresh(force=True)  # the first load: synchronous, before any batch
         self.watcher.start()
+        if c.kafka is not None and c.recommendations_topic and c.honour_validity_ms > 0:
+            offers = self.offers = HonouredPrices(c.honour_validity_ms)
+            now_ms = int(time.time() * 1000)
+            self._offers_tail = TopicTail(c.kafka, [(c.recommendations_topic, max(1, now_ms - c.honour_validity_ms
+                                                                                  - _CLOCK_SLACK_MS))],
+                                          lambda _, value: record_offers(offers, value), name="honoured-prices")  # fmt: skip
+            self._offers_tail.catch_up(c.anchor_seed_timeout_s)
+            self._offers_tail.start()
 
     def close(self) -> None:
         """Stop the watcher's background loader."""
         if self.watcher is not None:
             self.watcher.close()
+        if self._offers_tail is not None:
+            self._offers_tail.close()
 
     @property
     def model_version(self) -> str | None:
@@ -172,11 +191,13 @@ class ScoringStage:
             self._policy = self._policy.with_model(current.model, current.version,
                                                    trust_region=getattr(current, "trust_region", None))  # fmt: skip
 
-    def decide(self, batch: pd.DataFrame, *, priced_time_ms: int | None = None) -> pd.DataFrame:
+    def decide(self, batch: pd.DataFrame, *, priced_time_ms: int | None = None, record: bool = True) -> pd.DataFrame:
         """Checked decisions for ``batch`` (request columns plus one column per spec feature).
 
         ``priced_time_ms`` is the priced events' ``priced_time`` (the anchors order prices by it after the
-        request's event time); None: the wall clock, strictly increasing per stage (offline replays)."""
+        request's event time); None: the wall clock, strictly increasing per stage (offline replays). Without
+        ``record`` the prices are not recorded in the anchors (a recommendation's offers are not sales). A
+        row with an offer still valid (``offers``) gets the offer's price when it is inside the guardrails."""
         if priced_time_ms is None:
             priced_time_ms = max(int(time.time() * 1000), self._last_priced_ms + 1)
         self._last_priced_ms = priced_time_ms
@@ -185,9 +206,14 @@ class ScoringStage:
         timed = _Timed(self._policy.model) if self._policy.model is not None else None
         policy = self._policy.with_model(timed, self._policy.model_version) if timed else self._policy
         decisions, replaced = check_decisions(policy, batch, policy.decide(batch))
-        self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy(),
-                            priced_time=priced_time_ms,
-                            request_ids=batch["request_id"] if "request_id" in batch else None)  # fmt: skip
+        if self.offers is not None and len(batch):
+            assert self._offers_tail is not None
+            with self._offers_tail.lock:
+                decisions = honour(self.offers, policy, batch, decisions)
+        if record:
+            self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy(),
+                                priced_time=priced_time_ms,
+                                request_ids=batch["request_id"] if "request_id" in batch else None)  # fmt: skip
         self._count(decisions, replaced)
         self.last_batch_size = len(batch)
         self.last_inference_ms = timed.seconds * 1000 if timed else 0.0

@@ -26,6 +26,8 @@ from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.policy import Policy, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
 from pricing_udfs.policy.trust_region import TRUST_CODES
+from pricing_udfs.recommend.stage import (REASON_SEPARATOR, CandidateConfig, CandidateStage, RecommendConfig,
+                                          RecommendStage, encode_recommendations, slate_frame)  # fmt: skip
 from pricing_udfs.scoring import ScoringConfig, ScoringStage
 from pricing_udfs.serde import Contract
 
@@ -58,6 +60,9 @@ def _fields(contract: Contract) -> list[tuple[str, Any]]:
         if isinstance(avro, list):  # ["null", T]: nullable T
             avro = next(a for a in avro if a != "null")
         name = avro["type"] if isinstance(avro, dict) else avro
+        if name == "array" and avro["items"] in _FLINK_TYPES:
+            out.append((field["name"], DataTypes.ARRAY(_FLINK_TYPES[avro["items"]]())))
+            continue
         if name not in _FLINK_TYPES:
             raise TypeError(f"{contract.value}.{field['name']}: no Flink column type for Avro {avro!r}")
         out.append((field["name"], _FLINK_TYPES[name]()))
@@ -198,6 +203,101 @@ class _Decode(ScalarFunction):
             self._late.inc(int(((out["error_kind"] == serde.ErrorKind.LATE.value).to_numpy() & real).sum()))
             self._rejected.inc(int((~out["ok"].to_numpy(dtype=bool) & real).sum()))
         return out
+
+
+# The candidate columns the recommend-request decoder adds to the decoded request (parallel arrays, best first).
+CANDIDATE_FIELDS = [
+    DataTypes.FIELD("candidate_ids", DataTypes.ARRAY(DataTypes.STRING())),
+    DataTypes.FIELD("candidate_scores", DataTypes.ARRAY(DataTypes.DOUBLE())),
+    DataTypes.FIELD("candidate_reasons", DataTypes.ARRAY(DataTypes.STRING())),
+]
+
+
+class _DecodeRecommend(_Decode):
+    """The recommend-request decoder, which also generates each good request's candidates from its worker's
+    candidate index (``pricing_udfs.recommend.stage.CandidateStage``): one Python crossing for both."""
+
+    def __init__(self, config: CandidateConfig, max_clock_skew_ms: int | None, late: bool) -> None:
+        super().__init__(Contract.RECOMMEND_REQUEST, False, max_clock_skew_ms, late)
+        self._config = config
+        self._candidates: CandidateStage | None = None
+
+    def open(self, function_context: Any) -> None:
+        super().open(function_context)
+        self._candidates = CandidateStage(self._config)
+        self._candidates.open()
+        index = self._candidates.index
+        group = function_context.get_metric_group().add_group("recommend")
+        group.gauge("candidate_index_products", lambda: len(index.co_view) + len(index.co_purchase))
+        group.gauge("candidate_index_users", lambda: len(index.recent))
+
+    def close(self) -> None:
+        if self._candidates is not None:
+            self._candidates.close()
+
+    def eval(self, *columns: pd.Series) -> pd.DataFrame:
+        out = super().eval(*columns)
+        if self._candidates is None:
+            raise RuntimeError("the recommend decoder was evaluated before open(): Flink opens every function first")
+        found = self._candidates.candidates(out)
+        out["candidate_ids"] = pd.Series([[c.product_id for c in f] for f in found], dtype=object)
+        out["candidate_scores"] = pd.Series([[float(c.score) for c in f] for f in found], dtype=object)
+        out["candidate_reasons"] = pd.Series([[REASON_SEPARATOR.join(c.reasons) for c in f] for f in found], dtype=object)
+        return out
+
+
+def recommend_decoder(config: CandidateConfig, *, max_clock_skew_ms: int | None = None, late: bool = True) -> Any:
+    """A pandas UDF like :func:`decoder` for recommend requests, with the ``CANDIDATE_FIELDS`` appended."""
+    result = DataTypes.ROW(list(decoded_type(Contract.RECOMMEND_REQUEST).fields) + CANDIDATE_FIELDS)
+    return udf(_DecodeRecommend(config, max_clock_skew_ms, late), result_type=result, func_type="pandas")
+
+
+class _RecommendAndEncode(ScalarFunction):
+    """The recommend stage (``pricing_udfs.recommend.stage``) as a pandas UDF: one ``recommend`` (one model
+    call for every candidate of every slate) per Arrow batch."""
+
+    def __init__(self, config: RecommendConfig, spec: FeatureSpec) -> None:
+        self._config = config
+        self._spec = spec
+        self._stage: RecommendStage | None = None
+        self._answered: Any = None
+        self._fallbacks: Any = None
+        self._slate_size: Any = None
+
+    def open(self, function_context: Any) -> None:
+        self._stage = RecommendStage(self._config, spec=self._spec)
+        self._stage.open()
+        group = function_context.get_metric_group().add_group("recommend")
+        self._answered = group.counter("recommendations")
+        self._fallbacks = group.counter("fallbacks")
+        self._slate_size = group.distribution("candidates")
+
+    def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+
+    def eval(self, request_id: pd.Series, user_id: pd.Series, channel: pd.Series, event_time: pd.Series, k: pd.Series,
+             product_ids: pd.Series, currencies: pd.Series, scores: pd.Series, reasons: pd.Series,
+             features: pd.Series) -> pd.Series:  # fmt: skip
+        if self._stage is None:
+            raise RuntimeError("the recommend UDF was evaluated before open(): Flink opens every function first")
+        n = len(product_ids)
+        requests = pd.DataFrame({"request_id": _column(request_id, n), "user_id": _column(user_id, n),
+                                 "channel": _column(channel, n), "event_time": _column(event_time, n).astype(np.int64),
+                                 "k": _column(k, n).astype(np.int64)})  # fmt: skip
+        slates = [slate_frame(p, c, s, r, f, spec=self._spec) for p, c, s, r, f in
+                  zip(product_ids, currencies, scores, reasons, features)]  # fmt: skip
+        records = self._stage.recommend(requests, slates, answered_time_ms=int(time.time() * 1000))
+        self._answered.inc(len(records))
+        self._fallbacks.inc(sum(bool(r["fallback_used"]) for r in records))
+        for sl in slates:
+            self._slate_size.update(len(sl))
+        return encode_recommendations(records)
+
+
+def recommend_and_encode_udf(config: RecommendConfig, *, spec: FeatureSpec = FEATURE_SPEC) -> Any:
+    """A pandas UDF ``(request_id, user_id, channel, event_time, k, slate arrays...) -> framed Recommendation``."""
+    return udf(_RecommendAndEncode(config, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 
 def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None, late: bool = True) -> Any:

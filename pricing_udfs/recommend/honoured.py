@@ -7,15 +7,25 @@ price, for example, voids the offer: the request is priced afresh, reason ``hono
 users ('') get no offers.
 
 State is bounded: per user the newest ``max_per_user`` offers, and an offer is dropped once it expired.
-The offers live beside the pricing stage's anchors, in the worker's memory: a restart forgets them, so
-a shopper who asks again after a crash is priced afresh (still inside the guardrails).
+The offers live beside the pricing stage's anchors, in each pricing worker's memory, read from the
+recommendations topic (``record_offers``; every worker follows every partition, read_committed:
+``pricing_udfs.recommend.tail``). After a restart the worker reads the offers of the last validity
+again, so a promise survives a crash; an offer the worker has not read yet when the request comes (the
+recommendation still in an open transaction under exactly-once, or written a few milliseconds before)
+is not honoured: the request is priced afresh, inside the guardrails.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from pricing_udfs import serde
+from pricing_udfs.serde import Contract
 
 HONOURED = "honoured"
 HONOUR_REFUSED = "honour_refused"
@@ -66,3 +76,56 @@ class HonouredPrices:
 
     def __len__(self) -> int:
         return sum(len(m) for m in self._offers.values())
+
+
+def record_offers(offers: HonouredPrices, value: bytes | None) -> bool:
+    """Record the items of one framed ``Recommendation`` (a record of the recommendations topic); False when
+    the bytes are not one (skipped). A fallback ranking's items are offers too: their price is the price shown."""
+    got = serde.decode(Contract.RECOMMENDATION, value)
+    if not got.ok:
+        return False
+    r = got.record
+    offers.offer(r["user_id"], [(i["product_id"], i["price_minor"], i["currency"]) for i in r["items"]],
+                 shown_at_ms=int(r["request_time"]), request_id=r["request_id"])  # fmt: skip
+    return True
+
+
+def honour(offers: HonouredPrices, policy: Any, batch: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """``decisions`` (checked) with each row that has a valid offer priced at it (reason ``honoured``), when the
+    offer's price is inside ``policy``'s guardrails for the row (its cost, list price and anchor now) and in
+    the same currency; otherwise the row keeps its price, reason ``honour_refused``. An honoured row's expected
+    conversion is the model's at the offer's price (one model call for all of them; NaN without a model)."""
+    found = [offers.lookup(str(u), str(p), int(t)) if u else None
+             for u, p, t in zip(batch["user_id"], batch["product_id"], batch["event_time"])]  # fmt: skip
+    at = np.flatnonzero([o is not None for o in found])
+    if not at.size:
+        return decisions
+    out = decisions.copy()
+    out["reason_codes"] = out["reason_codes"].astype(object)
+    price = np.array([found[i].price_minor for i in at], dtype=np.int64)
+    rows = batch.iloc[at]
+    cost = pd.to_numeric(rows.get("unit_cost_minor"), errors="coerce").to_numpy(dtype=np.float64)
+    bad = policy.guardrails.violations(
+        price, reference_price=pd.to_numeric(rows["list_price_minor"], errors="coerce").to_numpy(dtype=np.float64),
+        unit_cost=cost, anchor_price=pd.to_numeric(rows.get("anchor_price_minor", 0), errors="coerce"))  # fmt: skip
+    bad |= np.array([found[i].currency != out["currency"].iat[i] for i in at], dtype=bool)
+    good = at[~bad]
+    for i in at[bad]:
+        out.at[out.index[i], "reason_codes"] = [*out["reason_codes"].iat[i], HONOUR_REFUSED]
+    if not good.size:
+        return out
+    conv = np.full(good.size, np.nan)
+    if policy.model is not None:
+        try:
+            features = batch.iloc[good][list(policy.spec.names)].to_numpy(dtype=np.float64)
+            conv = np.asarray(policy.model.score(features, price[~bad][:, None].astype(np.float64)), dtype=np.float64)[:, 0]
+        except Exception:  # noqa: BLE001 - no estimate is not a reason to break a promise
+            conv = np.full(good.size, np.nan)
+    margin = price[~bad] - cost[~bad]
+    for j, i in enumerate(good):
+        idx = out.index[i]
+        out.at[idx, "price_minor"] = int(price[~bad][j])
+        out.at[idx, "expected_conversion"] = float(conv[j])
+        out.at[idx, "expected_profit_minor"] = int(round(conv[j] * margin[j])) if np.isfinite(conv[j] * margin[j]) else 0
+        out.at[idx, "reason_codes"] = [*out["reason_codes"].iat[i], HONOURED]
+    return out

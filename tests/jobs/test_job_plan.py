@@ -12,7 +12,7 @@ from pricing.config import Settings
 
 pytestmark = pytest.mark.integration
 
-DECODERS = ("decode_price_request(", "decode_market_event(", "decode_behaviour_event(")
+DECODERS = ("decode_price_request(", "decode_market_event(", "decode_behaviour_event(", "decode_recommend_request(")
 
 
 def _stream_graph(settings: Settings) -> list[str]:
