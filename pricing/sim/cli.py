@@ -99,7 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="offline policy evaluation against the ground truth",
         description="Replay baseline policies (and --policy ones) through the same simulated market; "
-        "write evaluation.md, evaluation.csv and cumulative_profit.png.",
+        "write evaluation.md, evaluation.csv and cumulative_profit.png. With --recommend, evaluate "
+        "recommendations instead: random, popularity, category-popularity, item-to-item, the model's ranking at "
+        "list price and price-aware, and the oracle, on the same shoppers (with latent tastes); write "
+        "recommendation.md, recommendation.csv and recommendation_profit.png (pricing.sim.recommend_eval).",
     )
     evaluate.add_argument("--days", type=_positive_int, default=7, help="days to simulate (default 7)")
     evaluate.add_argument("--out", type=Path, default=None, help="output folder (default <state_dir>/eval/<scenario>, state_dir .pricing)")
@@ -109,6 +112,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="also evaluate the engine's policy with this registry version (or latest), fed the "
                           "backfilled features of the same requests; shown as model-<version>")  # fmt: skip
     evaluate.add_argument("--registry", type=Path, default=None, help="registry folder (default from [models])")
+    rec = evaluate.add_argument_group("recommendations (--recommend)")
+    rec.add_argument("--recommend", action="store_true",
+                     help="evaluate price-aware recommendations; needs a trained model (--model, default latest)")  # fmt: skip
+    rec.add_argument("--requests", type=_positive_int, default=2_000, metavar="N",
+                     help="recommendation requests, drawn from the last day's views (default 2000)")  # fmt: skip
+    rec.add_argument("--k", type=_slate_size, default=10, help="items per recommendation (1-50, default 10)")
+    rec.add_argument("--position-bias", choices=("log", "geometric"), default="log",
+                     help="P(examine position i): 1/log2(i+1) (log, default) or 0.7^(i-1) (geometric)")  # fmt: skip
     _scenario_args(evaluate, names)
     evaluate.set_defaults(func=_guarded(_cmd_evaluate))
 
@@ -282,6 +293,8 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     """Evaluate the baselines (and --policy ones), write the report files, print the table."""
     from pricing.sim.evaluate import evaluate_policies
 
+    if args.recommend:
+        return _cmd_recommend(args, settings)
     scenario = _scenario(args)
     extra = [_load_policy(spec) for spec in args.policy]
     state_dir = settings.state_dir if settings is not None else Path(".pricing")
@@ -305,6 +318,60 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
               f"{counts['trust_narrowed']:,} ({counts['trust_out_of_range']:,} out of range, "
               f"{counts['trust_cold_product']:,} cold product); {counts['explored']:,} explored, "
               f"{counts['invalid_decisions']:,} invalid decisions replaced")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace, settings: Settings | None) -> int:
+    """``evaluate --recommend``: the recommendation rows on the same shoppers, the report files, the table."""
+    from pricing.config import load_settings, registry_dir
+    from pricing.sim.engine import ModelNotServable, backfilled_features, offline_stage, served_version
+    from pricing.sim.recommend_eval import (
+        CandidateFeatures,
+        RecommendSetup,
+        evaluate_recommendations,
+        model_rankers,
+        recommend_world,
+        with_tastes,
+    )
+    from pricing.sim.slate import PositionBias
+    from pricing_udfs.model.registry import LATEST, Registry, RegistryError
+
+    if args.policy:
+        raise _UsageError("--policy prices single products; it does not apply to --recommend")
+    days = args.days
+    scenario = with_tastes(_scenario(args))
+    settings = settings if settings is not None else load_settings()
+    out = args.out if args.out is not None else settings.state_dir / "eval" / f"{scenario.name}-recommend"
+    registry = Registry(args.registry or registry_dir(settings))
+    try:  # before minutes of simulation
+        served = served_version(registry, args.model or LATEST, device=settings.models.device, spec=FEATURE_SPEC)
+    except (ModelNotServable, RegistryError) as exc:
+        raise _UsageError(f"--recommend needs a servable trained model in {registry.root}: {exc}") from None
+    setup = RecommendSetup(k=args.k, requests=args.requests, candidates=settings.recommend.candidate_settings(),
+                           ranking=settings.recommend.ranking, position_bias=PositionBias(kind=args.position_bias))  # fmt: skip
+    rec = recommend_world(scenario, days=days, setup=setup, progress=sys.stderr)
+    features = backfilled_features(scenario, days=days, progress=sys.stderr, history=rec.history)
+    stages = []
+
+    def stage_for(policy: Any) -> Any:
+        stages.append(offline_stage(served, policy, default_price_minor=settings.job.default_price_minor,
+                                    currency=settings.job.currency, spec=FEATURE_SPEC))  # fmt: skip
+        return stages[-1]
+
+    rankers = model_rankers(stage_for, CandidateFeatures(rec.world, features, spec=FEATURE_SPEC), settings.policy)
+    try:
+        evaluation = evaluate_recommendations(scenario, days=days, guardrails=settings.policy.guardrails,
+                                              rankers=rankers, setup=setup, rec=rec, progress=sys.stderr)  # fmt: skip
+    finally:
+        for stage in stages:
+            stage.close()
+    paths = evaluation.write(out)
+    print(evaluation.markdown())
+    for name, ranker in rankers.items():
+        c = ranker.stage.counts
+        print(f"{name}: {c['requests_priced']:,} candidates priced by model {served.version}, {c['fallbacks']:,} by the "
+              f"fallback ({c['trust_narrowed']:,} narrowed by the trust region)")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -369,6 +436,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be non-negative, got {text}")
+    return value
+
+
+def _slate_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 50:
+        raise argparse.ArgumentTypeError(f"must lie in 1..50, got {text}")
     return value
 
 

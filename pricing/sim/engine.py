@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pricing.sim.history import generate_history, write_history
+from pricing.sim.history import History, generate_history, write_history
 from pricing.sim.scenario import Scenario
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.model.registry import LATEST, Registry
@@ -127,12 +127,15 @@ class EngineStage:
 
 
 def backfilled_features(scenario: Scenario, *, days: int, spec: FeatureSpec = FEATURE_SPEC,
-                        progress: TextIO | None = None) -> np.ndarray:  # fmt: skip
+                        progress: TextIO | None = None, history: History | None = None) -> np.ndarray:  # fmt: skip
     """The served feature vector of every view's request in ``scenario``'s world, ``[n_views, F]``
-    (NaN rows where the backfill has none), via the history files and the Beam backfill."""
+    (NaN rows where the backfill has none), via the history files and the Beam backfill. ``history``: that
+    world's history when the caller already generated it (``generate_history``), else generated here."""
     from jobs.training_set import run_backfill
 
-    history = generate_history(scenario, days=days, progress=progress)
+    if history is not None and (history.days != days or history.scenario != scenario):
+        raise ValueError("history is not this scenario's history over these days")
+    history = history if history is not None else generate_history(scenario, days=days, progress=progress)
     n_views = len(history.impressions)
     with tempfile.TemporaryDirectory(prefix="pricing-eval-") as tmp:
         write_history(history, Path(tmp) / "history", progress=progress)

@@ -148,11 +148,15 @@ def history_ending_at(scenario: Scenario, *, days: int, end_ms: int) -> Scenario
 
 
 def generate_history(
-    scenario: Scenario, *, days: int, market: MarketState | None = None, progress: TextIO | None = None
+    scenario: Scenario, *, days: int, market: MarketState | None = None, progress: TextIO | None = None,
+    world: World | None = None,
 ) -> History:
-    """Simulate ``days`` days of logs under the historical policy, as DataFrames (no files)."""
-    market = market or build_market(scenario)
-    world = build_world(market, days=days, progress=progress)
+    """Simulate ``days`` days of logs under the historical policy, as DataFrames (no files). ``world``: the
+    scenario's world for these days when the caller already built it (``build_world``), else built here."""
+    if world is not None and (world.days != days or world.market.scenario != scenario):
+        raise ValueError("world is not this scenario's world over these days")
+    market = world.market if world is not None else market or build_market(scenario)
+    world = world if world is not None else build_world(market, days=days, progress=progress)
     hp = scenario.historical_policy
     policy = HistoricalPolicy(
         multiplier=hp.multiplier,

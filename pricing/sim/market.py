@@ -15,6 +15,15 @@ The purchase model is a logit per view::
 with ``s_uj`` = user's latent price sensitivity x product's elasticity. The
 coefficients are ``MarketState.coefficients``; all arrays are indexed by the
 integer user / product index (ids are ``user_ids[i]`` / ``product_ids[j]``).
+
+With latent tastes on (``Scenario.tastes``, :class:`Tastes`), ``u`` also gains the shopper's
+taste for the product, ``purchase_weight * t_uj``, and the same taste steers which products
+the shopper views: personal history then predicts purchases. Tastes are opt-in, not on for
+every scenario, because a taste that steers views changes what is viewed and bought (a shopper
+views what they like, so conversion per view rises) even though ``t_uj`` has mean zero over
+shoppers for every product: the pricing scenarios, the models trained on them and the figures
+measured on them stay exactly as they were, and the recommendation evaluation, whose point is
+personal fit, turns tastes on.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ STREAM_DEMAND = 4
 STREAM_HISTORICAL_POLICY = 5
 STREAM_LATENESS = 6
 STREAM_LIVE = 7
+STREAM_TASTES = 8
 
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:
@@ -148,6 +158,53 @@ def oracle_prices(
 
 
 @dataclass(frozen=True, eq=False)
+class Tastes:
+    """Each shopper's latent taste for each product (ground truth): ``t_uj = category_affinity[u, c(j)]
+    + user_factors[u] . product_factors[j]``, in logit units.
+
+    Both terms have mean exactly zero over the market's shoppers for every product (the affinities and
+    the user factors are centred over users), so the taste moves no product's average appeal; it moves
+    who likes what. Deterministic in the scenario seed (its own random stream, ``STREAM_TASTES``, so
+    turning tastes on shifts no other draw of the market).
+    """
+
+    category_affinity: np.ndarray  # (users, categories)
+    user_factors: np.ndarray  # (users, dimensions)
+    product_factors: np.ndarray  # (products, dimensions)
+    product_category: np.ndarray  # (products,)
+    view_weight: float
+    purchase_weight: float
+
+    def affinity(self, user_idx: ArrayLike, product_idx: ArrayLike) -> np.ndarray:
+        """``t_uj`` for these users and products (broadcast like numpy arrays)."""
+        u, j = np.broadcast_arrays(np.asarray(user_idx, dtype=np.int64), np.asarray(product_idx, dtype=np.int64))
+        cat = self.category_affinity[u, self.product_category[j]]
+        return cat + np.einsum("...d,...d->...", self.user_factors[u], self.product_factors[j])
+
+    def utility(self, user_idx: ArrayLike, product_idx: ArrayLike) -> np.ndarray:
+        """What the taste adds to the purchase logit: ``purchase_weight * t_uj``."""
+        return self.purchase_weight * self.affinity(user_idx, product_idx)
+
+
+def build_tastes(scenario: Scenario, product_category: np.ndarray) -> Tastes | None:
+    """The scenario's latent tastes (None when ``scenario.tastes`` is off)."""
+    spec = scenario.tastes
+    if spec is None:
+        return None
+    rng = rng_for(scenario.seed, STREAM_TASTES)
+    n_users, n_cats, d = scenario.n_users, len(scenario.catalogue.categories), spec.dimensions
+    affinity = rng.normal(0.0, spec.category_sd, (n_users, n_cats))
+    users = rng.normal(0.0, 1.0, (n_users, d))
+    products = rng.normal(0.0, spec.product_sd / np.sqrt(d), (product_category.size, d))
+    if n_users > 1:  # centred over shoppers: zero mean taste for every product
+        affinity -= affinity.mean(axis=0, keepdims=True)
+        users -= users.mean(axis=0, keepdims=True)
+    return Tastes(category_affinity=affinity, user_factors=users, product_factors=products,
+                  product_category=product_category, view_weight=spec.view_weight,
+                  purchase_weight=spec.purchase_weight)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
 class MarketState:
     """Static ground truth of one scenario: catalogue, users and their hidden traits (numpy arrays).
 
@@ -178,6 +235,7 @@ class MarketState:
     user_sensitivity: np.ndarray
     user_sessions_per_day: np.ndarray
     user_category_cdf: np.ndarray  # (users, categories)
+    tastes: Tastes | None = None  # latent tastes (Scenario.tastes); None: off
 
     @property
     def n_products(self) -> int:
@@ -195,6 +253,14 @@ class MarketState:
         """s_uj: the multiplier of the price coefficients for this user and product."""
         return self.user_sensitivity[np.asarray(user_idx)] * self.elasticity[np.asarray(product_idx)]
 
+    def base_utility(self, user_idx: ArrayLike, product_idx: ArrayLike) -> np.ndarray:
+        """The price-free part of the purchase logit beyond the intercept: the product's appeal, plus the
+        shopper's taste for it when tastes are on."""
+        appeal = self.appeal[np.asarray(product_idx)]
+        if self.tastes is None:
+            return appeal
+        return appeal + self.tastes.utility(user_idx, product_idx)
+
     def probability(
         self,
         *,
@@ -210,7 +276,7 @@ class MarketState:
         return purchase_probability(
             offered_price=offered_price, reference_price=reference_price, competitor_min=competitor_min,
             sensitivity=self.price_sensitivity(user_idx, product_idx), promotion_active=promotion_active,
-            inventory=inventory, coefficients=self.coefficients, base_utility=self.appeal[np.asarray(product_idx)],
+            inventory=inventory, coefficients=self.coefficients, base_utility=self.base_utility(user_idx, product_idx),
         )  # fmt: skip
 
     def oracle(
@@ -232,7 +298,7 @@ class MarketState:
             reference_price=reference_price, competitor_min=competitor_min, unit_cost=unit_cost,
             sensitivity=self.price_sensitivity(user_idx, product_idx), promotion_active=promotion_active,
             inventory=inventory, coefficients=self.coefficients, guardrails=guardrails,
-            base_utility=self.appeal[np.asarray(product_idx)], anchor_price=anchor_price, grid_size=grid_size,
+            base_utility=self.base_utility(user_idx, product_idx), anchor_price=anchor_price, grid_size=grid_size,
         )  # fmt: skip
 
 
@@ -281,6 +347,9 @@ def build_market(scenario: Scenario) -> MarketState:
     pref = np.array([[s.category_preference.get(c.name, 1.0) for c in cats] for s in segs])
     weights = pref[user_segment] * np.array([c.share for c in cats]) * (counts > 0)
     weights = weights * urng.gamma(5.0, 0.2, weights.shape)
+    tastes = build_tastes(scenario, product_category)
+    if tastes is not None:
+        weights = weights * np.exp(tastes.view_weight * tastes.category_affinity)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
     user_category_cdf = np.cumsum(weights, axis=1)
     user_category_cdf[:, -1] = 1.0
@@ -327,14 +396,18 @@ def build_market(scenario: Scenario) -> MarketState:
         user_sensitivity=user_sensitivity,
         user_sessions_per_day=user_sessions,
         user_category_cdf=user_category_cdf,
+        tastes=tastes,
     )
 
 
 def sample_products(market: MarketState, user_idx: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-    """Which product each viewing user looks at: category by taste, then product by popularity."""
+    """Which product each viewing user looks at: category by taste, then product by popularity (times
+    ``exp(view_weight * z_u . w_j)``, the shopper's own taste within the category, when tastes are on)."""
     cdf = market.user_category_cdf[user_idx]
     cat = np.minimum((cdf < rng.random(user_idx.size)[:, None]).sum(axis=1), cdf.shape[1] - 1)
     start = market.category_start
+    if market.tastes is not None and market.tastes.view_weight > 0:
+        return _sample_by_taste(market, market.tastes, np.asarray(user_idx, dtype=np.int64), cat, rng)
     within = np.zeros(market.n_products)
     for c in range(len(start) - 1):
         a, b = start[c], start[c + 1]
@@ -344,6 +417,27 @@ def sample_products(market: MarketState, user_idx: np.ndarray, *, rng: np.random
     target = cat + rng.random(user_idx.size) * (1 - 1e-12)
     prod = np.searchsorted(within, target, side="right")
     return np.clip(prod, start[cat], start[cat + 1] - 1).astype(np.int64)
+
+
+def _sample_by_taste(market: MarketState, tastes: Tastes, user_idx: np.ndarray, cat: np.ndarray,
+                     rng: np.random.Generator, chunk: int = 20_000) -> np.ndarray:  # fmt: skip
+    """A product of each view's category ``cat`` drawn with weight popularity x exp(view_weight * z_u . w_j)
+    (the Gumbel-max trick), ``chunk`` views at a time."""
+    out = np.empty(user_idx.size, np.int64)
+    start = market.category_start
+    for c in range(len(start) - 1):
+        a, b = int(start[c]), int(start[c + 1])
+        rows = np.flatnonzero(cat == c)
+        if rows.size == 0 or b == a:
+            out[rows] = a
+            continue
+        log_pop = np.log(np.maximum(market.popularity[a:b], 1e-300))
+        w = tastes.product_factors[a:b]
+        for s in range(0, rows.size, chunk):
+            r = rows[s : s + chunk]
+            logits = log_pop[None, :] + tastes.view_weight * (tastes.user_factors[user_idx[r]] @ w.T)
+            out[r] = a + np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    return out
 
 
 def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:

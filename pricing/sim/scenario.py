@@ -215,6 +215,24 @@ class HistoricalPolicySpec(_Frozen):
         return self
 
 
+class TasteSpec(_Frozen):
+    """Latent shopper tastes (``pricing.sim.market.Tastes``): what each shopper likes, beyond price.
+
+    A shopper's taste for product j is ``t_uj = a_u,c(j) + z_u . w_j``: a normal affinity per (user,
+    category) with sd ``category_sd`` plus an idiosyncratic low-rank term (``dimensions`` factors per user
+    and product) with sd ``product_sd``, both centred over shoppers. The purchase logit gains
+    ``purchase_weight * t_uj``; views pick a category with their weight x ``exp(view_weight * a_uc)`` and a
+    product in it with its popularity x ``exp(view_weight * z_u . w_j)``. So what a shopper viewed before
+    predicts what they buy. Off (None) in the pricing scenarios; ``pricing evaluate --recommend`` turns it on.
+    """
+
+    category_sd: float = Field(default=0.8, ge=0, description="sd of the per-(user, category) affinity (logit units)")
+    product_sd: float = Field(default=0.6, ge=0, description="sd of the per-(user, product) low-rank term (logit units)")
+    dimensions: int = Field(default=4, ge=1, le=64, description="latent factors per user and product")
+    view_weight: float = Field(default=1.0, ge=0, description="how strongly tastes steer views (0: not at all)")
+    purchase_weight: float = Field(default=1.0, ge=0, description="how strongly tastes move the purchase logit")
+
+
 class LatenessSpec(_Frozen):
     """Share of behaviour/market events that arrive late (out of order), and how late."""
 
@@ -244,6 +262,8 @@ class Scenario(_Frozen):
     funnel: FunnelSpec = FunnelSpec()
     historical_policy: HistoricalPolicySpec = HistoricalPolicySpec()
     lateness: LatenessSpec = LatenessSpec()
+    tastes: TasteSpec | None = Field(
+        default=None, description="latent shopper tastes (None: off, every shopper likes every product alike beyond price)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Scenario":

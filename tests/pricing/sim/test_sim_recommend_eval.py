@@ -1,0 +1,163 @@
+"""``pricing evaluate --recommend``: the rows, the metrics, the oracle's ceiling, the candidate features,
+with a fake demand model in the job's own scoring stage (TF is not the point here)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pricing.sim.cli import register
+from pricing.sim.engine import offline_stage
+from pricing.sim.recommend_eval import (
+    MODEL_LIST_PRICE,
+    MODEL_PRICE_AWARE,
+    ORACLE,
+    ROWS,
+    CandidateFeatures,
+    RecommendEvaluation,
+    RecommendSetup,
+    evaluate_recommendations,
+    fairness_share,
+    model_rankers,
+    paired_bootstrap,
+    recommend_world,
+)
+from pricing.sim.scenario import Scenario
+from pricing_udfs.features import FEATURE_SPEC
+from pricing_udfs.model.serving import ServedModel
+from pricing_udfs.policy import Guardrails, PolicySettings
+
+DAYS = 2
+LIST = FEATURE_SPEC.index("list_price_minor")
+
+
+class FakeDemand:
+    """A logit in log(price / list): enough to make the policy price and the ranking rank."""
+
+    feature_spec_version = FEATURE_SPEC.version
+
+    def score(self, features: np.ndarray, prices: np.ndarray) -> np.ndarray:
+        u = -2.3 - 2.5 * np.log(prices / np.maximum(features[:, LIST : LIST + 1], 1.0))
+        return 1.0 / (1.0 + np.exp(-u))
+
+
+@pytest.fixture(scope="module")
+def scenario(small_default: Scenario) -> Scenario:
+    return small_default.with_overrides(n_users=1_200, n_products=100)
+
+
+def _evaluate(scenario: Scenario, setup: RecommendSetup, policy: PolicySettings) -> RecommendEvaluation:
+    rec = recommend_world(scenario, days=DAYS, setup=setup)
+    served = ServedModel("fake", FakeDemand(), 0, None)
+    rankers = model_rankers(lambda p: offline_stage(served, p, default_price_minor=1_999, currency="EUR"),
+                            CandidateFeatures(rec.world, None), policy)  # fmt: skip
+    return evaluate_recommendations(scenario, days=DAYS, guardrails=policy.guardrails, rankers=rankers, setup=setup, rec=rec)
+
+
+@pytest.fixture(scope="module")
+def evaluation(scenario: Scenario) -> RecommendEvaluation:
+    return _evaluate(scenario, RecommendSetup(requests=150, bootstrap=300), PolicySettings())
+
+
+def test_rows_and_columns_are_named_as_the_issue_asks(evaluation: RecommendEvaluation) -> None:
+    table = evaluation.table()
+    assert list(table["policy"]) == list(ROWS)
+    for column in ("policy", "profit_per_request", "revenue_per_request", "conversion", "ndcg_at_k", "coverage",
+                   "fairness_cap_used"):  # fmt: skip
+        assert column in table.columns
+    assert (table["requests"] == 150).all()
+    assert "model-price-aware / category-popularity" in evaluation.markdown()
+    assert evaluation.price_aware_vs_list is not None
+
+
+def test_the_oracle_scores_ndcg_one_against_itself_and_others_less(evaluation: RecommendEvaluation) -> None:
+    assert evaluation.row(ORACLE).ndcg_at_k == pytest.approx(1.0)
+    assert evaluation.row("random").ndcg_at_k < 0.9
+
+
+def test_list_price_rows_use_none_of_the_fairness_cap(evaluation: RecommendEvaluation) -> None:
+    for name in ("random", "popularity", "category-popularity", "item-to-item", MODEL_LIST_PRICE):
+        row = evaluation.row(name)
+        assert row.fairness_cap_used == 0.0 and row.price_index == pytest.approx(1.0), name
+    assert 0 < evaluation.row(MODEL_PRICE_AWARE).fairness_cap_used <= 1
+    assert 0 < evaluation.row("random").coverage <= 1
+    assert evaluation.row("popularity").coverage < evaluation.row("random").coverage
+
+
+def test_the_oracle_is_the_ceiling_of_expected_profit_with_one_slot(scenario: Scenario) -> None:
+    # k = 1: the oracle shows the product of the highest true expected profit at its best price (a fine grid),
+    # so no ranker can beat it but by the grid's resolution.
+    ev = _evaluate(scenario, RecommendSetup(k=1, requests=100, bootstrap=50, oracle_grid=161), PolicySettings())
+    ceiling = ev.row(ORACLE).expected_profit
+    for row in ev.rows:
+        assert np.all(row.expected_profit <= ceiling * 1.002 + 1e-9), row.policy
+        assert row.expected_profit_per_request <= ev.row(ORACLE).expected_profit_per_request * 1.0005
+    assert ev.row("random").expected_profit_per_request < 0.8 * ev.row(ORACLE).expected_profit_per_request
+
+
+def test_the_world_and_its_draws_are_deterministic(scenario: Scenario) -> None:
+    setup = RecommendSetup(requests=40)
+    a, b = recommend_world(scenario, days=DAYS, setup=setup), recommend_world(scenario, days=DAYS, setup=setup)
+    np.testing.assert_array_equal(a.requests.view, b.requests.view)
+    np.testing.assert_array_equal(a.u_buy, b.u_buy)
+    assert a.market.tastes is not None  # recommendation evaluation turns tastes on
+    assert np.all(np.diff(a.requests.time_ms) >= 0)
+
+
+def test_candidate_features_take_the_user_from_the_request_and_the_product_from_its_last_request(scenario: Scenario) -> None:
+    rec = recommend_world(scenario, days=DAYS, setup=RecommendSetup(requests=20))
+    v = rec.world.views
+    n, f = len(v), len(FEATURE_SPEC.names)
+    feats = np.tile(np.arange(n, dtype=np.float64)[:, None], (1, f))  # every value: its view's index
+    cf = CandidateFeatures(rec.world, feats)
+    q = rec.requests
+    product = (q.context + 1) % rec.market.n_products
+    x = cf.vectors(q.view, product, q.step)
+    t = v.time_ms - v.request_lead_ms
+    user_col = FEATURE_SPEC.index("user_views_24h")
+    prod_col = FEATURE_SPEC.index("views_1h")
+    for r in range(len(q)):
+        assert x[r, user_col] == q.view[r]
+        earlier = np.flatnonzero((v.product == product[r]) & (t < t[q.view[r]]))
+        want = earlier[np.argmax(t[earlier])] if earlier.size else FEATURE_SPEC.defaults[prod_col]
+        assert x[r, prod_col] == want
+        assert x[r, LIST] == rec.world.list_price[q.step[r], product[r]]
+
+
+def test_no_ranker_recommends_the_product_being_viewed_or_one_twice(scenario: Scenario, evaluation: RecommendEvaluation) -> None:
+    rec = recommend_world(scenario, days=DAYS, setup=RecommendSetup(requests=150, bootstrap=300))  # the same requests
+    for row in evaluation.rows:
+        assert not np.any(row.shown == rec.requests.context[:, None]), row.policy
+        for slate in row.shown:
+            items = slate[slate >= 0]
+            assert items.size == np.unique(items).size, row.policy
+    assert (evaluation.row("item-to-item").shown >= 0).sum() > 0.9 * evaluation.row("item-to-item").shown.size
+
+
+def test_paired_bootstrap_and_fairness_share() -> None:
+    rng = np.random.default_rng(0)
+    iv = paired_bootstrap(np.full(50, 3.0), resamples=100, rng=rng)
+    assert (iv.mean, iv.low, iv.high, iv.excludes_zero) == (3.0, 3.0, 3.0, True)
+    noisy = paired_bootstrap(rng.normal(0, 1, 400), resamples=500, rng=rng)
+    assert noisy.low < noisy.mean < noisy.high and not noisy.excludes_zero
+    band = Guardrails(min_multiplier=0.8, max_multiplier=1.5)
+    assert fairness_share(np.array([100, 150, 80, 125]), np.full(4, 100), band) == pytest.approx([0, 1, 1, 0.5])
+    capped = Guardrails(max_personal_deviation=0.1)
+    assert fairness_share(np.array([105, 90]), np.full(2, 100), capped) == pytest.approx([0.5, 1.0])
+
+
+def test_evaluate_recommend_without_a_model_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = argparse.ArgumentParser(prog="pricing")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["evaluate", "--recommend", "--registry", str(tmp_path / "empty"), "--users", "50",
+                         "--products", "5", "--days", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert (args.recommend, args.k, args.requests, args.position_bias) == (True, 10, 2_000, "log")
+    assert args.func(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "model" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        p.parse_args(["evaluate", "--recommend", "--k", "51"])
