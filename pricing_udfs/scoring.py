@@ -51,6 +51,7 @@ price, ceiling, fairness band) leaves no room.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -207,8 +208,7 @@ class ScoringStage:
         policy = self._policy.with_model(timed, self._policy.model_version) if timed else self._policy
         decisions, replaced = check_decisions(policy, batch, policy.decide(batch))
         if self.offers is not None and len(batch):
-            assert self._offers_tail is not None
-            with self._offers_tail.lock:
+            with self._offers_tail.lock if self._offers_tail is not None else contextlib.nullcontext():
                 decisions = honour(self.offers, policy, batch, decisions)
         if record:
             self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy(),
