@@ -14,11 +14,14 @@
    (plus two malformed records);
 6. print the summary: events/s, requests priced/s, request -> priced latency, expected profit
    against the list price on the same shoppers with a 95% interval, fallbacks with their reasons,
-   the trust region's share, the model version; then stop the job and the broker.
+   the trust region's share, the model version;
+7. recommendations for the week's most active shopper (no context, then the product they viewed
+   last), each item at the price the engine would charge them, with its list price, expected
+   conversion and profit and why it was chosen; then stop the job and the broker.
 
 The demo succeeds (exit 0) when every request was answered, the model priced them (no fallback for
-a product whose list price and cost the week published), and both malformed records were
-dead-lettered. Whether the engine earns more than the list price in one run is a measurement, printed
+a product whose list price and cost the week published), both malformed records were
+dead-lettered, and both recommend requests were answered by the model. Whether the engine earns more than the list price in one run is a measurement, printed
 with its interval, not a pass condition (``benchmarks/RESULTS.md`` has the runs).
 """
 
@@ -110,7 +113,7 @@ def demo_once(settings: Settings, *, duration_s: float, rate: float | None, port
     b = settings.broker
     broker = LocalBroker(state_dir=settings.state_dir, host=b.host, port=port or b.port, heap=b.heap,
                          name="demo-kafka", die_with_parent=True)  # fmt: skip
-    _say(f"1/6 starting Kafka (KRaft) at {broker.bootstrap} and creating the topics")
+    _say(f"1/7 starting Kafka (KRaft) at {broker.bootstrap} and creating the topics")
     broker.start(fresh=True, timeout_s=b.start_timeout_s)
     result = None
     try:
@@ -124,13 +127,13 @@ def demo_once(settings: Settings, *, duration_s: float, rate: float | None, port
             _say(f"    {name}: {state}")
         base = get_scenario(DEMO_SCENARIO).with_overrides(step_minutes=HISTORY_STEP_MINUTES)
         scenario = history_ending_at(base, days=HISTORY_DAYS, end_ms=int(time.time() * 1000))
-        _say(f"2/6 a week of '{DEMO_SCENARIO}' ending now, into the topics (the shop's history)")
+        _say(f"2/7 a week of '{DEMO_SCENARIO}' ending now, into the topics (the shop's history)")
         history = generate_history(scenario, days=HISTORY_DAYS, progress=sys.stderr)
         counts = publish_history(history, kafka_config=kafka.client_config(), topics=kafka.topics, progress=sys.stderr)
         _say("    " + ", ".join(f"{topic} {n:,}" for topic, n in counts.items()))
-        _say("3/6 the demand model")
+        _say("3/7 the demand model")
         version = ensure_model(settings, history)
-        _say(f"4/6 starting the job on the Flink MiniCluster ({job.delivery_guarantee}, {job.serving_mode}, warm start "
+        _say(f"4/7 starting the job on the Flink MiniCluster ({job.delivery_guarantee}, {job.serving_mode}, warm start "
              f"{job.warm_start_ms / 3_600_000:g} h)")  # fmt: skip
         result = run(settings, wait=False)
         wait_until_running(result)
@@ -140,33 +143,105 @@ def demo_once(settings: Settings, *, duration_s: float, rate: float | None, port
         sim = LiveSimulator(scenario, kafka_config=kafka.client_config(), topics=LiveTopics.of(kafka.topics),
                             rate=rate, intensity=intensity, duration_s=duration_s, answer_timeout_s=60.0,
                             start_state=history.end_state, seed=seed, progress=sys.stderr)  # fmt: skip
-        _say(f"5/6 closed-loop market for {duration_s:.0f} s: {sim.plan.describe(int(time.time() * 1000))} "
+        _say(f"5/7 closed-loop market for {duration_s:.0f} s: {sim.plan.describe(int(time.time() * 1000))} "
              "(plus 2 malformed records)")  # fmt: skip
         if sim.plan.copies > 1:  # their initial market goes in first, and the job reads it before any shopper comes
             _say(f"    the other copies' initial market: {sim.publish_snapshot():,} records")
             _wait_for_catch_up(settings)
         _malformed(settings)
         report = sim.run()
-        _say("6/6 summary")
+        _say("6/7 summary")
         counters = _counters(metrics_url)
         print(report.summary())
         print(_profit_line(report))
         print(_engine_line(report, counters, version))
+        _say("7/7 recommendations")
+        recommended = _show_recommendations(settings, history)
         # Fallbacks with a reason the engine should not have (the trust region's fallback is a decision, not one).
         unexplained = sum(n for name, n in counters.items() if name.startswith("fallback_"))
         ok = report.answered == report.requests and report.unanswered == 0 and counters.get("rejected", 0) >= 2
+        ok = ok and recommended
         code = 0 if ok and counters.get("requests_priced", 0) > 0 and unexplained == 0 else 1
         return DemoOutcome(exit_code=code, report=report, counters=counters, model_version=version)
     finally:
         if result is not None:
             _say("    stopping the job and Kafka")
             try:
-                result.get_job_client().cancel().result()
+                client = result.get_job_client()
+                client.cancel().result()
+                # until its tasks are down: the Python workers close their Kafka clients before the broker goes
+                deadline = time.monotonic() + 15
+                while str(client.get_job_status().result()) != "CANCELED" and time.monotonic() < deadline:
+                    time.sleep(0.2)
             except Exception as exc:  # noqa: BLE001 - the job may already have failed; say so, keep stopping
                 _say(f"    job cancel: {exc}")
             # The demo's consumer group is its own: nothing will resume its retained checkpoints.
             shutil.rmtree(local_path(checkpoint_root(settings)) or "", ignore_errors=True)
         broker.stop()
+
+
+RECOMMEND_K = 5
+
+
+def _show_recommendations(settings: Settings, history: History) -> bool:
+    """Ask the job for recommendations for the history's most active shopper (no context, then their last viewed
+    product), print them; True when both were answered, ranked by the model."""
+    from pricing_udfs.serde import Contract
+
+    behaviour = history.behaviour
+    user = str(behaviour["user_id"][behaviour["user_id"] != ""].value_counts().index[0])
+    last = str(behaviour[behaviour["user_id"] == user].sort_values("event_time")["product_id"].iloc[-1])
+    list_price = history.market_events[history.market_events["kind"] == "list_price"].groupby("product_id")["value"].last()
+    topics = settings.kafka.topics
+    producer = Producer(settings.kafka.client_config())
+    asked = {}
+    for rid, context in ((f"demo-rec-{uuid.uuid4().hex[:6]}", None), (f"demo-rec-{uuid.uuid4().hex[:6]}", last)):
+        now = int(time.time() * 1000)
+        rec = {"request_id": rid, "user_id": user, "channel": "web", "event_time": now, "k": RECOMMEND_K,
+               "context_product_id": context, "context_category": None, "candidate_product_ids": []}
+        producer.produce(topics.recommend_requests.name, serde.encode(Contract.RECOMMEND_REQUEST, rec), key=user.encode(),
+                         timestamp=now)  # fmt: skip
+        asked[rid] = context
+    producer.flush(10)
+    answers = _read_recommendations(settings, set(asked), timeout_s=60.0)
+    for rid, context in asked.items():
+        rec = answers.get(rid)
+        title = f"    shopper {user}" + (f", viewing {context}" if context else ", no context")
+        if rec is None:
+            _say(f"{title}: no answer within 60 s")
+            continue
+        latency = rec["answered_time"] - rec["request_time"]
+        print(f"{title}: {len(rec['items'])} products, model {rec['model_version']}"
+              f"{' (fallback)' if rec['fallback_used'] else ''}, answered in {latency} ms")  # fmt: skip
+        for n, item in enumerate(rec["items"], 1):
+            ref = list_price.get(item["product_id"])
+            vs = f" ({item['price_minor'] / ref - 1:+.0%} vs list {ref / 100:.2f})" if ref else ""
+            print(f"      {n}. {item['product_id']:<12} {item['price_minor'] / 100:>8.2f} {item['currency']}{vs}  "
+                  f"p(buy) {item['expected_conversion']:.2f}  E[profit] {item['expected_profit_minor'] / 100:.2f}  "
+                  f"{', '.join(item['reason_codes'])}")  # fmt: skip
+    return set(answers) == set(asked) and not any(r["fallback_used"] for r in answers.values())
+
+
+def _read_recommendations(settings: Settings, ids: set[str], *, timeout_s: float) -> dict[str, dict]:
+    from pricing_udfs.serde import Contract
+
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": f"demo-read-{uuid.uuid4().hex[:6]}",
+                                                          "auto.offset.reset": "earliest",
+                                                          "isolation.level": "read_committed", "log_level": 2})  # fmt: skip
+    consumer.subscribe([settings.kafka.topics.recommendations.name])
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while set(found) < ids and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            got = serde.decode(Contract.RECOMMENDATION, msg.value())
+            if got.ok and got.record["request_id"] in ids:
+                found[got.record["request_id"]] = got.record
+    finally:
+        consumer.close()
+    return found
 
 
 def _wait_for_catch_up(settings: Settings) -> None:
