@@ -66,6 +66,7 @@ from pyflink.table import EnvironmentSettings, Schema, StatementSet, StreamTable
 from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
 from pricing.config import Settings, load_settings, registry_dir
+from pricing.topics import require_topics
 from pricing.warm_start import WarmStart, plan_warm_start
 from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
 from jobs import recommendations
@@ -518,6 +519,11 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     It resumes from the deployment's latest retained checkpoint unless ``job.start`` is
     ``fresh`` or ``job.restore_from`` names a savepoint (``pricing.checkpoints.plan_start``).
     """
+    topics = settings.kafka.topics
+    used = [topics.requests, topics.market, topics.behaviour, topics.priced, topics.dead_letters]
+    if settings.recommend.enabled:
+        used += [topics.recommend_requests, topics.recommendations, topics.catalogue]
+    require_topics(settings.kafka, [t.name for t in used])
     start = plan_start(settings)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
     # Without restored state the behaviour and market inputs start early enough to fill the windows.

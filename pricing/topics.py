@@ -41,3 +41,18 @@ def create_topics(kafka: KafkaSettings, *, replication_factor: int = 1, timeout_
                 else:
                     raise
     return status
+
+
+class MissingTopicsError(ValueError):
+    """Topics the job reads or writes do not exist: one line, saying how to create them."""
+
+
+def require_topics(kafka: KafkaSettings, names: list[str], *, timeout_s: float = 30.0) -> None:
+    """Raise :class:`MissingTopicsError` naming every topic of ``names`` the cluster does not have (the Flink
+    connector would otherwise fail the job later with a stack trace about partition metadata)."""
+    existing = AdminClient(kafka.client_config()).list_topics(timeout=timeout_s).topics
+    missing = [n for n in names if n not in existing]
+    if missing:
+        raise MissingTopicsError(f"topics {missing} do not exist on {kafka.bootstrap_servers}: create them with "
+                                 "`pricing topics create` (or the deployment's KafkaTopics); a job without "
+                                 "recommendations needs none of the recommend topics ([recommend] enabled = false)")

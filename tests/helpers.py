@@ -41,18 +41,20 @@ def read_topic(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_
 
 
 class PricedReader(threading.Thread):
-    """A read_committed reader of priced-events in the background: ``records`` as ``(monotonic time, record)``,
-    in the order they became visible."""
+    """A read_committed reader of priced-events (or of recommendations, with ``contract``) in the background:
+    ``records`` as ``(monotonic time, record)``, in the order they became visible."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, contract: Contract = Contract.PRICED_EVENT) -> None:
         super().__init__(daemon=True)
+        self._contract = contract
         self.records: list[tuple[float, dict]] = []
         self._halt = threading.Event()
         self._consumer = Consumer(
             settings.kafka.client_config()
             | {"group.id": f"reader-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
         )
-        self._consumer.subscribe([settings.kafka.topics.priced.name])
+        topics = settings.kafka.topics
+        self._consumer.subscribe([topics.priced.name if contract is Contract.PRICED_EVENT else topics.recommendations.name])
 
     @property
     def ids(self) -> list[str]:
@@ -62,7 +64,7 @@ class PricedReader(threading.Thread):
         while not self._halt.is_set():
             msg = self._consumer.poll(0.2)
             if msg is not None and not msg.error():
-                self.records.append((time.monotonic(), serde.decode(Contract.PRICED_EVENT, msg.value()).record))
+                self.records.append((time.monotonic(), serde.decode(self._contract, msg.value()).record))
         self._consumer.close()
 
     def stop(self) -> None:
@@ -74,12 +76,18 @@ class PacedRequests:
     """Price requests at ``rate`` per second with event time = now, round-robin over ``products`` (the key,
     so every partition gets some) and 23 users; ``sent`` holds their ids in order."""
 
-    def __init__(self, settings: Settings, products: list[str], *, rate: float) -> None:
-        self._topic = settings.kafka.topics.requests.name
+    def __init__(self, settings: Settings, products: list[str], *, rate: float, recommend_every: int = 0) -> None:
+        """``recommend_every`` n > 0: each request also comes with a view of its product by its user, and every n-th
+        with a recommend request of that user (k = 3); their ids are in ``recommend_sent``."""
+        topics = settings.kafka.topics
+        self._topic = topics.requests.name
+        self._behaviour, self._recommend = topics.behaviour.name, topics.recommend_requests.name
         self._producer = Producer(settings.kafka.client_config() | {"linger.ms": 5})
         self._products = products
         self._rate = rate
+        self._every = recommend_every
         self.sent: list[str] = []
+        self.recommend_sent: list[str] = []
 
     def send(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -87,9 +95,21 @@ class PacedRequests:
             rid = f"r{len(self.sent):05d}"
             ts = int(time.time() * 1000)
             product = self._products[len(self.sent) % len(self._products)]
-            rec = {"request_id": rid, "user_id": f"u{len(self.sent) % 23}", "product_id": product, "channel": "web",
-                   "event_time": ts}  # fmt: skip
+            user = f"u{len(self.sent) % 23}"
+            rec = {"request_id": rid, "user_id": user, "product_id": product, "channel": "web", "event_time": ts}
             self._producer.produce(self._topic, serde.encode(Contract.PRICE_REQUEST, rec), key=product.encode(), timestamp=ts)
+            if self._every:
+                view = {"event_id": f"v{rid}", "user_id": user, "product_id": product, "type": "view",
+                        "price_seen_minor": 1_000, "currency": "EUR", "quantity": 1, "session_id": "s", "event_time": ts,
+                        "request_id": None}  # fmt: skip
+                self._producer.produce(self._behaviour, serde.encode(Contract.BEHAVIOUR_EVENT, view), key=product.encode(),
+                                       timestamp=ts)  # fmt: skip
+                if len(self.sent) % self._every == 0:
+                    ask = {"request_id": f"rr{len(self.sent):05d}", "user_id": user, "channel": "web", "event_time": ts,
+                           "k": 3, "context_product_id": None, "context_category": None, "candidate_product_ids": []}
+                    self._producer.produce(self._recommend, serde.encode(Contract.RECOMMEND_REQUEST, ask),
+                                           key=user.encode(), timestamp=ts)  # fmt: skip
+                    self.recommend_sent.append(ask["request_id"])
             self.sent.append(rid)
             self._producer.poll(0)
             time.sleep(1 / self._rate)
@@ -112,7 +132,7 @@ def write_config_file(settings: Settings, path: Path, *, job: list[str], extra: 
     user would write, plus ``job`` lines under ``[job]`` and ``extra`` lines after it."""
     kafka, j = settings.kafka, settings.job
     lines = [f'state_dir = "{settings.state_dir}"', "[kafka]", f'bootstrap_servers = "{kafka.bootstrap_servers}"']
-    for key in ("behaviour", "market", "requests", "priced", "dead_letters"):
+    for key in type(kafka.topics).model_fields:
         topic = getattr(kafka.topics, key)
         lines += [f"[kafka.topics.{key}]", f'name = "{topic.name}"', f"partitions = {topic.partitions}"]
     lines += ["[job]", f'consumer_group = "{j.consumer_group}"', f'transactional_id_prefix = "{j.transactional_id_prefix}"',

@@ -1,8 +1,11 @@
 """How settings become Flink configuration and connector options (no cluster needed)."""
 
+import pytest
+
+from jobs import pricing_job
 from jobs.pricing_job import _flink_conf, _sink_ddl, _source_ddl
 from pricing.checkpoints import Start
-from pricing.config import load_settings
+from pricing.config import Settings, load_settings
 
 
 def test_exactly_once_uses_transactions_and_read_committed() -> None:
@@ -76,3 +79,11 @@ def test_intervals_are_exact_beyond_99_seconds() -> None:
     assert _interval(90_061_001) == "INTERVAL '1 01:01:01.001' DAY TO SECOND(3)"
     ddl = _source_ddl(load_settings(job={"watermark_out_of_orderness_ms": 150_000}), table="t", topic="x")
     assert "- INTERVAL '0 00:02:30.000' DAY TO SECOND(3)" in ddl and "WATERMARK FOR `ts` AS" in ddl
+
+
+@pytest.mark.integration
+def test_a_job_whose_topics_are_missing_fails_at_once_with_one_line_naming_them(kafka_settings: Settings) -> None:
+    from pricing.topics import MissingTopicsError
+
+    with pytest.raises(MissingTopicsError, match=kafka_settings.kafka.topics.recommend_requests.name):
+        pricing_job.run(kafka_settings, wait=False)  # no topic was created for this test
