@@ -14,6 +14,7 @@ unreachable, bad arguments) into one ``error: ...`` line on stderr, not a traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -92,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     live.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
                       help="continue the market a 'simulate history --out DIR' ended with (its market_end_state.npz) "
                       "instead of starting from the scenario's initial state; no initial snapshot for it")  # fmt: skip
+    live.add_argument("--recommend-share", type=_unit_share, default=0.0, metavar="X",
+                      help="share of the price requests whose shopper also asks for recommendations (recommend-requests; "
+                      "closed loop): the shopper examines the job's slate with the slate model and buys at most one "
+                      "item at its shown price; reported beside the category-popularity slate at list price on the "
+                      "same draws (default 0: none)")  # fmt: skip
+    live.add_argument("--recommend-k", type=_slate_size, default=10, metavar="K", help="items per recommendation (default 10)")
     _scenario_args(live, names)
     live.set_defaults(func=_guarded(_cmd_live))
 
@@ -110,11 +117,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="extra PricingPolicy object or no-argument class to evaluate (repeatable)")  # fmt: skip
     evaluate.add_argument("--model", default=None, metavar="VERSION",
                           help="also evaluate the engine's policy with this registry version (or latest), fed the "
-                          "backfilled features of the same requests; shown as model-<version>")  # fmt: skip
+                          "backfilled features of the same requests; shown as model-<version>. With --recommend: serve "
+                          "this version instead of a model trained on the evaluated world's history (the default)")  # fmt: skip
     evaluate.add_argument("--registry", type=Path, default=None, help="registry folder (default from [models])")
     rec = evaluate.add_argument_group("recommendations (--recommend)")
     rec.add_argument("--recommend", action="store_true",
-                     help="evaluate price-aware recommendations; needs a trained model (--model, default latest)")  # fmt: skip
+                     help="evaluate price-aware recommendations with a demand model trained on the taste world's history "
+                     "before the requests (cached under <state_dir>/eval/<scenario>-recommend; --model VERSION: a "
+                     "registry version instead)")  # fmt: skip
     rec.add_argument("--requests", type=_positive_int, default=2_000, metavar="N",
                      help="recommendation requests, drawn from the last day's views (default 2000)")  # fmt: skip
     rec.add_argument("--k", type=_slate_size, default=10, help="items per recommendation (1-50, default 10)")
@@ -260,6 +270,8 @@ def _cmd_live(args: argparse.Namespace, settings: Settings | None) -> int:
 
     scenario = _scenario(args)
     start_state = None
+    if args.recommend_share > 0 and args.no_loop:
+        raise _UsageError("--recommend-share needs the closed loop (drop --no-loop)")
     if args.continue_from is not None:
         path = args.continue_from / END_STATE_FILE
         if not path.is_file():
@@ -283,6 +295,8 @@ def _cmd_live(args: argparse.Namespace, settings: Settings | None) -> int:
         progress=sys.stderr,
         start_state=start_state,
         connect_timeout_s=CONNECT_TIMEOUT_S,
+        recommend_share=args.recommend_share,
+        recommend_k=args.recommend_k,
     )
     report = sim.run()
     print(report.summary())
@@ -335,7 +349,7 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings | None) -> int:
         with_tastes,
     )
     from pricing.sim.slate import PositionBias
-    from pricing_udfs.model.registry import LATEST, Registry, RegistryError
+    from pricing_udfs.model.registry import Registry, RegistryError
 
     if args.policy:
         raise _UsageError("--policy prices single products; it does not apply to --recommend")
@@ -343,15 +357,26 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings | None) -> int:
     scenario = with_tastes(_scenario(args))
     settings = settings if settings is not None else load_settings()
     out = args.out if args.out is not None else settings.state_dir / "eval" / f"{scenario.name}-recommend"
-    registry = Registry(args.registry or registry_dir(settings))
-    try:  # before minutes of simulation
-        served = served_version(registry, args.model or LATEST, device=settings.models.device, spec=FEATURE_SPEC)
-    except (ModelNotServable, RegistryError) as exc:
-        raise _UsageError(f"--recommend needs a servable trained model in {registry.root}: {exc}") from None
     setup = RecommendSetup(k=args.k, requests=args.requests, candidates=settings.recommend.candidate_settings(),
                            ranking=settings.recommend.ranking, position_bias=PositionBias(kind=args.position_bias))  # fmt: skip
-    rec = recommend_world(scenario, days=days, setup=setup, progress=sys.stderr)
-    features = backfilled_features(scenario, days=days, progress=sys.stderr, history=rec.history)
+    if args.model is not None:  # a registry version, as named
+        registry = Registry(args.registry or registry_dir(settings))
+        try:  # before minutes of simulation
+            served = served_version(registry, args.model, device=settings.models.device, spec=FEATURE_SPEC)
+        except (ModelNotServable, RegistryError) as exc:
+            raise _UsageError(f"--recommend --model {args.model}: no servable model in {registry.root}: {exc}") from None
+        rec = recommend_world(scenario, days=days, setup=setup, progress=sys.stderr)
+        features = backfilled_features(scenario, days=days, progress=sys.stderr, history=rec.history)
+        trained_note = None
+    else:  # a model trained on this world's history before the requests (cached)
+        from pricing.sim.recommend_model import world_model
+
+        rec = recommend_world(scenario, days=days, setup=setup, progress=sys.stderr)
+        cache = settings.state_dir / "eval" / f"{scenario.name}-recommend"
+        got = world_model(scenario, rec, days=days, setup=setup, cache_dir=cache, device=settings.models.device,
+                          spec=FEATURE_SPEC, progress=sys.stderr)  # fmt: skip
+        served, features, trained_note = got.served, got.features, got.summary()
+        print(trained_note, file=sys.stderr)
     stages = []
 
     def stage_for(policy: Any) -> Any:
@@ -366,6 +391,8 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings | None) -> int:
     finally:
         for stage in stages:
             stage.close()
+    if trained_note is not None:
+        evaluation = dataclasses.replace(evaluation, notes=(*evaluation.notes, trained_note))
     paths = evaluation.write(out)
     print(evaluation.markdown())
     for name, ranker in rankers.items():
@@ -443,6 +470,13 @@ def _slate_size(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 50:
         raise argparse.ArgumentTypeError(f"must lie in 1..50, got {text}")
+    return value
+
+
+def _unit_share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
     return value
 
 

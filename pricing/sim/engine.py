@@ -33,6 +33,7 @@ from typing import TextIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pricing.sim.history import History, generate_history, write_history
@@ -131,23 +132,33 @@ def backfilled_features(scenario: Scenario, *, days: int, spec: FeatureSpec = FE
     """The served feature vector of every view's request in ``scenario``'s world, ``[n_views, F]``
     (NaN rows where the backfill has none), via the history files and the Beam backfill. ``history``: that
     world's history when the caller already generated it (``generate_history``), else generated here."""
-    from jobs.training_set import run_backfill
+    return backfill(scenario, days=days, spec=spec, progress=progress, history=history)[0]
+
+
+def backfill(scenario: Scenario, *, days: int, spec: FeatureSpec = FEATURE_SPEC, progress: TextIO | None = None,
+             history: History | None = None, attribution_window_ms: int | None = None) -> tuple[np.ndarray, pa.Table]:  # fmt: skip
+    """:func:`backfilled_features` and the backfill's labelled training rows themselves (``pricing.training_rows``
+    columns plus ``view_index``, the history's view each row is the request of; -1: none), from one Beam run."""
+    from jobs.training_set import DEFAULT_ATTRIBUTION_WINDOW_MS, run_backfill
 
     if history is not None and (history.days != days or history.scenario != scenario):
         raise ValueError("history is not this scenario's history over these days")
     history = history if history is not None else generate_history(scenario, days=days, progress=progress)
     n_views = len(history.impressions)
+    window = DEFAULT_ATTRIBUTION_WINDOW_MS if attribution_window_ms is None else attribution_window_ms
     with tempfile.TemporaryDirectory(prefix="pricing-eval-") as tmp:
         write_history(history, Path(tmp) / "history", progress=progress)
-        summary = run_backfill(Path(tmp) / "history", Path(tmp) / "rows", show_progress=progress is not None)
-        table = pq.read_table(summary.out_dir, columns=["request_id", "features"])
+        summary = run_backfill(Path(tmp) / "history", Path(tmp) / "rows", attribution_window_ms=window,
+                               show_progress=progress is not None)  # fmt: skip
+        table = pq.read_table(summary.out_dir)
     prefix = f"h{scenario.seed}-r"
     ids = table.column("request_id").to_pylist()
     rows = np.array([int(r[len(prefix):]) if r.startswith(prefix) else -1 for r in ids], dtype=np.int64)
+    rows = np.where((rows >= 0) & (rows < n_views), rows, -1)
     vectors = np.asarray(table.column("features").to_pylist(), dtype=np.float64).reshape(len(ids), len(spec.names))
     out = np.full((n_views, len(spec.names)), np.nan)
-    ok = (rows >= 0) & (rows < n_views)
+    ok = rows >= 0
     out[rows[ok]] = vectors[ok]
     if progress is not None:
         print(f"backfilled {int(ok.sum()):,} of {n_views:,} requests' features", file=progress or sys.stderr)
-    return out
+    return out, table.append_column("view_index", pa.array(rows, pa.int64()))

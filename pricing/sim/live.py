@@ -28,6 +28,19 @@ exactly that price; the view, cart, purchase (``price_seen_minor`` = offered pri
 report gives realised revenue, profit and conversion, the expected profit the list price
 would have made on the same requests, and how many requests got no answer within the timeout.
 
+Recommendations (``recommend_share`` > 0, closed loop only): that share of the price requests also sends a
+``RecommendRequest`` (the viewed product as context, ``recommend_k`` items) to the recommend-requests topic
+and reads the job's ``Recommendation`` from the recommendations topic. The shopper examines the slate with
+the slate model (``pricing.sim.slate``: position bias, at most one purchase, the true probability at the
+shown price, out-of-stock items not bought) and a purchase is produced as behaviour events (view, cart,
+purchase with the recommendation's request id) and a stock change, as for prices. Beside it, on the same
+shopper at the same moment with the same random numbers (one examination draw per position, one purchase
+draw per product, drawn when the request is sent), the category-popularity slate at list price: the
+``recommend_k`` products of the context's category with the highest true popularity (``MarketState.
+popularity``), context excluded; it is not shown, only scored: its expected profit from the true
+probabilities and the purchase those draws would have made. The report gives profit per recommendation
+request of both (realised and expected) and their ratio.
+
 Open loop (``closed_loop=False``): no consumer; the shopper views the historical policy's
 price (``policies.historical_prices``, as in ``pricing simulate history``) the request
 lead after asking.
@@ -58,6 +71,7 @@ from pricing.sim._progress import Progress
 from pricing.sim.market import STREAM_LIVE, MarketState, build_market, catalogue_entries
 from pricing.sim.policies import historical_prices
 from pricing.sim.scenario import Scenario
+from pricing.sim.slate import NO_PURCHASE, PositionBias, purchase_probabilities, simulate
 from pricing.sim.traffic import Shoppers, TrafficPlan, View, copy_id, copy_ids, plan_traffic
 from pricing.sim.world import CHANNELS, Dynamics, MarketSnapshot
 from pricing_udfs.serde import Contract, decode, encode, money_kinds
@@ -78,13 +92,16 @@ class LiveTopics:
     requests: str
     priced: str
     catalogue: str | None = None  # None: no catalogue entries are produced
+    recommend_requests: str | None = None  # None: no recommendation requests
+    recommendations: str | None = None
 
     @classmethod
     def of(cls, topics: TopicsSettings | None = None) -> "LiveTopics":
         """The names in ``topics`` (``settings.kafka.topics``); without it, the project's default names."""
         t = topics if topics is not None else TopicsSettings()
         return cls(behaviour=t.behaviour.name, market=t.market.name, requests=t.requests.name, priced=t.priced.name,
-                   catalogue=t.catalogue.name)  # fmt: skip
+                   catalogue=t.catalogue.name, recommend_requests=t.recommend_requests.name,
+                   recommendations=t.recommendations.name)  # fmt: skip
 
 
 class ProducerLike(Protocol):
@@ -150,6 +167,7 @@ class LiveReport:
     behind_s: float = 0.0  # seconds of arrivals skipped because the producer could not keep up
     # Per shopper who saw an answer: expected profit at the offered price and at the list price (minor units).
     expected_profit_pairs: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    recommend: "RecommendTotals | None" = None  # with recommend_share > 0
 
     def profit_uplift(self) -> tuple[float, float, float] | None:
         """Expected profit at the engine's prices over the list price's on the same shoppers, minus 1, with a 95%
@@ -197,11 +215,61 @@ class LiveReport:
             f"revenue: {self.revenue_minor / 100:,.2f} {cur}; profit: {self.profit_minor / 100:,.2f} {cur} "
             f"(expected {self.expected_profit_minor / 100:,.2f}; at list price {self.expected_profit_at_list_minor / 100:,.2f})",
         ]
+        if self.recommend is not None:
+            lines.append(self.recommend.summary(cur))
         if self.delivery_errors:
             lines.append(f"delivery errors: {self.delivery_errors:,}")
         if self.interrupted:
             lines.append("interrupted before the end of the run")
         return "\n".join(lines)
+
+
+@dataclass
+class RecommendTotals:
+    """The recommendation loop's outcome: the job's slates and the category-popularity slate at list price on the
+    same answered requests (money in minor units; realised with the same draws, expected from the truth)."""
+
+    requests: int = 0
+    answered: int = 0
+    unanswered: int = 0
+    late_answers: int = 0
+    invalid_answers: int = 0
+    empty: int = 0  # answers without items
+    purchases: int = 0
+    profit: int = 0
+    expected_profit: float = 0.0
+    baseline_purchases: int = 0
+    baseline_profit: int = 0
+    baseline_expected_profit: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def per_request(self) -> dict[str, float]:
+        n = max(self.answered, 1)
+        return {"profit": self.profit / n, "expected_profit": self.expected_profit / n,
+                "baseline_profit": self.baseline_profit / n, "baseline_expected_profit": self.baseline_expected_profit / n}  # fmt: skip
+
+    def summary(self, currency: str) -> str:
+        r = self.per_request()
+        ratio = lambda a, b: f"{a / b:.3f}" if b > 0 else "n/a"  # noqa: E731
+        lat = f", answer latency p50 {np.percentile(self.latencies_ms, 50):,.0f} ms" if self.latencies_ms else ""
+        return (f"recommendations: {self.requests:,} requests, answered {self.answered:,} ({self.empty:,} empty), no answer "
+                f"{self.unanswered:,}, late {self.late_answers:,}, invalid {self.invalid_answers:,}{lat}; profit per "
+                f"request: job {r['profit'] / 100:,.3f} {currency} (expected {r['expected_profit'] / 100:,.3f}, "
+                f"{self.purchases:,} purchases), category-popularity at list price {r['baseline_profit'] / 100:,.3f} "
+                f"(expected {r['baseline_expected_profit'] / 100:,.3f}, {self.baseline_purchases:,}); job / "
+                f"category-popularity {ratio(r['profit'], r['baseline_profit'])} realised, "
+                f"{ratio(r['expected_profit'], r['baseline_expected_profit'])} expected")  # fmt: skip
+
+
+@dataclass
+class _RecPending:
+    user: int  # slot
+    context: int  # product slot
+    sent_at: float
+    session: str
+    u_examine: np.ndarray  # [k]: one examination draw per position
+    u_buy: np.ndarray  # [n_products]: one purchase draw per product (of the catalogue, any copy)
+    baseline: np.ndarray  # product slots of the category-popularity slate
 
 
 @dataclass
@@ -467,7 +535,14 @@ class LiveSimulator:
         connect_timeout_s: float = 10.0,
         market: MarketState | None = None,
         start_state: MarketSnapshot | None = None,
+        recommend_share: float = 0.0,
+        recommend_k: int = 10,
+        position_bias: PositionBias | None = None,
     ) -> None:
+        if not 0 <= recommend_share <= 1 or not 1 <= recommend_k <= 50:
+            raise ValueError("recommend_share must lie in [0, 1] and recommend_k in 1..50")
+        if recommend_share > 0 and not closed_loop:
+            raise ValueError("recommendations need the closed loop (the job's answers)")
         if duration_s <= 0 or answer_timeout_s < 0 or tick_s <= 0:
             raise ValueError("duration_s and tick_s must be positive, answer_timeout_s non-negative")
         self.scenario = scenario
@@ -510,6 +585,15 @@ class LiveSimulator:
         self._window_start = 0.0
         self._snapshot_sent = False
         self._t = _Totals()
+        self.recommend_share = float(recommend_share)
+        self.recommend_k = int(recommend_k)
+        self.position_bias = position_bias or PositionBias()
+        self._rec_rng = np.random.default_rng([*streams, 3])  # whether a shopper asks, and the slate's draws
+        self._rec_pending: dict[str, _RecPending] = {}
+        self._rec_expired: set[str] = set()
+        self._rec = RecommendTotals() if self.recommend_share > 0 else None
+        self._slot_of = {str(p): j for j, p in enumerate(self._product_ids)}
+        self._by_category = self._category_popularity()
 
     # ---------------------------------------------------------------- public
 
@@ -609,6 +693,10 @@ class LiveSimulator:
             needed.append(self.topics.catalogue)
         if self.closed_loop:
             needed.append(self.topics.priced)
+        if self._rec is not None:
+            if not (self.topics.recommend_requests and self.topics.recommendations):
+                raise LiveError("recommendations need the recommend-requests and recommendations topics")
+            needed += [self.topics.recommend_requests, self.topics.recommendations]
         meta = check_topics(self._producer, needed, bootstrap=bootstrap, timeout_s=self.connect_timeout_s)
         if not self.closed_loop:
             return
@@ -621,18 +709,19 @@ class LiveSimulator:
             self._consumer = Consumer(conf)
         from confluent_kafka import TopicPartition
 
-        partitions = sorted(meta.topics[self.topics.priced].partitions)
+        answers = [self.topics.priced] + ([self.topics.recommendations] if self._rec is not None else [])
         try:
             assignment = []
-            for p in partitions:
-                tp = TopicPartition(self.topics.priced, p)
-                offsets = self._consumer.get_watermark_offsets(tp, timeout=self.connect_timeout_s)
-                if offsets is None:
-                    raise LiveError(f"timed out reading the end offsets of {self.topics.priced} on {bootstrap}")
-                assignment.append(TopicPartition(self.topics.priced, p, offsets[1]))
+            for topic in answers:
+                for p in sorted(meta.topics[topic].partitions):
+                    tp = TopicPartition(topic, p)
+                    offsets = self._consumer.get_watermark_offsets(tp, timeout=self.connect_timeout_s)
+                    if offsets is None:
+                        raise LiveError(f"timed out reading the end offsets of {topic} on {bootstrap}")
+                    assignment.append(TopicPartition(topic, p, offsets[1]))
             self._consumer.assign(assignment)
         except KafkaException as exc:
-            raise LiveError(f"cannot read {self.topics.priced} on {bootstrap}: {_one_line(exc)}") from None
+            raise LiveError(f"cannot read {', '.join(answers)} on {bootstrap}: {_one_line(exc)}") from None
 
     def _on_error(self, err: Any) -> None:
         """librdkafka reports transient errors here; they surface as timeouts or delivery errors."""
@@ -755,7 +844,7 @@ class LiveSimulator:
         holds the engine's back for another idle timeout. So late events are not released
         here; they were all sent when the window closed.
         """
-        while (self._pending or self._shows) and self._clock() < deadline:
+        while (self._pending or self._shows or self._rec_pending) and self._clock() < deadline:
             now = self._clock()
             self._poll_answers(now)
             self._show_views(now)
@@ -782,6 +871,8 @@ class LiveSimulator:
             if self.closed_loop:
                 self._pending[rid] = _Pending(user=v.user, product=v.product, sent_at=self._clock(),
                                               session=self._session_id(v.session))  # fmt: skip
+                if self._rec is not None and self._rec_rng.random() < self.recommend_share:
+                    made += self._ask_recommendations(v, rec["user_id"], product_id, wall_ms)
             else:
                 self._seq += 1
                 heapq.heappush(self._shows, (now + v.lead_s, self._seq, v, rid))
@@ -811,6 +902,9 @@ class LiveSimulator:
         prices: list[int] = []
         for msg in self._consumer.consume(num_messages=1000, timeout=0):
             if msg.error() is not None:
+                continue
+            if self._rec is not None and msg.topic() == self.topics.recommendations:
+                self._slate_answer(msg.value(), now)
                 continue
             decoded = decode(Contract.PRICED_EVENT, msg.value())
             if not decoded.ok:
@@ -883,6 +977,96 @@ class LiveSimulator:
             made += self._behaviour(user=user, product=product, kind="add_to_cart", price=price, session=session, request_id=request_id, t_ms=t_ms + 1)
         return made
 
+    # ---------------------------------------------------------------- recommendations
+
+    def _category_popularity(self) -> dict[int, np.ndarray]:
+        """Per category, its products (indices in copy 0) by true popularity, most popular first."""
+        m = self._market
+        out = {}
+        for c in np.unique(m.product_category):
+            members = np.flatnonzero(m.product_category == c)
+            out[int(c)] = members[np.argsort(-m.popularity[members], kind="stable")]
+        return out
+
+    def _ask_recommendations(self, v: View, user_id: str, context_id: str, wall_ms: int) -> int:
+        """Send a recommend request for the shopper viewing ``v.product``; draw its slate's random numbers and the
+        category-popularity slate it is compared with."""
+        self._seq += 1
+        rid = f"live-{self.run_id}-rec{self._seq}"
+        k, n = self.recommend_k, self._market.n_products
+        rec = {"request_id": rid, "user_id": user_id, "channel": CHANNELS[v.channel], "event_time": wall_ms, "k": k,
+               "context_product_id": context_id, "context_category": None, "candidate_product_ids": []}  # fmt: skip
+        made = self._send(self.topics.recommend_requests, Contract.RECOMMEND_REQUEST, user_id, rec)  # type: ignore[arg-type]
+        copy, j = divmod(int(v.product), n)
+        same = self._by_category[int(self._market.product_category[j])]
+        baseline = same[same != j][:k] + copy * n
+        self._rec_pending[rid] = _RecPending(user=v.user, context=v.product, sent_at=self._clock(),
+                                             session=self._session_id(v.session), u_examine=self._rec_rng.random(k),
+                                             u_buy=self._rec_rng.random(n), baseline=baseline)  # fmt: skip
+        self._rec.requests += 1  # type: ignore[union-attr]
+        return made
+
+    def _slate_value(self, p: _RecPending, slots: np.ndarray, prices: np.ndarray) -> tuple[int, float, np.ndarray]:
+        """(position bought or NO_PURCHASE, expected profit, true probabilities) of a slate shown to ``p``'s shopper now."""
+        st = self._state
+        if slots.size == 0:
+            return NO_PURCHASE, 0.0, np.zeros(0)
+        users = np.full(slots.size, p.user)
+        prob = st.probability(users, slots, prices, in_stock=True) * (st.stock[slots] > 0)
+        e = self.position_bias.examination(slots.size)
+        margin = prices - st.cost[slots]
+        expected = float(purchase_probabilities(prob[None, :], e)[0] @ margin)
+        bought = simulate(prob[None, :], e, p.u_examine[None, : slots.size], p.u_buy[slots % self._market.n_products][None, :])
+        return int(bought[0]), expected, prob
+
+    def _slate_answer(self, value: bytes, now: float) -> int:
+        """One recommendation: if ours, the shopper examines it (and the category-popularity slate is scored)."""
+        r = self._rec
+        decoded = decode(Contract.RECOMMENDATION, value)
+        if not decoded.ok:
+            r.invalid_answers += 1  # type: ignore[union-attr]
+            return 0
+        answer = decoded.record  # type: ignore[union-attr]
+        rid = answer["request_id"]
+        p = self._rec_pending.pop(rid, None)
+        if p is None:
+            if rid in self._rec_expired:
+                self._rec_expired.discard(rid)
+                r.late_answers += 1  # type: ignore[union-attr]
+            return 0
+        items = answer["items"][: self.recommend_k]
+        slots = np.array([self._slot_of.get(str(i["product_id"]), -1) for i in items], dtype=np.int64)
+        prices = np.array([int(i["price_minor"]) for i in items], dtype=np.int64)
+        if np.any(slots < 0) or np.any(prices <= 0):
+            r.invalid_answers += 1  # type: ignore[union-attr]
+            return 0
+        r.answered += 1  # type: ignore[union-attr]
+        r.empty += int(slots.size == 0)  # type: ignore[union-attr]
+        r.latencies_ms.append((now - p.sent_at) * 1000)  # type: ignore[union-attr]
+        st = self._state
+        base_prices = st.list_price[p.baseline].astype(np.int64)
+        b_at, b_expected, _ = self._slate_value(p, p.baseline, base_prices)
+        r.baseline_expected_profit += b_expected  # type: ignore[union-attr]
+        if b_at != NO_PURCHASE:
+            r.baseline_purchases += 1  # type: ignore[union-attr]
+            r.baseline_profit += int(base_prices[b_at] - st.cost[p.baseline[b_at]])  # type: ignore[union-attr]
+        at, expected, _ = self._slate_value(p, slots, prices)
+        r.expected_profit += expected  # type: ignore[union-attr]
+        if at == NO_PURCHASE:
+            return 0
+        product, price = int(slots[at]), int(prices[at])
+        cost = int(st.cost[product])
+        r.purchases += 1  # type: ignore[union-attr]
+        r.profit += price - cost  # type: ignore[union-attr]
+        t_ms = self._wall_ms()
+        made = 0
+        for i, kind in enumerate(("view", "add_to_cart", "purchase")):
+            made += self._behaviour(user=p.user, product=product, kind=kind, price=price, session=p.session,
+                                    request_id=rid, t_ms=t_ms + i)  # fmt: skip
+        st.stock[product] -= 1
+        rec = self._market_record(product, "inventory", -1, int(st.stock[product]), t_ms + 2)
+        return made + self._produce(self.topics.market, Contract.MARKET_EVENT, rec["product_id"], rec)
+
     def _release_late(self, now: float) -> int:
         made = 0
         while self._late and self._late[0][0] <= now:
@@ -892,6 +1076,13 @@ class LiveSimulator:
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.answer_timeout_s
+        while self._rec_pending:
+            rid, rp = next(iter(self._rec_pending.items()))
+            if rp.sent_at > cutoff:
+                break
+            del self._rec_pending[rid]
+            self._rec_expired.add(rid)
+            self._rec.unanswered += 1  # type: ignore[union-attr]
         while self._pending:
             rid, p = next(iter(self._pending.items()))
             if p.sent_at > cutoff:
@@ -951,6 +1142,7 @@ class LiveSimulator:
             expected_rate=t.expected_events / t.covered_s if t.covered_s > 0 else 0.0,
             behind_s=t.behind_s,
             expected_profit_pairs=tuple(t.profit_pairs),
+            recommend=self._rec,
         )
 
 

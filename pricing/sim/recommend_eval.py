@@ -20,12 +20,13 @@ The rows:
 * ``item-to-item``: the candidate index's candidates in their evidence order (co-purchase and co-view
   neighbours of the context and of the shopper's recent products, the recent products, then popularity;
   Linden, Smith and York 2003), at list price;
-* ``model-list-price``: the same candidates ranked by ``pricing_udfs.recommend.ranking.rank`` on the demand
-  model's expected profit at list price (the job's scoring stage with the price pinned to the list price:
+* ``model-list-price``: the same candidates ranked by the job's recommend stage
+  (:class:`pricing_udfs.recommend.stage.RecommendStage`, ranking by ``pricing_udfs.recommend.ranking.rank``) on
+  the demand model's expected profit at list price (the job's scoring stage with the price pinned to the list price:
   personal through the candidates and the user's features, margin-aware, not price-aware);
 * ``model-price-aware``: ours: the same candidates priced by the job's scoring stage (its policy, guardrails
-  and trust region: :class:`pricing_udfs.scoring.ScoringStage`, the object each job worker runs) and ranked
-  by ``rank`` on the expected profit at those prices; the only difference from ``model-list-price`` is the
+  and trust region: :class:`pricing_udfs.scoring.ScoringStage`, the object each job worker runs, inside the
+  job's ``RecommendStage``) and ranked on the expected profit at those prices; the only difference from ``model-list-price`` is the
   price the policy chose;
 * ``oracle``: the whole catalogue ranked by the true expected profit of each product at its
   profit-maximising price under the same guardrails (``MarketState.oracle``), shown at those prices: the
@@ -36,7 +37,8 @@ The rankers' candidates come from :class:`pricing_udfs.recommend.candidates.Cand
 fed the simulated catalogue (``catalogue_entries``) and every behaviour event of the history before each
 request, in event-time order. The model rows' features are the backfill's (``jobs.training_set``, the job's
 feature semantics; ``pricing.sim.engine.backfilled_features``) composed per candidate by
-:class:`CandidateFeatures`; the limit of that composition is stated there.
+:class:`CandidateFeatures`; the limit of that composition is stated there.The demand model they serve is, by default, one trained
+on this world's history before the requests (``pricing.sim.recommend_model``, no leakage, cached).
 
 Metrics per row, money in minor units per request: realised profit and revenue (the simulated purchases)
 and their expectations under the slate model, conversion (share of requests with a purchase), NDCG@k
@@ -68,7 +70,8 @@ from pricing.sim.world import CHANNELS, DAY_MS, World, build_world
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.policy import Guardrails, PolicySettings
 from pricing_udfs.recommend.candidates import Candidate, CandidateIndex, CandidateSettings
-from pricing_udfs.recommend.ranking import RankingSettings, candidate_rows, rank
+from pricing_udfs.recommend.ranking import RankingSettings
+from pricing_udfs.recommend.stage import RecommendConfig, RecommendStage
 from pricing_udfs.scoring import ScoringStage
 
 STREAM_RECOMMEND = 9  # pricing.sim.market's streams end at 8
@@ -234,13 +237,46 @@ class Slates:
 
 
 class StageRanker:
-    """A recommender around one :class:`ScoringStage` (the job's): each request's candidates priced in one
-    ``decide`` per batch of requests (``record=False``: offers are not sales) and ranked by ``rank``."""
+    """A recommender around one :class:`ScoringStage` (the job's), run by the job's own
+    :class:`pricing_udfs.recommend.stage.RecommendStage` (the scoring stage injected): per batch of requests,
+    every candidate of every slate priced in one ``decide`` (``record=False``: offers are not sales) and ranked
+    by ``rank``, exactly as each job worker answers a batch of gathered slates."""
 
     def __init__(self, stage: ScoringStage, features: CandidateFeatures, *, name: str) -> None:
         self.stage = stage
         self.features = features
         self.name = name
+
+    def recommend_stage(self, ranking: RankingSettings) -> RecommendStage:
+        """The job's recommend stage around this ranker's (already open) scoring stage."""
+        return RecommendStage(RecommendConfig(scoring=self.stage.config, ranking=ranking), spec=self.features.spec,
+                              scoring=self.stage)  # fmt: skip
+
+    def batch(self, market: MarketState, requests: Requests, candidates: Sequence[Sequence[Candidate]],
+              rows: range, k: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:  # fmt: skip
+        """``RecommendStage.recommend``'s input for ``rows`` of the requests: the request frame and one slate frame
+        per request (its candidates, their evidence and their served feature vectors, as the job gathers them)."""
+        spec = self.features.spec
+        index = {str(p): j for j, p in enumerate(market.product_ids)}
+        frame = pd.DataFrame({
+            "request_id": [f"rec{market.scenario.seed}-{r}" for r in rows],
+            "user_id": [str(market.user_ids[requests.user[r]]) for r in rows],
+            "channel": [CHANNELS[int(requests.channel[r])] for r in rows],
+            "event_time": requests.time_ms[list(rows)].astype(np.int64),
+            "k": k,
+        })  # fmt: skip
+        slates = []
+        for r in rows:
+            found = candidates[r]
+            prod = np.array([index[c.product_id] for c in found], dtype=np.int64)
+            x = self.features.vectors(np.full(prod.size, requests.view[r]), prod, np.full(prod.size, requests.step[r]))
+            slate = pd.DataFrame(x.reshape(prod.size, len(spec.names)), columns=list(spec.names))
+            slate.insert(0, "product_id", [c.product_id for c in found])
+            slate.insert(1, "list_currency", market.scenario.currency)
+            slate.insert(2, "candidate_score", np.array([c.score for c in found], dtype=np.float64))
+            slate.insert(3, "candidate_reasons", [tuple(c.reasons) for c in found])
+            slates.append(slate)
+        return frame, slates
 
     def slates(self, market: MarketState, requests: Requests, candidates: Sequence[Sequence[Candidate]],
                setup: RecommendSetup, *, progress: TextIO | None = None) -> Slates:  # fmt: skip
@@ -249,25 +285,13 @@ class StageRanker:
         out_product = np.full((n, k), -1, np.int64)
         out_price = np.zeros((n, k), np.int64)
         status = Progress(progress)
-        spec = self.features.spec
+        stage = self.recommend_stage(setup.ranking)
         for a in range(0, n, setup.batch_requests):
             b = min(a + setup.batch_requests, n)
             status.update(f"ranking {self.name}: request {b:,}/{n:,}")
-            reqs = [{"request_id": f"rec{market.scenario.seed}-{r}", "user_id": str(market.user_ids[requests.user[r]]),
-                     "channel": CHANNELS[int(requests.channel[r])], "event_time": int(requests.time_ms[r]), "k": k}
-                    for r in range(a, b)]  # fmt: skip
-            rows = candidate_rows(reqs, [candidates[r] for r in range(a, b)])
-            if rows.empty:
-                continue
-            slate = rows["slate"].to_numpy(dtype=np.int64) + a
-            prod = rows["product_id"].map(product_index).to_numpy(dtype=np.int64)
-            x = self.features.vectors(requests.view[slate], prod, requests.step[slate])
-            batch = pd.concat([rows, pd.DataFrame(x, columns=spec.names, index=rows.index)], axis=1)
-            batch.insert(len(rows.columns), "list_currency", market.scenario.currency)
-            decisions = self.stage.decide(batch, record=False)
-            answers = rank(reqs, batch, decisions, setup.ranking, answered_time_ms=int(time.time() * 1000),
-                           feature_spec_version=spec.version)  # fmt: skip
-            for r, answer in zip(range(a, b), answers):
+            frame, slates = self.batch(market, requests, candidates, range(a, b), k)
+            answers = stage.recommend(frame, slates, answered_time_ms=int(time.time() * 1000))
+            for r, answer in zip(range(a, b), answers, strict=True):
                 for i, item in enumerate(answer["items"][:k]):
                     out_product[r, i] = product_index[item["product_id"]]
                     out_price[r, i] = int(item["price_minor"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from pricing.sim.live import LiveSimulator, LiveTopics
 from pricing.sim.market import build_market
@@ -15,7 +15,8 @@ from pricing_udfs.serde import Contract, decode, encode
 TOPICS = LiveTopics.of()
 CONTRACTS = {TOPICS.behaviour: Contract.BEHAVIOUR_EVENT, TOPICS.market: Contract.MARKET_EVENT,
              TOPICS.requests: Contract.PRICE_REQUEST, TOPICS.priced: Contract.PRICED_EVENT,
-             TOPICS.catalogue: Contract.CATALOGUE_ENTRY}  # fmt: skip
+             TOPICS.catalogue: Contract.CATALOGUE_ENTRY, TOPICS.recommend_requests: Contract.RECOMMEND_REQUEST,
+             TOPICS.recommendations: Contract.RECOMMENDATION}  # fmt: skip
 START_MS = 1_767_225_600_000
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -83,8 +84,12 @@ class FakeProducer:
 
 
 class Msg:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, topic: str = TOPICS.priced) -> None:
         self._value = value
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
 
     def error(self) -> None:
         return None
@@ -146,6 +151,38 @@ class FakeEngine:
         self.closed = True
 
 
+
+
+class FakeRecommender(FakeEngine):
+    """The fake engine that also answers recommend requests: ``slate(context product id of copy 0)`` (ids of copy 0,
+    moved to the request's copy), at ``multiplier`` x their initial list price, one poll later."""
+
+    def __init__(self, cluster: FakeCluster, scenario: Scenario, *, multiplier: float,
+                 slate: Callable[[str], list[str]]) -> None:  # fmt: skip
+        super().__init__(cluster, scenario, multiplier=multiplier, skip_every=10**9)
+        self.extra = []
+        self.slate = slate
+        self.rec_seen = 0
+        self.recommendations: dict[str, dict[str, Any]] = {}
+
+    def consume(self, num_messages: int = 1, timeout: float = 0) -> list[Msg]:
+        out = super().consume(num_messages, timeout)
+        new = self.cluster.log[TOPICS.recommend_requests][self.rec_seen :]
+        self.rec_seen += len(new)
+        for _, value, _, _ in new:
+            req = decode(Contract.RECOMMEND_REQUEST, value).record  # type: ignore[union-attr]
+            base, _, copy = req["context_product_id"].partition(COPY_SEPARATOR)
+            ids = [p + (COPY_SEPARATOR + copy if copy else "") for p in self.slate(base)][: req["k"]]
+            items = [{"product_id": p, "price_minor": int(round(self.list_price[p.split(COPY_SEPARATOR)[0]] * self.multiplier)),
+                      "reference_price_minor": self.list_price[p.split(COPY_SEPARATOR)[0]], "currency": "EUR",
+                      "expected_conversion": 0.1, "expected_profit_minor": 1, "reason_codes": [], "explored": False,
+                      "propensity": 1.0} for p in ids]  # fmt: skip
+            record = {"request_id": req["request_id"], "user_id": req["user_id"], "items": items, "model_version": "fake/1",
+                      "fallback_used": False, "request_time": req["event_time"], "answered_time": req["event_time"],
+                      "feature_spec_version": None}  # fmt: skip
+            self.recommendations[req["request_id"]] = record
+            out.append(Msg(encode(Contract.RECOMMENDATION, record), TOPICS.recommendations))
+        return out
 
 
 def simulator(scenario: Scenario, cluster: FakeCluster, clock: FakeClock, **kw: Any) -> LiveSimulator:

@@ -31,7 +31,10 @@ def test_register_adds_the_commands_with_their_defaults(parser: argparse.Argumen
     defaults = TopicsSettings()
     assert topics == LiveTopics(behaviour=defaults.behaviour.name, market=defaults.market.name,
                                 requests=defaults.requests.name, priced=defaults.priced.name,
-                                catalogue=defaults.catalogue.name)  # fmt: skip
+                                catalogue=defaults.catalogue.name, recommend_requests=defaults.recommend_requests.name,
+                                recommendations=defaults.recommendations.name)  # fmt: skip
+    assert (live.recommend_share, live.recommend_k) == (0.0, 10)
+    assert parser.parse_args(["simulate", "live", "--recommend-share", "0.25", "--recommend-k", "5"]).recommend_share == 0.25
     hist = parser.parse_args(["simulate", "history", "--days", "3", "--out", "x", "--scenario", "price-war", "--seed", "5"])
     assert (hist.days, hist.out, hist.scenario, hist.seed, hist.to_kafka) == (3, Path("x"), "price-war", 5, False)
     hist = parser.parse_args(["simulate", "history", "--days", "7", "--to-kafka", "--bootstrap", "h:1"])

@@ -28,6 +28,7 @@ from tests.pricing.sim.fakes import (
     FakeClock,
     FakeCluster,
     FakeEngine,
+    FakeRecommender,
     FakeProducer,
     simulator,
     views_per_session_dispersion,
@@ -133,6 +134,42 @@ def test_closed_loop_runs_the_market_answers_and_buys_at_the_offered_price(scena
         assert 0.1 < _out_of_order([r["event_time"] for r in rows]) < 0.3  # late_share=0.2
 
 
+def test_recommendations_close_the_loop_beside_category_popularity_on_the_same_draws(scenario: Scenario) -> None:
+    # The fake job answers each recommend request with the category-popularity slate at list price: the job's
+    # row and the baseline then agree exactly (same shopper, moment, prices and draws), and each purchase is
+    # one of the slate's products at its shown price, produced with the recommendation's request id.
+    market = build_market(scenario)
+    ids = market.product_ids
+
+    def category_popular(context: str) -> list[str]:
+        j = int(np.flatnonzero(ids == context)[0])
+        same = np.flatnonzero(market.product_category == market.product_category[j])
+        same = same[np.argsort(-market.popularity[same], kind="stable")]
+        return [str(ids[i]) for i in same if i != j]
+
+    clock = FakeClock(NOON)
+    cluster = FakeCluster(clock=clock)
+    engine = FakeRecommender(cluster, scenario, multiplier=1.0, slate=category_popular)
+    sim = simulator(scenario, cluster, clock, consumer=engine, copies=3, duration_s=30, late_share=0.0,
+                    recommend_share=0.5, recommend_k=5)  # fmt: skip
+    report = sim.run()
+    r = report.recommend
+    assert r is not None and r.requests == len(cluster.log[TOPICS.recommend_requests]) > 50
+    assert abs(r.requests - 0.5 * report.requests) < 4 * np.sqrt(0.25 * report.requests)
+    assert {tp.topic for tp in engine.assigned} == {TOPICS.priced, TOPICS.recommendations}
+    assert r.answered == r.requests and r.unanswered == 0 and r.invalid_answers == 0
+    assert r.expected_profit == pytest.approx(r.baseline_expected_profit) and r.expected_profit > 0
+    assert (r.purchases, r.profit) == (r.baseline_purchases, r.baseline_profit) and r.purchases > 0
+    requests = {q["request_id"]: q for q in cluster.records(TOPICS.recommend_requests)}
+    assert all(q["k"] == 5 and q["_key"] == q["user_id"].encode() for q in requests.values())
+    bought = [b for b in cluster.records(TOPICS.behaviour) if b["request_id"] in requests and b["type"] == "purchase"]
+    assert len(bought) == r.purchases
+    for b in bought:
+        shown = {i["product_id"]: i["price_minor"] for i in engine.recommendations[b["request_id"]]["items"]}
+        assert shown[b["product_id"]] == b["price_seen_minor"] and b["user_id"] == requests[b["request_id"]]["user_id"]
+    assert "category-popularity at list price" in report.summary()
+
+
 def test_open_loop_shows_historical_prices_and_keeps_order(scenario: Scenario) -> None:
     # frequent short promotions and list-price changes, so the prices shoppers see exercise the whole rule
     busy = scenario.with_overrides(promotions={**scenario.promotions.model_dump(), "starts_per_day": 500.0,
@@ -217,8 +254,10 @@ def test_topic_names_come_from_the_settings(scenario: Scenario) -> None:
     topics = TopicsSettings(market=Topic(name="m-x"), requests=Topic(name="r-x"), behaviour=Topic(name="b-x"),
                             priced=Topic(name="p-x"))  # fmt: skip
     sim = LiveSimulator(scenario, kafka_config={}, topics=topics, rate=1, duration_s=1)
+    d = TopicsSettings()
     assert sim.topics == LiveTopics(behaviour="b-x", market="m-x", requests="r-x", priced="p-x",
-                                    catalogue=TopicsSettings().catalogue.name)
+                                    catalogue=d.catalogue.name, recommend_requests=d.recommend_requests.name,
+                                    recommendations=d.recommendations.name)  # fmt: skip
     assert LiveSimulator(scenario, kafka_config={}, duration_s=1).topics == LiveTopics.of(TopicsSettings())
     assert LiveTopics.of(TopicsSettings()).priced == TopicsSettings().priced.name
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pricing.sim.cli import register
@@ -26,6 +27,7 @@ from pricing.sim.recommend_eval import (
     recommend_world,
 )
 from pricing.sim.scenario import Scenario
+from pricing.sim.world import CHANNELS
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.model.serving import ServedModel
 from pricing_udfs.policy import Guardrails, PolicySettings
@@ -149,11 +151,59 @@ def test_paired_bootstrap_and_fairness_share() -> None:
     assert fairness_share(np.array([105, 90]), np.full(2, 100), capped) == pytest.approx([0.5, 1.0])
 
 
-def test_evaluate_recommend_without_a_model_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_model_rows_are_the_job_recommend_stage_answers(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The evaluator's model-price-aware slates are RecommendStage's for the same inputs: the job's stage fed the
+    # slates as the job gathers them (slate_frame of CollectSlate's arrays), around a scoring stage of its own.
+    from pricing_udfs.recommend import stage as recommend_stage
+    from pricing_udfs.recommend.stage import REASON_SEPARATOR, RecommendConfig, RecommendStage, slate_frame
+    from pricing.sim.recommend_eval import index_answers
+
+    calls = []
+    real = recommend_stage.RecommendStage.recommend
+
+    def spy(self, requests, slates, *, answered_time_ms):  # noqa: ANN001
+        calls.append(len(slates))
+        return real(self, requests, slates, answered_time_ms=answered_time_ms)
+
+    monkeypatch.setattr(recommend_stage.RecommendStage, "recommend", spy)
+    setup = RecommendSetup(requests=60, bootstrap=50, batch_requests=25)
+    ev = _evaluate(scenario, setup, PolicySettings())
+    assert calls and sum(calls) == 2 * 60  # both model rows, every request, through RecommendStage
+    monkeypatch.setattr(recommend_stage.RecommendStage, "recommend", real)
+
+    rec = recommend_world(scenario, days=DAYS, setup=setup)
+    m, q = rec.market, rec.requests
+    answers = index_answers(m, rec.history, q, settings=setup.candidates, k=setup.k)
+    cf = CandidateFeatures(rec.world, None)
+    served = ServedModel("fake", FakeDemand(), 0, None)
+    scoring = offline_stage(served, PolicySettings(), default_price_minor=1_999, currency="EUR")
+    job = RecommendStage(RecommendConfig(scoring=scoring.config, ranking=setup.ranking), scoring=scoring)
+    ids = {str(p): j for j, p in enumerate(m.product_ids)}
+    shown = ev.row(MODEL_PRICE_AWARE).shown
+    for a in range(0, len(q), 25):
+        rows = range(a, min(a + 25, len(q)))
+        requests = pd.DataFrame({"request_id": [f"rec{m.scenario.seed}-{r}" for r in rows],
+                                 "user_id": [str(m.user_ids[q.user[r]]) for r in rows],
+                                 "channel": [CHANNELS[int(q.channel[r])] for r in rows],
+                                 "event_time": [int(q.time_ms[r]) for r in rows], "k": setup.k})  # fmt: skip
+        slates = []
+        for r in rows:
+            found = answers.candidates[r]
+            prod = np.array([ids[c.product_id] for c in found], dtype=np.int64)
+            x = cf.vectors(np.full(prod.size, q.view[r]), prod, np.full(prod.size, q.step[r]))
+            slates.append(slate_frame([c.product_id for c in found], ["EUR"] * len(found), [c.score for c in found],
+                                      [REASON_SEPARATOR.join(c.reasons) for c in found], x.ravel(), spec=FEATURE_SPEC))  # fmt: skip
+        for r, answer in zip(rows, job.recommend(requests, slates, answered_time_ms=0), strict=True):
+            want = [ids[i["product_id"]] for i in answer["items"]]
+            assert list(shown[r][: len(want)]) == want and np.all(shown[r][len(want):] == -1), r
+    scoring.close()
+
+
+def test_evaluate_recommend_with_a_missing_model_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = argparse.ArgumentParser(prog="pricing")
     register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["evaluate", "--recommend", "--registry", str(tmp_path / "empty"), "--users", "50",
-                         "--products", "5", "--days", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+    args = p.parse_args(["evaluate", "--recommend", "--model", "latest", "--registry", str(tmp_path / "empty"),
+                         "--users", "50", "--products", "5", "--days", "1", "--out", str(tmp_path / "out")])  # fmt: skip
     assert (args.recommend, args.k, args.requests, args.position_bias) == (True, 10, 2_000, "log")
     assert args.func(args) == 2
     err = capsys.readouterr().err.strip()
