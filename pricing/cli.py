@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--intensity", type=float, default=1.0,
                       help="multiply every live shopper's session rate: a quieter (0.1) or busier (10) market per shopper "
                       "and product than the week the model learned from (default 1)")  # fmt: skip
+    demo.add_argument("--recommend-share", type=float, default=0.25,
+                      help="share of the live shoppers who also ask for recommendations (the viewed product as context) "
+                      "and may buy from the slate (default 0.25; 0: none)")  # fmt: skip
     demo.add_argument("--port", type=int, default=None, help="broker port (default from settings: 9092)")
     demo.set_defaults(func=_demo)
 
@@ -270,7 +273,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.intensity <= 0:
         raise SystemExit("pricing demo: --intensity must be positive")
-    return run_demo(settings, duration_s=args.duration, rate=args.rate, port=args.port, intensity=args.intensity)
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, port=args.port, intensity=args.intensity,
+                    recommend_share=args.recommend_share)
 
 
 if __name__ == "__main__":
