@@ -1,16 +1,18 @@
 """Streaming features with event-time windows, as Flink SQL over-windows (all in the JVM).
 
-All decoded events and requests are unioned into one stream. Two ``OVER``
-aggregations, one partitioned by product and one by user, sort rows by event time
-and compute every window ending at the row itself; the request rows then carry
+All decoded events and requests are unioned into one stream. Three ``OVER``
+aggregations, partitioned by product, by user and by (user, product), sort rows by event
+time and compute every window ending at the row itself; the request rows then carry
 exactly the features as of their own event time:
 
     union(market, behaviour, requests)
-      -> by product, all rows:          latest values, 5 min, 15 min, 1 h and 24 h windows
-      -> by user, behaviour + requests: 30 min and 24 h windows, all-history values
+      -> by product, all rows:                    latest values, 5 min, 15 min, 1 h and 24 h windows
+      -> by user, behaviour + requests:           30 min and 24 h windows, all-history values
+      -> by (user, product), the same rows:       the user's 24 h funnel of this very product
       -> request rows: defaults for unknowns, the vector in spec order
 
-Both stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
+Anonymous requests (empty ``user_id``) skip the user and (user, product) stages and get
+their defaults. All stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
 timestamp. The sliding windows are aggregate functions written in Java
 (``deploy/jvm``, ``pricing.features.Windowed*``): each keeps a per-key deque of the
 window's entries and evicts from its head, O(1) amortised per row. Flink's own
@@ -31,11 +33,11 @@ Semantics (checked against an independent pandas implementation in
 * "latest" values (list price, cost, stock, promotion) are the last by event time,
   ties by arrival order;
 * state: each window's deque holds the entries of its length that feed it (24 h
-  at most, per product and per user); per-key state expires ``state_ttl_ms`` after the key's last
+  at most, per product, per user and per (user, product)); per-key state expires ``state_ttl_ms`` after the key's last
   event.
 
 Arrival mode (``[job] serving_mode = "arrival"``, the default; ``"event-time"`` is the above):
-the same union and the same two stages, but ordered by a processing-time attribute
+the same union and the same three stages, but ordered by a processing-time attribute
 (``PROCTIME()``, ``ROWS`` frames), so each row is processed the moment it arrives and
 nothing waits for a watermark; a quiet input holds nothing back. The windows keep
 their event-time meaning: at a row with event time t a window of length W holds the
@@ -228,6 +230,8 @@ def declare_feature_views(
             "windowed_distinct", "CASE WHEN b_type = 'view' THEN product_id END", 30 * _MINUTE_MS, "BIGINT", a
         ),
     } | _funnel("u_{}_24h", 24 * _HOUR_MS, a)
+    # The user's own history with the product priced (features/3): the same rows, keyed by (user, product).
+    user_product_windows = _funnel("up_{}_24h", 24 * _HOUR_MS, a)
     user_all: _Aggregates = {
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
@@ -285,6 +289,8 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
 """,
         # One stage per user: every window and the all-history values.
         "by_user": _stage("user_events", "user_id", frame, user_windows | user_all),
+        # One stage per (user, product), over the user stage's rows: the user's funnel of this product.
+        "by_user_product": _stage("by_user", "user_id, product_id", frame, user_product_windows),
     }
 
     c = spec.constants
@@ -321,6 +327,9 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
             f"LEAST(CAST(event_time - u_last_purchase AS DOUBLE) / 1000.0, {c['never_purchased_secs']})"
         ),
         "user_distinct_products_30m": "u_distinct_30m",
+        "user_product_views_24h": "up_views_24h",
+        "user_product_carts_24h": "up_carts_24h",
+        "user_product_purchases_24h": "up_purchases_24h",
         "hour_of_day": f"MOD(event_time / {_HOUR_MS}, 24)",
         # 1970-01-01 was a Thursday (3 with Monday = 0).
         "day_of_week": f"MOD(event_time / {24 * _HOUR_MS} + 3, 7)",
@@ -339,7 +348,7 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         if name == "gated_events_sql":
             _single_gate(t_env, source=name, view="gated_events")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
-    user_aggregates = user_windows | user_all
+    user_aggregates = user_windows | user_all | user_product_windows
     user_cols = ", ".join(user_aggregates)
     base_cols = (
         "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
@@ -350,7 +359,7 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
-SELECT {base_cols}, {user_cols} FROM by_user WHERE src = 'request'
+SELECT {base_cols}, {user_cols} FROM by_user_product WHERE src = 'request'
 UNION ALL
 SELECT {base_cols}, {_skipped(user_aggregates)} FROM by_product WHERE src = 'request' AND user_id = ''
 """)

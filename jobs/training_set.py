@@ -12,7 +12,8 @@ history`` writes, or archived topics)::
       -> by product (bucket): latest values, 5 min / 15 min / 1 h windows, velocity,
                               the offered price and the label of each request,
                               the list price in force at each purchase
-      -> by user (bucket):    30 min / 24 h windows, all-history values
+      -> by user (bucket):    30 min / 24 h windows, all-history values, and per (user, product)
+                              the user's 24 h funnel of the requested product
       -> by request:          the vector in spec order (defaults applied) -> Parquet
 
 Every request gets the feature vector the streaming job (``jobs/features.py``) serves
@@ -112,11 +113,12 @@ _PRODUCT_FEATURES = (
 _USER_FEATURES = (
     "user_views_30m", "user_carts_30m", "user_purchases_30m", "user_views_24h", "user_carts_24h",
     "user_purchases_24h", "user_price_ratio", "user_secs_since_purchase", "user_distinct_products_30m", "is_new_user",
+    "user_product_views_24h", "user_product_carts_24h", "user_product_purchases_24h",
 )  # fmt: skip
 
 
 def _check_spec(spec: FeatureSpec) -> None:
-    """This pipeline computes features/2's semantics; a new spec must be taught here (as in jobs/features.py)."""
+    """This pipeline computes features/3's semantics; a new spec must be taught here (as in jobs/features.py)."""
     missing = set(spec.names) ^ set(_PRODUCT_FEATURES + _USER_FEATURES)
     if missing:
         raise ValueError(f"training_set and feature spec {spec.version} disagree on: {sorted(missing)}")
@@ -495,7 +497,10 @@ def list_price_at(market: pd.DataFrame, product_id: Any, event_time: Any) -> np.
 
 def user_features(behaviour: pd.DataFrame, requests: pd.DataFrame, spec: FeatureSpec = FEATURE_SPEC) -> pd.DataFrame:
     """The user features of each (non-anonymous) request; ``behaviour`` holds the kept behaviour of those
-    users with ``paid_ratio`` (paid / list price in force, NaN for all but purchases with a list price)."""
+    users with ``paid_ratio`` (paid / list price in force, NaN for all but purchases with a list price).
+
+    Also the user's 24 h funnel of the request's own product (``user_product_*_24h``), keyed by
+    (user, product): every behaviour event of a user is in the user's bucket, so the pairs are complete."""
     n = len(requests)
     c = spec.constants
     out: dict[str, np.ndarray] = {}
@@ -511,6 +516,13 @@ def user_features(behaviour: pd.DataFrame, requests: pd.DataFrame, spec: Feature
 
     _funnel_counts(out, keys, b_type, b_code, b_time, b_seq, q_code, t, {"30m": 30 * _MINUTE_MS, "24h": _DAY_MS},
                    prefix="user_")
+    # (user, product) pairs, densely numbered (only the pairs present: the int64 keys never overflow)
+    pairs = np.concatenate(_pair_codes((requests["user_id"], requests["product_id"]),
+                                       (behaviour["user_id"], behaviour["product_id"])))  # fmt: skip
+    dense, present = pd.factorize(pairs)
+    q_pair, b_pair = dense[:n].astype(np.int64), dense[n:].astype(np.int64)
+    pair_keys = _Keys((t, b_time), len(present), _DAY_MS)
+    _funnel_counts(out, pair_keys, b_type, b_pair, b_time, b_seq, q_pair, t, {"24h": _DAY_MS}, prefix="user_product_")
 
     views = b_type == "view"
     ev = _Events.of(keys, b_code[views], b_time[views], b_seq[views])
@@ -779,7 +791,7 @@ class _ProductStage(beam.DoFn):
             ratio[buys] = np.where(lp > 0, paid / np.where(lp > 0, lp, 1.0), np.nan)
         users = kept[["user_id", "product_id", "type", "event_time", "seq"]].assign(paid_ratio=ratio)
         known = requests["user_id"].to_numpy(object) != ""
-        asks = requests.loc[known, ["user_id", "event_time", "seq"]].assign(product_bucket=bucket)
+        asks = requests.loc[known, ["user_id", "product_id", "event_time", "seq"]].assign(product_bucket=bucket)
         for name, frame in (("behaviour", users), ("requests", asks)):
             for b, part in frame.groupby(_bucket(frame["user_id"], o.buckets), sort=True):
                 yield beam.pvalue.TaggedOutput(USERS, (int(b), (name, part.reset_index(drop=True))))
@@ -789,7 +801,8 @@ _USER_EMPTY = {
     "behaviour": pd.DataFrame({"user_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
                                "type": pd.Series(dtype=object), "event_time": pd.Series(dtype=np.int64),
                                "seq": pd.Series(dtype=np.int64), "paid_ratio": pd.Series(dtype=np.float64)}),
-    "requests": pd.DataFrame({"user_id": pd.Series(dtype=object), "event_time": pd.Series(dtype=np.int64),
+    "requests": pd.DataFrame({"user_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
+                              "event_time": pd.Series(dtype=np.int64),
                               "seq": pd.Series(dtype=np.int64), "product_bucket": pd.Series(dtype=np.int64)}),
 }  # fmt: skip
 

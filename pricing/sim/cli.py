@@ -384,7 +384,8 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings | None) -> int:
                                     currency=settings.job.currency, spec=FEATURE_SPEC))  # fmt: skip
         return stages[-1]
 
-    rankers = model_rankers(stage_for, CandidateFeatures(rec.world, features, spec=FEATURE_SPEC), settings.policy)
+    candidate_features = CandidateFeatures(rec.world, features, spec=FEATURE_SPEC, behaviour=rec.history.behaviour)
+    rankers = model_rankers(stage_for, candidate_features, settings.policy)
     try:
         evaluation = evaluate_recommendations(scenario, days=days, guardrails=settings.policy.guardrails,
                                               rankers=rankers, setup=setup, rec=rec, progress=sys.stderr)  # fmt: skip

@@ -188,12 +188,17 @@ class CandidateFeatures:
     The user, context and ``is_new_user`` features are those of the request's own view (the same user at the
     same time: exact). The product features (and ``is_new_product``) are those of the candidate's latest
     request before the request's time, by any shopper; a product never requested before gets the spec's
-    defaults. List price, unit cost and the promotion flag are the market's at the request's step. Limit,
-    stated: the product's windowed counts are those of its latest request, not of the recommend request's
-    time (a product requested an hour ago shows its counts of an hour ago).
+    defaults. List price, unit cost and the promotion flag are the market's at the request's step. The
+    user's own history with the candidate (the ``user_product`` group: views, carts, purchases in the 24 h
+    up to the request's time, both ends included) is counted from ``behaviour`` (the history's behaviour
+    events: ``user_id``, ``product_id``, ``type``, ``event_time``; late ones included, which the backfill
+    and the job leave out); without it those features take their defaults. Limit, stated: the product's
+    windowed counts are those of its latest request, not of the recommend request's time (a product
+    requested an hour ago shows its counts of an hour ago).
     """
 
-    def __init__(self, world: World, features: np.ndarray | None, *, spec: FeatureSpec = FEATURE_SPEC) -> None:
+    def __init__(self, world: World, features: np.ndarray | None, *, spec: FeatureSpec = FEATURE_SPEC,
+                 behaviour: pd.DataFrame | None = None) -> None:
         v = world.views
         n, f = len(v), len(spec.names)
         self.world = world
@@ -207,6 +212,10 @@ class CandidateFeatures:
         self._key, self._view = key[order], known[order]
         groups = {ft.name: ft.group for ft in spec.features}
         self._product = np.array([groups[n] == "product" or n == "is_new_product" for n in spec.names])
+        self._affinity = {n: _AFFINITY_KINDS.get(n) for n in spec.names if groups[n] == "user_product"}
+        if set(self._affinity.values()) & {None}:
+            raise ValueError(f"unknown user_product features: {sorted(n for n, k in self._affinity.items() if k is None)}")
+        self._history = None if behaviour is None else _PairHistory(world, behaviour)
 
     def vectors(self, view: np.ndarray, product: np.ndarray, step: np.ndarray) -> np.ndarray:
         """``[rows, F]`` for rows of (request view, candidate product index, market step)."""
@@ -225,7 +234,46 @@ class CandidateFeatures:
                             ("promotion_active", (w.promotion_bp[step, product] > 0).astype(np.float64))):  # fmt: skip
             if name in self.spec.names:
                 out[:, self.spec.index(name)] = value
+        for name, (kind, window_ms) in self._affinity.items():  # the user's own history with the candidate
+            i = self.spec.index(name)
+            out[:, i] = d[i] if self._history is None else self._history.count(kind, v.user[view], product, t, window_ms)
         return out
+
+
+# The ``user_product`` features (features/3): the behaviour type each counts, over the 24 h up to the request.
+_AFFINITY_KINDS: dict[str, tuple[str, int] | None] = {
+    "user_product_views_24h": ("view", DAY_MS), "user_product_carts_24h": ("add_to_cart", DAY_MS),
+    "user_product_purchases_24h": ("purchase", DAY_MS),
+}
+
+
+class _PairHistory:
+    """Behaviour events sorted by (user, product, time) per type: counts in a window by binary search."""
+
+    def __init__(self, world: World, behaviour: pd.DataFrame) -> None:
+        m = world.market
+        users = {u: i for i, u in enumerate(m.user_ids)}
+        products = {p: j for j, p in enumerate(m.product_ids)}
+        user = behaviour["user_id"].map(users)
+        product = behaviour["product_id"].map(products)
+        known = (user.notna() & product.notna()).to_numpy()
+        self._n_products = max(m.n_products, 1)
+        times = behaviour["event_time"].to_numpy(np.int64)
+        self._base = (int(times.min()) if times.size else world.start_ms) - 2 * DAY_MS
+        self._span = max(int(times.max()) if times.size else world.end_ms, world.end_ms) - self._base + 1
+        if m.n_users * self._n_products * self._span >= 2**62:
+            raise OverflowError("too many (user, product) pairs x milliseconds for one int64 key")
+        pair = user[known].to_numpy(np.int64) * self._n_products + product[known].to_numpy(np.int64)
+        kinds = behaviour["type"].to_numpy(object)[known]
+        keys = pair * self._span + (times[known] - self._base)
+        self._keys = {kind: np.sort(keys[kinds == kind]) for kind in ("view", "add_to_cart", "purchase")}
+
+    def count(self, kind: str, user: np.ndarray, product: np.ndarray, t: np.ndarray, window_ms: int) -> np.ndarray:
+        """Events of ``kind`` of each (user, product) with t - window <= event time <= t."""
+        pair = np.asarray(user, np.int64) * self._n_products + np.asarray(product, np.int64)
+        at = pair * self._span + (np.asarray(t, np.int64) - self._base)
+        keys = self._keys[kind]
+        return (np.searchsorted(keys, at, side="right") - np.searchsorted(keys, at - window_ms, side="left")).astype(np.float64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -103,6 +103,7 @@ def reference_features(
                 if len(lp) and lp.value.iloc[-1] > 0:
                     ratios.append(buy.price_seen_minor / lp.value.iloc[-1])
             w, prior = c["price_ratio_prior_weight"], c["price_ratio_prior_mean"]
+            up = ub[ub.product_id == p]  # the user's own history with this product
             f |= {
                 "user_views_30m": count(ub, "view", 30 * MIN), "user_carts_30m": count(ub, "add_to_cart", 30 * MIN),
                 "user_purchases_30m": count(ub, "purchase", 30 * MIN), "user_views_24h": count(ub, "view", 1440 * MIN),
@@ -111,10 +112,25 @@ def reference_features(
                 "user_price_ratio": (prior * w + sum(ratios)) / (w + len(ratios)),
                 "user_secs_since_purchase": min((t - bought.event_time.max()) / 1000, c["never_purchased_secs"]) if len(bought) else None,
                 "user_distinct_products_30m": ub[(ub.type == "view") & (ub.event_time >= t - 30 * MIN)].product_id.nunique(),
+                "user_product_views_24h": count(up, "view", 1440 * MIN),
+                "user_product_carts_24h": count(up, "add_to_cart", 1440 * MIN),
+                "user_product_purchases_24h": count(up, "purchase", 1440 * MIN),
                 "is_new_user": float(len(ub) == 0),
             }
         rows[req.request_id] = FEATURE_SPEC.vector(f)
     return pd.DataFrame.from_dict(rows, orient="index", columns=FEATURE_SPEC.names)
+
+
+AFFINITY = ("user_product_views_24h", "user_product_carts_24h", "user_product_purchases_24h")
+
+
+def assert_affinity_exercised(expected: pd.DataFrame) -> None:
+    """The (user, product) features are non-zero in some rows, and the views differ there from the user's views of
+    every product: a parity test over these rows catches an affinity stage keyed by user alone."""
+    for name in AFFINITY:
+        assert (expected[name] > 0).any(), f"no request has {name} > 0: the data does not exercise it"
+    views = expected["user_product_views_24h"]
+    assert ((views > 0) & (views < expected["user_views_24h"])).any(), "no request tells a product's views apart"
 
 
 def without_late(

@@ -29,7 +29,7 @@ from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
 from tests.helpers import read_topic
-from tests.jobs.feature_reference import MIN, compare_features, expected_arrival_features
+from tests.jobs.feature_reference import MIN, assert_affinity_exercised, compare_features, expected_arrival_features
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +145,7 @@ def test_arrival_mode_serves_the_features_of_the_events_before_each_request(kafk
     expected, n_late = expected_arrival_features(settings, frames, duplicates=[duplicate])
     assert n_late == 1
     assert set(served) == set(expected.index), "every on-time request is answered once, the duplicate not again"
+    assert_affinity_exercised(expected)
     result_ = compare_features(served, expected)
     print(f"\narrival parity: {result_.summary()}; {n_late} late events")
     assert result_.mismatches == 0, result_.summary()

@@ -26,7 +26,9 @@ from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
 from tests.helpers import read_topic
-from tests.jobs.feature_reference import MIN, compare_features, expected_features, produce_events
+from tests.jobs.feature_reference import (
+    MIN, assert_affinity_exercised, compare_features, expected_features, produce_events,
+)  # fmt: skip
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +48,12 @@ def _crafted(start: int) -> tuple[list[dict], list[dict], list[dict]]:
         behaviour.append({
             "event_id": f"edge-e{i}", "user_id": "edge-user", "product_id": "edge", "type": kind, "price_seen_minor": 950,
             "currency": "EUR", "quantity": 2, "session_id": "edge-s", "event_time": t - dt, "request_id": None,
+        })
+    for i, (dt, kind, product) in enumerate([(2 * MIN, "add_to_cart", "edge"), (MIN, "view", "edge-other")]):
+        behaviour.append({  # the user's own history with edge, and a view of another product (the user's, not edge's)
+            "event_id": f"edge-a{i}", "user_id": "edge-user", "product_id": product, "type": kind,
+            "price_seen_minor": 950, "currency": "EUR", "quantity": 1, "session_id": "edge-s", "event_time": t - dt,
+            "request_id": None,
         })
     requests = [
         {"request_id": "edge-r0", "user_id": "edge-user", "product_id": "edge", "channel": "marketplace", "event_time": t},
@@ -89,6 +97,9 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
     edge = expected.loc["edge-r0"]
     assert edge["views_5m"] == 1 and edge["purchases_1h"] == 2 and edge["competitor_events_15m"] == 1
     assert edge["views_24h"] == 3 and edge["purchases_24h"] == 3 and edge["conversion_24h"] == 1.0
-    assert edge["user_views_24h"] == 3
+    assert edge["user_views_24h"] == 4
+    assert (edge["user_product_views_24h"], edge["user_product_carts_24h"], edge["user_product_purchases_24h"]) == (3, 1, 3)
+    assert expected.loc["edge-r1", "user_product_views_24h"] == 0  # anonymous
+    assert_affinity_exercised(expected)
     assert edge["promotion_active"] == 1 and edge["user_secs_since_purchase"] == 0
     assert expected.loc["edge-r1", "is_new_user"] == 1 and expected.loc["edge-r2", "is_new_product"] == 1

@@ -18,7 +18,7 @@ from pricing.training_rows import SCHEMA
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
-from tests.jobs.feature_reference import reference_features
+from tests.jobs.feature_reference import assert_affinity_exercised, reference_features
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -75,6 +75,9 @@ def crafted(start: int, *, seed: int = 0) -> dict[Contract, pd.DataFrame]:
         _behaviour("p3", "edge-user", "edge", "purchase", t, qty=2),  # a peer of the request
         _behaviour("v2", "edge-user", "edge2", "view", t - 30 * MIN),  # distinct products: in
         _behaviour("v3", "edge-user", "edge3", "view", t - 30 * MIN - 1),  # out
+        _behaviour("c0", "edge-user", "edge", "add_to_cart", t - 24 * HOUR),  # the user's 24 h with edge: in
+        _behaviour("c1", "edge-user", "edge", "add_to_cart", t - 24 * HOUR - 1),  # out
+        _behaviour("c2", "edge-user", "edge2", "add_to_cart", t - MIN),  # another product: the user's, not edge's
     ]
     r = [
         _request("edge-r0", "edge-user", "edge", "marketplace", t),
@@ -210,8 +213,15 @@ def test_backfilled_vectors_equal_the_pandas_reference(day: tuple) -> None:
     assert e["competitor_events_15m"] == 2 and e["competitor_min_15m_minor"] == 700 and e["inventory"] == 7
     assert e["promotion_active"] == 1 and e["user_secs_since_purchase"] == 0 and e["user_distinct_products_30m"] == 2
     assert e["user_price_ratio"] == pytest.approx((3 + 950 / 1200 + 950 / 1200) / 5, rel=1e-12)
+    # the user's own 24 h with this product (v0, v1; c0 on the edge; p0-p3), not with edge2 or edge3
+    assert (e["user_product_views_24h"], e["user_product_carts_24h"], e["user_product_purchases_24h"]) == (2, 1, 4)
+    assert (e["user_views_24h"], e["user_carts_24h"]) == (4, 2)
+    later = vectors(rows).loc["edge-r3"]  # 30 min on: edge-r0's view counts, c0 has left the window
+    assert (later["user_product_views_24h"], later["user_product_carts_24h"]) == (3, 0)
+    assert_affinity_exercised(expected)
     anon, new = vectors(rows).loc["edge-r1"], vectors(rows).loc["edge-r2"]
     assert anon["is_new_user"] == 1 and anon["user_price_ratio"] == 1 and anon["is_new_product"] == 0
+    assert anon["user_product_views_24h"] == 0  # anonymous: the default, though its view (as anon-1) counts elsewhere
     assert (new[["is_new_user", "is_new_product"]] == 1).all() and new["inventory"] == -1
     assert (rows.set_index("request_id").loc[["edge-r0", "edge-r1"], "price_minor"] == [990, 991]).all()
     assert summary.counts["requests_repeated"] == 1 and summary.counts["requests_without_offer"] == 1

@@ -28,7 +28,7 @@ from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
 from tests.helpers import read_topic
-from tests.jobs.feature_reference import produce_events
+from tests.jobs.feature_reference import assert_affinity_exercised, produce_events
 from tests.jobs.test_training_set import (
     HOUR, REL_TOL, read_rows, simulated_day, vectors, worst_relative, write_history_dir,
 )  # fmt: skip
@@ -81,6 +81,7 @@ def test_served_vectors_equal_backfilled_vectors(kafka_settings: Settings, tmp_p
     print(f"\nserved vs backfilled: {len(backfilled)} requests x {len(FEATURE_SPEC.names)} features; "
           f"worst relative difference {worst:.3g} at {where}; {bad} beyond {REL_TOL}")  # fmt: skip
     assert bad == 0, f"{where}: backfilled {backfilled.loc[where]} vs served {got.loc[where]}"
+    assert_affinity_exercised(backfilled)
     cold = got.loc["edge-r2"]
     assert cold["is_new_user"] == 1 and cold["is_new_product"] == 1 and got.loc["edge-r1", "is_new_user"] == 1
 

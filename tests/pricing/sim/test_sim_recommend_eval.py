@@ -129,6 +129,36 @@ def test_candidate_features_take_the_user_from_the_request_and_the_product_from_
         assert x[r, LIST] == rec.world.list_price[q.step[r], product[r]]
 
 
+def test_candidate_features_count_the_users_own_history_with_each_candidate(scenario: Scenario) -> None:
+    """features/3's user_product group: the user's views, carts and purchases of the candidate (not of the product
+    being viewed) in the 24 h up to the request, counted naively here; without behaviour, the defaults."""
+    rec = recommend_world(scenario, days=DAYS, setup=RecommendSetup(requests=60))
+    v, q, m = rec.world.views, rec.requests, rec.market
+    b = rec.history.behaviour
+    # each request's candidates: the products the user has behaviour with (so that many counts are non-zero)
+    view, product = [], []
+    for r in range(len(q)):
+        mine = b[b["user_id"] == m.user_ids[q.user[r]]]["product_id"].unique()
+        for p in mine[:5]:
+            view.append(q.view[r])
+            product.append(int(np.flatnonzero(m.product_ids == p)[0]))
+    view, product = np.asarray(view), np.asarray(product)
+    step = v.state_step[view]
+    x = CandidateFeatures(rec.world, None, behaviour=b).vectors(view, product, step)
+    t = (v.time_ms - v.request_lead_ms)[view]
+    names = {"user_product_views_24h": "view", "user_product_carts_24h": "add_to_cart",
+             "user_product_purchases_24h": "purchase"}
+    for name, kind in names.items():
+        col = FEATURE_SPEC.index(name)
+        want = [int(((b["user_id"] == m.user_ids[v.user[i]]) & (b["product_id"] == m.product_ids[p]) & (b["type"] == kind)
+                     & (b["event_time"] >= ti - 86_400_000) & (b["event_time"] <= ti)).sum())
+                for i, p, ti in zip(view, product, t)]  # fmt: skip
+        np.testing.assert_array_equal(x[:, col], want, err_msg=name)
+    assert (x[:, FEATURE_SPEC.index("user_product_views_24h")] > 0).any()
+    plain = CandidateFeatures(rec.world, None).vectors(view, product, step)
+    assert (plain[:, FEATURE_SPEC.index("user_product_views_24h")] == 0).all()
+
+
 def test_no_ranker_recommends_the_product_being_viewed_or_one_twice(scenario: Scenario, evaluation: RecommendEvaluation) -> None:
     rec = recommend_world(scenario, days=DAYS, setup=RecommendSetup(requests=150, bootstrap=300))  # the same requests
     for row in evaluation.rows:

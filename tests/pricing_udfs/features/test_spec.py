@@ -11,7 +11,7 @@ from pricing_udfs.features.spec import FEATURE_SPEC, SPEC_FILE, FeatureSpec
 
 def test_spec_has_a_version_groups_and_defaults() -> None:
     assert FEATURE_SPEC.version.startswith("features/")
-    assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "context", "flags"}
+    assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "user_product", "context", "flags"}
     assert FEATURE_SPEC.defaults[FEATURE_SPEC.index("is_new_user")] == 1.0
 
 
@@ -25,6 +25,17 @@ def test_vector_puts_each_value_in_its_place_and_defaults_elsewhere(values: dict
         given_value = values.get(feature.name)
         missing = given_value is None or (isinstance(given_value, float) and np.isnan(given_value))
         assert v[i] == (feature.default if missing else float(given_value))
+
+
+def test_features_3_adds_the_users_history_with_the_product() -> None:
+    """features/3: the user's own views, carts and purchases of the product priced, after the user features."""
+    assert FEATURE_SPEC.version == "features/3"
+    affinity = [f for f in FEATURE_SPEC.features if f.group == "user_product"]
+    assert [f.name for f in affinity] == ["user_product_views_24h", "user_product_carts_24h",
+                                          "user_product_purchases_24h"]
+    assert all(f.default == 0.0 for f in affinity)
+    at = FEATURE_SPEC.index("user_product_views_24h")
+    assert FEATURE_SPEC.names[at - 1] == "user_distinct_products_30m" and len(FEATURE_SPEC.names) == 37
 
 
 def test_vector_fills_defaults_and_rejects_unknown_names() -> None:
