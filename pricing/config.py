@@ -31,6 +31,8 @@ from pricing_udfs.recommend.ranking import RankingSettings
 DeliveryGuarantee = Literal["exactly-once", "at-least-once"]
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_CONFIG_FILE", default=None)
 _DEFAULT_FILE = Path("pricing.toml")
+# Where flink-sql-connector-kafka relocates the Kafka client (its classes, JAAS login modules included).
+CONNECTOR_KAFKA_PACKAGE = "org.apache.flink.kafka.shaded.org.apache.kafka"
 # Kafka brokers reject producers whose transaction.timeout.ms exceeds this (broker default).
 BROKER_MAX_TRANSACTION_TIMEOUT_MS = 900_000
 
@@ -90,13 +92,15 @@ class KafkaSettings(_Section):
         return conf
 
     def java_client_properties(self) -> dict[str, str]:
-        """The same settings for the Java client inside Flink's Kafka connector."""
+        """The same settings for the Java client inside Flink's Kafka connector. The connector jar carries the Kafka
+        client relocated under ``CONNECTOR_KAFKA_PACKAGE``, so the JAAS login module must be named there (the
+        plain ``org.apache.kafka...`` class is not on its class path: "No LoginModule found")."""
         props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
         if self.sasl_mechanism:
-            module = (
-                "org.apache.kafka.common.security.plain.PlainLoginModule"
+            module = CONNECTOR_KAFKA_PACKAGE + (
+                ".common.security.plain.PlainLoginModule"
                 if self.sasl_mechanism == "PLAIN"
-                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+                else ".common.security.scram.ScramLoginModule"
             )
             password = self.sasl_password.get_secret_value() if self.sasl_password else ""
             props["sasl.mechanism"] = self.sasl_mechanism

@@ -87,3 +87,19 @@ def test_a_job_whose_topics_are_missing_fails_at_once_with_one_line_naming_them(
 
     with pytest.raises(MissingTopicsError, match=kafka_settings.kafka.topics.recommend_requests.name):
         pricing_job.run(kafka_settings, wait=False)  # no topic was created for this test
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_the_jaas_login_module_the_connector_is_given_is_a_class_in_the_connector_jar(mechanism: str) -> None:
+    """The connector relocates the Kafka client: the plain ``org.apache.kafka`` login modules are not in it, and
+    a job naming one cannot log in to a SASL broker ("No LoginModule found")."""
+    import re
+    import zipfile
+
+    from pricing.jars import connector_jars
+
+    s = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": mechanism, "sasl_username": "u",
+                             "sasl_password": "p"})  # fmt: skip
+    module = re.match(r"(\S+) required ", s.kafka.java_client_properties()["sasl.jaas.config"]).group(1)
+    classes = {name for jar in connector_jars(s.state_dir) for name in zipfile.ZipFile(jar).namelist()}
+    assert module.replace(".", "/") + ".class" in classes, module
