@@ -96,11 +96,13 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
                               "WITH ('connector' = 'blackhole')")
             statements.add_insert_sql(f"INSERT INTO sink_{view} SELECT ok, product_id, event_time FROM {view}")
     elif mode == "product-stages":
-        declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
+        declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
+                              catalogue="catalogue")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_p (request_id STRING, v BIGINT, l BIGINT) WITH ('connector' = 'blackhole')")
         statements.add_insert_sql("INSERT INTO sink_p SELECT request_id, views_1h, list_price FROM by_product WHERE src = 'request'")
     else:
-        featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour")
+        featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
+                              catalogue="catalogue")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_features (request_id STRING, features ARRAY<DOUBLE>) "
                           "WITH ('connector' = 'blackhole')")
         statements.add_insert_sql(

@@ -1,18 +1,25 @@
 """Streaming features with event-time windows, as Flink SQL over-windows (all in the JVM).
 
-All decoded events and requests are unioned into one stream. Three ``OVER``
-aggregations, partitioned by product, by user and by (user, product), sort rows by event
-time and compute every window ending at the row itself; the request rows then carry
-exactly the features as of their own event time:
+All decoded events and requests are unioned into one stream. Four ``OVER``
+aggregations, partitioned by product, by user, by (user, product) and by (user, category),
+sort rows by event time and compute every window ending at the row itself; the request rows
+then carry exactly the features as of their own event time:
 
-    union(market, behaviour, requests)
-      -> by product, all rows:                    latest values, 5 min, 15 min, 1 h and 24 h windows
+    union(catalogue, market, behaviour, requests)
+      -> by product, all rows:                    latest values (the category too), 5 min, 15 min, 1 h and 24 h windows
       -> by user, behaviour + requests:           30 min and 24 h windows, all-history values
       -> by (user, product), the same rows:       the user's 24 h funnel of this very product
+      -> by (user, category), the same rows:      the user's 24 h funnel of the product's category
       -> request rows: defaults for unknowns, the vector in spec order
 
-Anonymous requests (empty ``user_id``) skip the user and (user, product) stages and get
-their defaults. All stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
+Anonymous requests (empty ``user_id``) skip the user, (user, product) and (user, category)
+stages and get their defaults. A row whose product has no catalogue entry (yet) has a NULL
+category: it passes the (user, category) stage in the user's NULL partition, where nothing is
+counted (the counts are conditional on a known category), so such a request gets 0s; a plan
+with a second branch for them would plan the stages before it twice in event-time mode.
+Catalogue rows (``src = 'catalogue'``) feed the product stage's ``category`` only: the catalogue
+topic is read from its earliest offset (entries stamped at the history's start), its rows are
+never late-checked, and a quiet catalogue is idle and holds no watermark back. All stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
 timestamp. The sliding windows are aggregate functions written in Java
 (``deploy/jvm``, ``pricing.features.Windowed*``): each keeps a per-key deque of the
 window's entries and evicts from its head, O(1) amortised per row. Flink's own
@@ -33,11 +40,11 @@ Semantics (checked against an independent pandas implementation in
 * "latest" values (list price, cost, stock, promotion) are the last by event time,
   ties by arrival order;
 * state: each window's deque holds the entries of its length that feed it (24 h
-  at most, per product, per user and per (user, product)); per-key state expires ``state_ttl_ms`` after the key's last
+  at most, per product, per user, per (user, product) and per (user, category)); per-key state expires ``state_ttl_ms`` after the key's last
   event.
 
 Arrival mode (``[job] serving_mode = "arrival"``, the default; ``"event-time"`` is the above):
-the same union and the same three stages, but ordered by a processing-time attribute
+the same union and the same four stages, but ordered by a processing-time attribute
 (``PROCTIME()``, ``ROWS`` frames), so each row is processed the moment it arrives and
 nothing waits for a watermark; a quiet input holds nothing back. The windows keep
 their event-time meaning: at a row with event time t a window of length W holds the
@@ -185,7 +192,8 @@ def _skipped(aggregates: _Aggregates) -> str:
 
 
 def declare_feature_views(
-    t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, spec: FeatureSpec = FEATURE_SPEC,
+    t_env: TableEnvironment, *, requests: str, market: str, behaviour: str, catalogue: str,
+    spec: FeatureSpec = FEATURE_SPEC,
     mode: ServingMode = "event-time", allowance_ms: int = 0, horizon_ms: int = 0, candidates: str | None = None,
 ) -> str:
     """Create the feature views over the decoded (``ok``) inputs; returns the view of featured requests.
@@ -196,6 +204,7 @@ def declare_feature_views(
     the ``arrival_*`` window functions and their ``allowance_ms`` (``arrival_allowance_ms``), behind
     the catch-up gate with ``horizon_ms`` (``_gated_views``).
 
+    ``catalogue`` is the decoded catalogue (``CatalogueEntry``): each product's category.
     ``candidates`` (``jobs.recommendations``) names a view of recommendation candidate rows: each is featured
     exactly like a price request of its user and product at its request's time (it is one, with ``slate_size``
     set), and comes out in the returned view beside the price requests, whose ``slate_*`` columns are NULL.
@@ -208,6 +217,8 @@ def declare_feature_views(
     latest: _Aggregates = {
         "list_price": _latest("CASE WHEN m_kind = 'list_price' THEN m_value END", "BIGINT", a),
         "list_currency": _latest("CASE WHEN m_kind = 'list_price' THEN m_currency END", "STRING", a),
+        # The product's category (features/4): the catalogue's latest entry by event time (inactive ones too).
+        "category": _latest("CASE WHEN src = 'catalogue' THEN c_category END", "STRING", a),
         "unit_cost": _latest("CASE WHEN m_kind = 'cost' THEN m_value END", "BIGINT", a),
         "stock": _latest("CASE WHEN m_kind = 'inventory' THEN m_value END", "BIGINT", a),
         "promotion_bp": _latest("CASE WHEN m_kind = 'promotion' THEN m_value END", "BIGINT", a),
@@ -232,6 +243,13 @@ def declare_feature_views(
     } | _funnel("u_{}_24h", 24 * _HOUR_MS, a)
     # The user's own history with the product priced (features/3): the same rows, keyed by (user, product).
     user_product_windows = _funnel("up_{}_24h", 24 * _HOUR_MS, a)
+    # The user's history with the product's category (features/4): the same rows, keyed by (user, category); rows of
+    # unknown category (NULL) count nothing.
+    user_category_windows = {
+        alias: _windowed_count(f"category IS NOT NULL AND b_type = '{kind}'", 24 * _HOUR_MS, a)
+        for alias, kind in (("uc_views_24h", "view"), ("uc_carts_24h", "add_to_cart"),
+                            ("uc_purchases_24h", "purchase"))
+    }  # fmt: skip
     user_all: _Aggregates = {
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
@@ -249,20 +267,26 @@ def declare_feature_views(
 SELECT 'market' AS src, product_id, CAST(NULL AS STRING) AS user_id, ts, event_time,
   kind AS m_kind, `value` AS m_value, currency AS m_currency,
   CAST(NULL AS STRING) AS b_type, CAST(NULL AS BIGINT) AS b_price, CAST(NULL AS INT) AS b_qty,
-  CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel,
+  CAST(NULL AS STRING) AS c_category, CAST(NULL AS STRING) AS request_id, CAST(NULL AS STRING) AS channel,
   CAST(NULL AS STRING) AS request_topic, CAST(NULL AS INT) AS request_partition,
   CAST(NULL AS BIGINT) AS request_offset, CAST(NULL AS BYTES) AS request_bytes, {_NO_SLATE}
 FROM {market} WHERE ok
 UNION ALL
 SELECT 'behaviour', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), currency,
-  type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING),
+  type, price_seen_minor, quantity, CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING),
   CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES), {_NO_SLATE}
 FROM {behaviour} WHERE ok
 UNION ALL
+SELECT 'catalogue', product_id, CAST(NULL AS STRING), ts, event_time,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), category, CAST(NULL AS STRING), CAST(NULL AS STRING),
+  CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES), {_NO_SLATE}
+FROM {catalogue} WHERE ok
+UNION ALL
 SELECT 'request', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
-  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), CAST(NULL AS STRING), request_id, channel,
   source_topic, source_partition, source_offset, raw_value, {_NO_SLATE}
 FROM {requests} WHERE ok{_candidate_branch(candidates)}
 """,
@@ -285,12 +309,14 @@ FROM {events}
 SELECT *,
   CASE WHEN b_type = 'purchase' AND list_price > 0
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
-FROM by_product WHERE src <> 'market' AND user_id <> ''
+FROM by_product WHERE src IN ('behaviour', 'request') AND user_id <> ''
 """,
         # One stage per user: every window and the all-history values.
         "by_user": _stage("user_events", "user_id", frame, user_windows | user_all),
         # One stage per (user, product), over the user stage's rows: the user's funnel of this product.
         "by_user_product": _stage("by_user", "user_id, product_id", frame, user_product_windows),
+        # One stage per (user, category), over the same rows: the user's funnel of the product's category.
+        "by_user_category": _stage("by_user_product", "user_id, category", frame, user_category_windows),
     }
 
     c = spec.constants
@@ -330,6 +356,9 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         "user_product_views_24h": "up_views_24h",
         "user_product_carts_24h": "up_carts_24h",
         "user_product_purchases_24h": "up_purchases_24h",
+        "user_category_views_24h": "uc_views_24h",
+        "user_category_carts_24h": "uc_carts_24h",
+        "user_category_purchases_24h": "uc_purchases_24h",
         "hour_of_day": f"MOD(event_time / {_HOUR_MS}, 24)",
         # 1970-01-01 was a Thursday (3 with Monday = 0).
         "day_of_week": f"MOD(event_time / {24 * _HOUR_MS} + 3, 7)",
@@ -348,7 +377,7 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
         if name == "gated_events_sql":
             _single_gate(t_env, source=name, view="gated_events")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
-    user_aggregates = user_windows | user_all | user_product_windows
+    user_aggregates = user_windows | user_all | user_product_windows | user_category_windows
     user_cols = ", ".join(user_aggregates)
     base_cols = (
         "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
@@ -359,7 +388,7 @@ FROM by_product WHERE src <> 'market' AND user_id <> ''
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
-SELECT {base_cols}, {user_cols} FROM by_user_product WHERE src = 'request'
+SELECT {base_cols}, {user_cols} FROM by_user_category WHERE src = 'request'
 UNION ALL
 SELECT {base_cols}, {_skipped(user_aggregates)} FROM by_product WHERE src = 'request' AND user_id = ''
 """)
@@ -395,7 +424,7 @@ def _candidate_branch(candidates: str | None) -> str:
 UNION ALL
 SELECT 'request', product_id, user_id, ts, event_time,
   CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING),
-  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), request_id, channel,
+  CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS INT), CAST(NULL AS STRING), request_id, channel,
   CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), CAST(NULL AS BYTES),
   {", ".join(SLATE_COLUMNS)}
 FROM {candidates}"""
@@ -403,7 +432,7 @@ FROM {candidates}"""
 
 # The union's columns; ``ts`` is rebuilt from ``event_time`` after the gate (a PTF returns no time attribute).
 _EVENT_COLUMNS = ("src", "product_id", "user_id", "event_time", "m_kind", "m_value", "m_currency", "b_type", "b_price",
-                  "b_qty", "request_id", "channel", "request_topic", "request_partition", "request_offset",
+                  "b_qty", "c_category", "request_id", "channel", "request_topic", "request_partition", "request_offset",
                   "request_bytes", "slate_size", "slate_index", "slate_k", "candidate_score",
                   "candidate_reasons")  # fmt: skip
 

@@ -339,14 +339,16 @@ FROM (
 
 
 def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = None) -> list[str]:
-    """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``); with ``warm`` the
-    behaviour source starts at its ``context_from_ms`` and the market source at its ``market_from_ms``
-    (``pricing.warm_start``)."""
+    """Kafka sources and their decoded views (``requests``, ``market``, ``behaviour``, ``catalogue``); with
+    ``warm`` the behaviour source starts at its ``context_from_ms``, the market source at its ``market_from_ms``
+    (``pricing.warm_start``) and the catalogue at its earliest offset."""
     topics = settings.kafka.topics
     inputs = [
         ("requests", topics.requests.name, Contract.PRICE_REQUEST, "decode_price_request"),
         ("market", topics.market.name, Contract.MARKET_EVENT, "decode_market_event"),
         ("behaviour", topics.behaviour.name, Contract.BEHAVIOUR_EVENT, "decode_behaviour_event"),
+        # Each product's category (features/4); bad entries are dead-lettered like every input's.
+        ("catalogue", topics.catalogue.name, Contract.CATALOGUE_ENTRY, "decode_catalogue_entry"),
     ]
     if settings.recommend.enabled:
         inputs.append(("recommend", topics.recommend_requests.name, Contract.RECOMMEND_REQUEST, "decode_recommend_request"))
@@ -356,6 +358,8 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
         keep_raw = contract is Contract.PRICE_REQUEST
         # Arrival mode answers a request on arrival, whatever the watermark, so a request is never late there.
         late = not (contract in requests and settings.job.serving_mode == "arrival")
+        # The catalogue is read from its earliest entry, stamped at the history's start: never late-checked.
+        late = late and contract is not Contract.CATALOGUE_ENTRY
         skew = settings.job.max_clock_skew_ms
         fields = udfs.decoded_field_names(contract)
         if contract is Contract.RECOMMEND_REQUEST:  # decodes and finds each request's candidates
@@ -365,7 +369,9 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
             function = udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late)
         t_env.create_temporary_system_function(decoder, function)
         from_ms = None
-        if warm is not None and contract not in requests:
+        if contract is Contract.CATALOGUE_ENTRY:
+            from_ms = 0  # every product's entry, however old, on any start (restored state: the checkpoint's offsets)
+        elif warm is not None and contract not in requests:
             from_ms = warm.market_from_ms if contract is Contract.MARKET_EVENT else warm.context_from_ms
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
         read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
@@ -414,6 +420,7 @@ def build(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = 
     recommend = "recommend" in inputs
     candidates = recommendations.declare_candidate_rows(t_env, recommend="recommend") if recommend else None
     featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
+                                     catalogue="catalogue",
                                      mode=job.serving_mode, allowance_ms=allowance, horizon_ms=job.arrival_horizon,
                                      candidates=candidates)  # fmt: skip
     if recommend and job.serving_mode == "event-time":
@@ -520,9 +527,9 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     ``fresh`` or ``job.restore_from`` names a savepoint (``pricing.checkpoints.plan_start``).
     """
     topics = settings.kafka.topics
-    used = [topics.requests, topics.market, topics.behaviour, topics.priced, topics.dead_letters]
+    used = [topics.requests, topics.market, topics.behaviour, topics.catalogue, topics.priced, topics.dead_letters]
     if settings.recommend.enabled:
-        used += [topics.recommend_requests, topics.recommendations, topics.catalogue]
+        used += [topics.recommend_requests, topics.recommendations]
     require_topics(settings.kafka, [t.name for t in used])
     start = plan_start(settings)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)

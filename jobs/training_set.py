@@ -4,16 +4,18 @@ One pipeline, two sources, one output. The runner is an option (``DirectRunner``
 default; the same transforms run on Flink or Dataflow).
 
 **Backfill from event history** (``build_backfill`` / ``run_backfill``): a folder with
-``behaviour_events.avro``, ``market_events.avro`` and ``price_requests.avro``, Avro
+``behaviour_events.avro``, ``market_events.avro``, ``price_requests.avro`` and ``catalogue.avro``, Avro
 container files in the topics' format and in arrival order (what ``pricing simulate
 history`` writes, or archived topics)::
 
-    read each topic in file order: value rules, late rule
+    read each topic in file order: value rules, late rule (not for the catalogue)
       -> by product (bucket): latest values, 5 min / 15 min / 1 h windows, velocity,
                               the offered price and the label of each request,
-                              the list price in force at each purchase
+                              the list price in force at each purchase,
+                              the category (latest catalogue entry) at each behaviour event and request
       -> by user (bucket):    30 min / 24 h windows, all-history values, and per (user, product)
-                              the user's 24 h funnel of the requested product
+                              and per (user, category) the user's 24 h funnel of the requested product
+                              and of its category
       -> by request:          the vector in spec order (defaults applied) -> Parquet
 
 Every request gets the feature vector the streaming job (``jobs/features.py``) serves
@@ -92,6 +94,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pricing.config import JobSettings
+from pricing.sim.history import CATALOGUE_FILE
 from pricing.sim.history import FILES as HISTORY_FILES
 from pricing.training_rows import SCHEMA
 from pricing_udfs import serde
@@ -114,11 +117,12 @@ _USER_FEATURES = (
     "user_views_30m", "user_carts_30m", "user_purchases_30m", "user_views_24h", "user_carts_24h",
     "user_purchases_24h", "user_price_ratio", "user_secs_since_purchase", "user_distinct_products_30m", "is_new_user",
     "user_product_views_24h", "user_product_carts_24h", "user_product_purchases_24h",
+    "user_category_views_24h", "user_category_carts_24h", "user_category_purchases_24h",
 )  # fmt: skip
 
 
 def _check_spec(spec: FeatureSpec) -> None:
-    """This pipeline computes features/3's semantics; a new spec must be taught here (as in jobs/features.py)."""
+    """This pipeline computes features/4's semantics; a new spec must be taught here (as in jobs/features.py)."""
     missing = set(spec.names) ^ set(_PRODUCT_FEATURES + _USER_FEATURES)
     if missing:
         raise ValueError(f"training_set and feature spec {spec.version} disagree on: {sorted(missing)}")
@@ -490,6 +494,19 @@ def list_price_at(market: pd.DataFrame, product_id: Any, event_time: Any) -> np.
     return np.where(found, values[idx] if values.size else np.nan, np.nan)
 
 
+def category_at(catalogue: pd.DataFrame, product_id: Any, event_time: Any) -> np.ndarray:
+    """The category (latest catalogue entry by event time, ties by arrival; inactive entries too) at each
+    (product, time), as the job's product stage carries it; None if the product has no entry by then."""
+    product_id, event_time = np.asarray(product_id, dtype=object), np.asarray(event_time, dtype=np.int64)
+    codes, uniques = pd.factorize(np.concatenate([product_id, catalogue["product_id"].to_numpy(object)]))
+    q_code, c_code = codes[: len(product_id)], codes[len(product_id) :]
+    keys = _Keys((event_time, catalogue["event_time"].to_numpy(np.int64)), len(uniques), 0)
+    ev = _Events.of(keys, c_code, catalogue["event_time"].to_numpy(np.int64), catalogue["seq"].to_numpy(np.int64))
+    idx, found = ev.last(q_code.astype(np.int64), keys(q_code, event_time))
+    names = catalogue["category"].to_numpy(object)[ev.order]
+    return np.where(found, names[idx] if names.size else None, None).astype(object)
+
+
 # --------------------------------------------------------------------------------------------
 # User stage
 # --------------------------------------------------------------------------------------------
@@ -500,7 +517,9 @@ def user_features(behaviour: pd.DataFrame, requests: pd.DataFrame, spec: Feature
     users with ``paid_ratio`` (paid / list price in force, NaN for all but purchases with a list price).
 
     Also the user's 24 h funnel of the request's own product (``user_product_*_24h``), keyed by
-    (user, product): every behaviour event of a user is in the user's bucket, so the pairs are complete."""
+    (user, product): every behaviour event of a user is in the user's bucket, so the pairs are complete; and of
+    the request's product's category (``user_category_*_24h``), keyed by (user, category), with the ``category``
+    columns (None: unknown; such events count nothing, such requests get 0)."""
     n = len(requests)
     c = spec.constants
     out: dict[str, np.ndarray] = {}
@@ -523,6 +542,18 @@ def user_features(behaviour: pd.DataFrame, requests: pd.DataFrame, spec: Feature
     q_pair, b_pair = dense[:n].astype(np.int64), dense[n:].astype(np.int64)
     pair_keys = _Keys((t, b_time), len(present), _DAY_MS)
     _funnel_counts(out, pair_keys, b_type, b_pair, b_time, b_seq, q_pair, t, {"24h": _DAY_MS}, prefix="user_product_")
+    # (user, category) pairs likewise; "" (no category has it: min_length 1) stands for unknown, which counts nothing
+    q_cat, b_cat = requests["category"].to_numpy(object), behaviour["category"].to_numpy(object)
+    q_known, b_known = pd.notna(q_cat), pd.notna(b_cat)
+    pairs = np.concatenate(_pair_codes((requests["user_id"], np.where(q_known, q_cat, "")),
+                                       (behaviour["user_id"], np.where(b_known, b_cat, ""))))  # fmt: skip
+    dense, present = pd.factorize(pairs)
+    q_pair, b_pair = dense[:n].astype(np.int64), dense[n:].astype(np.int64)
+    pair_keys = _Keys((t, b_time), len(present), _DAY_MS)
+    _funnel_counts(out, pair_keys, np.where(b_known, b_type, None), b_pair, b_time, b_seq, q_pair, t,
+                   {"24h": _DAY_MS}, prefix="user_category_")  # fmt: skip
+    for name in ("views", "carts", "purchases"):
+        out[f"user_category_{name}_24h"] = np.where(q_known, out[f"user_category_{name}_24h"], 0.0)
 
     views = b_type == "view"
     ev = _Events.of(keys, b_code[views], b_time[views], b_seq[views])
@@ -710,6 +741,8 @@ class _ReadTopic(beam.DoFn):
         frame = read_events(path, contract)
         invalid = invalid_mask(contract, frame)
         late = late_mask(frame["event_time"].to_numpy(), self._opts.allowance_ms) & ~invalid
+        if contract is Contract.CATALOGUE_ENTRY:  # stamped at the history's start and read first: never late
+            late[:] = False
         name = contract.value
         _counter(f"{name}_read").inc(len(frame))
         _counter(f"{name}_invalid").inc(int(invalid.sum()))
@@ -749,6 +782,7 @@ _TOPIC_EMPTY = {
     Contract.MARKET_EVENT.value: _empty(Contract.MARKET_EVENT),
     Contract.BEHAVIOUR_EVENT.value: _empty(Contract.BEHAVIOUR_EVENT, "late"),
     Contract.PRICE_REQUEST.value: _empty(Contract.PRICE_REQUEST),
+    Contract.CATALOGUE_ENTRY.value: _empty(Contract.CATALOGUE_ENTRY),
 }
 USERS = "users"
 
@@ -765,7 +799,7 @@ class _ProductStage(beam.DoFn):
         o = self._opts
         f = _gather(parts, list(_TOPIC_EMPTY), _TOPIC_EMPTY)
         market, behaviour = f[Contract.MARKET_EVENT.value], f[Contract.BEHAVIOUR_EVENT.value]
-        requests = f[Contract.PRICE_REQUEST.value]
+        requests, catalogue = f[Contract.PRICE_REQUEST.value], f[Contract.CATALOGUE_ENTRY.value]
         repeat = repeated_requests(requests, o.dedupe_window_ms)
         _counter("requests_repeated").inc(int(repeat.sum()))
         requests = requests[~repeat].reset_index(drop=True)
@@ -789,9 +823,11 @@ class _ProductStage(beam.DoFn):
             lp = list_price_at(market, kept["product_id"][buys], kept["event_time"][buys])
             paid = kept["price_seen_minor"][buys].to_numpy(np.float64)
             ratio[buys] = np.where(lp > 0, paid / np.where(lp > 0, lp, 1.0), np.nan)
-        users = kept[["user_id", "product_id", "type", "event_time", "seq"]].assign(paid_ratio=ratio)
+        users = kept[["user_id", "product_id", "type", "event_time", "seq"]].assign(
+            paid_ratio=ratio, category=category_at(catalogue, kept["product_id"], kept["event_time"]))
         known = requests["user_id"].to_numpy(object) != ""
         asks = requests.loc[known, ["user_id", "product_id", "event_time", "seq"]].assign(product_bucket=bucket)
+        asks["category"] = category_at(catalogue, asks["product_id"], asks["event_time"])
         for name, frame in (("behaviour", users), ("requests", asks)):
             for b, part in frame.groupby(_bucket(frame["user_id"], o.buckets), sort=True):
                 yield beam.pvalue.TaggedOutput(USERS, (int(b), (name, part.reset_index(drop=True))))
@@ -800,10 +836,12 @@ class _ProductStage(beam.DoFn):
 _USER_EMPTY = {
     "behaviour": pd.DataFrame({"user_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
                                "type": pd.Series(dtype=object), "event_time": pd.Series(dtype=np.int64),
-                               "seq": pd.Series(dtype=np.int64), "paid_ratio": pd.Series(dtype=np.float64)}),
+                               "seq": pd.Series(dtype=np.int64), "paid_ratio": pd.Series(dtype=np.float64),
+                               "category": pd.Series(dtype=object)}),
     "requests": pd.DataFrame({"user_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
                               "event_time": pd.Series(dtype=np.int64),
-                              "seq": pd.Series(dtype=np.int64), "product_bucket": pd.Series(dtype=np.int64)}),
+                              "seq": pd.Series(dtype=np.int64), "product_bucket": pd.Series(dtype=np.int64),
+                              "category": pd.Series(dtype=object)}),
 }  # fmt: skip
 
 
@@ -855,9 +893,12 @@ def build_backfill(pipeline: beam.Pipeline, history_dir: Path | str, out_dir: Pa
     opts = _Opts.of(options or pipeline.options)
     history_dir = Path(history_dir)
     files = [(c.value, str(history_dir / name)) for c, name in HISTORY_FILES.items()]
+    files.append((Contract.CATALOGUE_ENTRY.value, str(history_dir / CATALOGUE_FILE)))
     for _, path in files:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: a history folder holds {', '.join(HISTORY_FILES.values())}")
+            raise FileNotFoundError(f"{path}: a history folder holds {', '.join(HISTORY_FILES.values())} and "
+                                    f"{CATALOGUE_FILE} (histories written before features/4 lack the catalogue: "
+                                    "write them again with `pricing simulate history`)")
     chunks = pipeline | "HistoryFiles" >> beam.Create(files) | "ReadTopic" >> beam.ParDo(_ReadTopic(opts))
     staged = (
         chunks

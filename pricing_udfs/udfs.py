@@ -63,6 +63,8 @@ def _fields(contract: Contract) -> list[tuple[str, Any]]:
         if name == "array" and avro["items"] in _FLINK_TYPES:
             out.append((field["name"], DataTypes.ARRAY(_FLINK_TYPES[avro["items"]]())))
             continue
+        if name == "map":  # free-form attributes (the catalogue's): not used by the job, not decoded
+            continue
         if name not in _FLINK_TYPES:
             raise TypeError(f"{contract.value}.{field['name']}: no Flink column type for Avro {avro!r}")
         out.append((field["name"], _FLINK_TYPES[name]()))

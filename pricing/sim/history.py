@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from pricing.sim._progress import Progress
-from pricing.sim.market import STREAM_HISTORICAL_POLICY, STREAM_LATENESS, MarketState, build_market, rng_for
+from pricing.sim.market import (STREAM_HISTORICAL_POLICY, STREAM_LATENESS, MarketState, build_market,
+                                catalogue_entries, rng_for)  # fmt: skip
 from pricing.sim.policies import HistoricalPolicy
 from pricing.sim.scenario import Scenario
 from pricing.sim.world import (
@@ -54,6 +55,9 @@ FILES = {
     Contract.MARKET_EVENT: "market_events.avro",
     Contract.PRICE_REQUEST: "price_requests.avro",
 }
+# The catalogue (CatalogueEntry, one per product, stamped at the history's start), written beside FILES: the backfill
+# reads each product's category from it (features/4).
+CATALOGUE_FILE = "catalogue.avro"
 END_STATE_FILE = "market_end_state.npz"  # History.end_state, written next to the files by ``pricing simulate history``
 BEHAVIOUR_TYPES = enum_symbols(Contract.BEHAVIOUR_EVENT, "type")
 
@@ -291,10 +295,15 @@ def _arrival(event_time: np.ndarray, rng: np.random.Generator, scenario: Scenari
 
 
 def write_history(history: History, out_dir: Path, *, progress: TextIO | None = None) -> dict[str, Path]:
-    """Write one Avro container file per contract into ``out_dir`` (created if missing)."""
+    """Write one Avro container file per contract into ``out_dir`` (created if missing), and the catalogue
+    (``CATALOGUE_FILE``: each product's ``CatalogueEntry``, stamped at the history's start, as ``pricing.sim.publish``
+    sends it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     status = Progress(progress)
     paths: dict[str, Path] = {}
+    entries = catalogue_entries(build_market(history.scenario), event_time_ms=history.start_ms)
+    write_container(out_dir / CATALOGUE_FILE, Contract.CATALOGUE_ENTRY, entries)
+    paths[CATALOGUE_FILE] = out_dir / CATALOGUE_FILE
     for contract, frame in history.frames().items():
         path = out_dir / FILES[contract]
         write_container(path, contract, _rows(frame, _fields(contract, frame), status=status, label=FILES[contract]))

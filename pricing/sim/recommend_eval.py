@@ -192,7 +192,9 @@ class CandidateFeatures:
     user's own history with the candidate (the ``user_product`` group: views, carts, purchases in the 24 h
     up to the request's time, both ends included) is counted from ``behaviour`` (the history's behaviour
     events: ``user_id``, ``product_id``, ``type``, ``event_time``; late ones included, which the backfill
-    and the job leave out); without it those features take their defaults. Limit, stated: the product's
+    and the job leave out), and so is the user's history with the candidate's category (the ``user_category``
+    group, features/4: any product of the world's category of the candidate, which the simulator's catalogue
+    never changes); without ``behaviour`` those features take their defaults. Limit, stated: the product's
     windowed counts are those of its latest request, not of the recommend request's time (a product
     requested an hour ago shows its counts of an hour ago).
     """
@@ -212,10 +214,14 @@ class CandidateFeatures:
         self._key, self._view = key[order], known[order]
         groups = {ft.name: ft.group for ft in spec.features}
         self._product = np.array([groups[n] == "product" or n == "is_new_product" for n in spec.names])
-        self._affinity = {n: _AFFINITY_KINDS.get(n) for n in spec.names if groups[n] == "user_product"}
+        self._affinity = {n: _AFFINITY_KINDS.get(n) for n in spec.names if groups[n] in ("user_product", "user_category")}
         if set(self._affinity.values()) & {None}:
-            raise ValueError(f"unknown user_product features: {sorted(n for n, k in self._affinity.items() if k is None)}")
+            raise ValueError(f"unknown affinity features: {sorted(n for n, k in self._affinity.items() if k is None)}")
+        self._by_category = {n for n in self._affinity if groups[n] == "user_category"}
+        m = world.market
         self._history = None if behaviour is None else _PairHistory(world, behaviour)
+        self._category_history = None if behaviour is None else _PairHistory(
+            world, behaviour, group=np.asarray(m.product_category, np.int64), n_groups=len(m.category_names))
 
     def vectors(self, view: np.ndarray, product: np.ndarray, step: np.ndarray) -> np.ndarray:
         """``[rows, F]`` for rows of (request view, candidate product index, market step)."""
@@ -234,30 +240,37 @@ class CandidateFeatures:
                             ("promotion_active", (w.promotion_bp[step, product] > 0).astype(np.float64))):  # fmt: skip
             if name in self.spec.names:
                 out[:, self.spec.index(name)] = value
-        for name, (kind, window_ms) in self._affinity.items():  # the user's own history with the candidate
+        for name, (kind, window_ms) in self._affinity.items():  # the user's own history with the candidate (category)
             i = self.spec.index(name)
-            out[:, i] = d[i] if self._history is None else self._history.count(kind, v.user[view], product, t, window_ms)
+            history = self._category_history if name in self._by_category else self._history
+            out[:, i] = d[i] if history is None else history.count(kind, v.user[view], product, t, window_ms)
         return out
 
 
-# The ``user_product`` features (features/3): the behaviour type each counts, over the 24 h up to the request.
+# The ``user_product`` (features/3) and ``user_category`` (features/4) features: the behaviour type each counts, over
+# the 24 h up to the request.
 _AFFINITY_KINDS: dict[str, tuple[str, int] | None] = {
     "user_product_views_24h": ("view", DAY_MS), "user_product_carts_24h": ("add_to_cart", DAY_MS),
     "user_product_purchases_24h": ("purchase", DAY_MS),
+    "user_category_views_24h": ("view", DAY_MS), "user_category_carts_24h": ("add_to_cart", DAY_MS),
+    "user_category_purchases_24h": ("purchase", DAY_MS),
 }
 
 
 class _PairHistory:
-    """Behaviour events sorted by (user, product, time) per type: counts in a window by binary search."""
+    """Behaviour events sorted by (user, product group, time) per type: counts in a window by binary search.
+    ``group`` maps each product index to its group (the world's categories; default: the product itself)."""
 
-    def __init__(self, world: World, behaviour: pd.DataFrame) -> None:
+    def __init__(self, world: World, behaviour: pd.DataFrame, *, group: np.ndarray | None = None,
+                 n_groups: int | None = None) -> None:  # fmt: skip
         m = world.market
+        self._group = np.arange(m.n_products, dtype=np.int64) if group is None else np.asarray(group, np.int64)
         users = {u: i for i, u in enumerate(m.user_ids)}
-        products = {p: j for j, p in enumerate(m.product_ids)}
+        products = {p: int(self._group[j]) for j, p in enumerate(m.product_ids)}
         user = behaviour["user_id"].map(users)
         product = behaviour["product_id"].map(products)
         known = (user.notna() & product.notna()).to_numpy()
-        self._n_products = max(m.n_products, 1)
+        self._n_products = max(m.n_products if n_groups is None else n_groups, 1)
         times = behaviour["event_time"].to_numpy(np.int64)
         self._base = (int(times.min()) if times.size else world.start_ms) - 2 * DAY_MS
         self._span = max(int(times.max()) if times.size else world.end_ms, world.end_ms) - self._base + 1
@@ -269,8 +282,8 @@ class _PairHistory:
         self._keys = {kind: np.sort(keys[kinds == kind]) for kind in ("view", "add_to_cart", "purchase")}
 
     def count(self, kind: str, user: np.ndarray, product: np.ndarray, t: np.ndarray, window_ms: int) -> np.ndarray:
-        """Events of ``kind`` of each (user, product) with t - window <= event time <= t."""
-        pair = np.asarray(user, np.int64) * self._n_products + np.asarray(product, np.int64)
+        """Events of ``kind`` of each (user, product's group) with t - window <= event time <= t."""
+        pair = np.asarray(user, np.int64) * self._n_products + self._group[np.asarray(product, np.int64)]
         at = pair * self._span + (np.asarray(t, np.int64) - self._base)
         keys = self._keys[kind]
         return (np.searchsorted(keys, at, side="right") - np.searchsorted(keys, at - window_ms, side="left")).astype(np.float64)

@@ -33,7 +33,7 @@ def produce_events(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> 
     """Send the frames to the settings' topics in arrival order; Kafka timestamp = event_time, key = product."""
     topics = settings.kafka.topics
     topic = {Contract.MARKET_EVENT: topics.market.name, Contract.BEHAVIOUR_EVENT: topics.behaviour.name,
-             Contract.PRICE_REQUEST: topics.requests.name}
+             Contract.PRICE_REQUEST: topics.requests.name, Contract.CATALOGUE_ENTRY: topics.catalogue.name}
     producer = Producer(settings.kafka.client_config() | {"linger.ms": 20})
     for contract, frame in frames.items():
         fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
@@ -44,15 +44,40 @@ def produce_events(settings: Settings, frames: dict[Contract, pd.DataFrame]) -> 
     producer.flush()
 
 
+def catalogue_frame(entries: Iterable[dict]) -> pd.DataFrame:
+    """``CatalogueEntry`` records as a frame (``attributes`` {} and ``active`` True unless given)."""
+    frame = pd.DataFrame([{"attributes": {}, "active": True} | e for e in entries])
+    frame["event_time"] = frame["event_time"].astype(np.int64)
+    return frame
+
+
+def _category_at(catalogue: pd.DataFrame, product_id: str, t: int, seq: int | None) -> str | None:
+    """The product's category at ``t``: its latest catalogue entry by event time at or before ``t`` (ties: arrival
+    order); with ``seq`` (arrival mode) among the entries that arrived before."""
+    e = catalogue[(catalogue.product_id == product_id) & (catalogue.event_time <= t)
+                  & ((catalogue.seq < seq) if seq is not None else True)]  # fmt: skip
+    return str(e.sort_values(["event_time", "seq"]).category.iloc[-1]) if len(e) else None
+
+
 def reference_features(
-    requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame, *, arrival: bool = False
+    requests: pd.DataFrame, behaviour: pd.DataFrame, market: pd.DataFrame, catalogue: pd.DataFrame | None = None,
+    *, arrival: bool = False,
 ) -> pd.DataFrame:
     """Every feature for every request, recomputed naively from the events (``seq``: arrival order).
 
-    ``arrival``: the arrival-mode reference. ``seq`` is then one order across all three frames (the
+    ``arrival``: the arrival-mode reference. ``seq`` is then one order across all four frames (the
     order the job processed them in), and a request sees only the events before it in that order;
     a purchase's paid/list ratio uses the list prices that arrived before the purchase.
+
+    ``catalogue`` (``CatalogueEntry`` rows with ``seq``; none: every category unknown) gives the
+    ``user_category`` features: each behaviour event counts in the category its product had at the
+    event (as the job's product stage sees it), the request's in the one its product has at the request.
     """
+    if catalogue is None:
+        catalogue = pd.DataFrame({"product_id": [], "category": [], "event_time": [], "seq": []})
+    behaviour = behaviour.assign(category=[
+        _category_at(catalogue, b.product_id, b.event_time, b.seq if arrival else None)
+        for b in behaviour.itertuples(index=False)])  # fmt: skip
     c = FEATURE_SPEC.constants
     tau = c["demand_velocity_tau_ms"]
     rows = {}
@@ -104,6 +129,8 @@ def reference_features(
                     ratios.append(buy.price_seen_minor / lp.value.iloc[-1])
             w, prior = c["price_ratio_prior_weight"], c["price_ratio_prior_mean"]
             up = ub[ub.product_id == p]  # the user's own history with this product
+            category = _category_at(catalogue, p, t, req.seq if arrival else None)
+            uc = ub[ub.category == category] if category is not None else ub.iloc[:0]  # ... with its category
             f |= {
                 "user_views_30m": count(ub, "view", 30 * MIN), "user_carts_30m": count(ub, "add_to_cart", 30 * MIN),
                 "user_purchases_30m": count(ub, "purchase", 30 * MIN), "user_views_24h": count(ub, "view", 1440 * MIN),
@@ -115,22 +142,29 @@ def reference_features(
                 "user_product_views_24h": count(up, "view", 1440 * MIN),
                 "user_product_carts_24h": count(up, "add_to_cart", 1440 * MIN),
                 "user_product_purchases_24h": count(up, "purchase", 1440 * MIN),
+                "user_category_views_24h": count(uc, "view", 1440 * MIN),
+                "user_category_carts_24h": count(uc, "add_to_cart", 1440 * MIN),
+                "user_category_purchases_24h": count(uc, "purchase", 1440 * MIN),
                 "is_new_user": float(len(ub) == 0),
             }
         rows[req.request_id] = FEATURE_SPEC.vector(f)
     return pd.DataFrame.from_dict(rows, orient="index", columns=FEATURE_SPEC.names)
 
 
-AFFINITY = ("user_product_views_24h", "user_product_carts_24h", "user_product_purchases_24h")
+AFFINITY = ("user_product_views_24h", "user_product_carts_24h", "user_product_purchases_24h",
+            "user_category_views_24h", "user_category_carts_24h", "user_category_purchases_24h")
 
 
 def assert_affinity_exercised(expected: pd.DataFrame) -> None:
-    """The (user, product) features are non-zero in some rows, and the views differ there from the user's views of
-    every product: a parity test over these rows catches an affinity stage keyed by user alone."""
+    """The (user, product) and (user, category) features are non-zero in some rows, and the views differ there from
+    the user's views of every product (and the category's from the product's): a parity test over these rows
+    catches an affinity stage keyed by user alone, or a category stage keyed by product."""
     for name in AFFINITY:
         assert (expected[name] > 0).any(), f"no request has {name} > 0: the data does not exercise it"
     views = expected["user_product_views_24h"]
     assert ((views > 0) & (views < expected["user_views_24h"])).any(), "no request tells a product's views apart"
+    cat = expected["user_category_views_24h"]
+    assert ((cat > views) & (cat < expected["user_views_24h"])).any(), "no request tells a category's views apart"
 
 
 def without_late(
@@ -170,7 +204,8 @@ def expected_features(settings: Settings, frames: dict[Contract, pd.DataFrame]) 
     assert {d["error_kind"] for d in late} <= {"late"}, "only late events may be rejected here"
     kept, n_late = without_late(frames, late, allowance_ms=settings.job.watermark_out_of_orderness_ms)
     assert n_late == len(late), "every late event is dead-lettered once"
-    expected = reference_features(kept[Contract.PRICE_REQUEST], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT])
+    expected = reference_features(kept[Contract.PRICE_REQUEST], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT],
+                                  kept.get(Contract.CATALOGUE_ENTRY))  # fmt: skip
     return expected, n_late
 
 
@@ -228,5 +263,5 @@ def expected_arrival_features(
     assert sorted(requests.loc[~first, "request_id"]) == sorted(duplicates)
     assert len(repeated) == int((~first).sum()), "every later copy is dead-lettered as duplicate"
     expected = reference_features(requests[first], kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT],
-                                  arrival=True)
+                                  kept.get(Contract.CATALOGUE_ENTRY), arrival=True)
     return expected, n_late

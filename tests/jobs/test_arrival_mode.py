@@ -66,6 +66,13 @@ def _rounds(start: int, n: int, seed: int = 5) -> list[dict[Contract, list[dict]
             return base + rng.randint(-20_000, 20_000)
 
         market, behaviour, requests = [], [], []
+        # The catalogue: ar-p0 and ar-p1 share a category, ar-p2 has another until it joins them halfway (an
+        # entry stamped old first, then a current one); ar-new has none (unknown category).
+        catalogue = [{"product_id": p, "category": c, "attributes": {}, "active": True, "event_time": start - 3_600_000}
+                     for p, c in (("ar-p0", "ar-a"), ("ar-p1", "ar-a"), ("ar-p2", "ar-b"))] if r == 0 else []
+        if r == n // 2:
+            catalogue.append({"product_id": "ar-p2", "category": "ar-a", "attributes": {}, "active": True,
+                              "event_time": base})
         for p in products:
             kinds = ["competitor_price"] * rng.randint(0, 2) + (["list_price"] if r == 0 or rng.random() < 0.2 else [])
             kinds += [k for k in ("inventory", "promotion", "cost") if r == 0 or rng.random() < 0.1]
@@ -88,14 +95,15 @@ def _rounds(start: int, n: int, seed: int = 5) -> list[dict[Contract, list[dict]
                              "event_time": at()})
         if r == n // 3:  # a retry of a request, stamped before it: the copy that arrived first is priced
             requests.append({**requests[0], "event_time": requests[0]["event_time"] - 1_000})
-        rounds.append({Contract.MARKET_EVENT: market, Contract.BEHAVIOUR_EVENT: behaviour, Contract.PRICE_REQUEST: requests})
+        rounds.append(({Contract.CATALOGUE_ENTRY: catalogue} if catalogue else {})
+                      | {Contract.MARKET_EVENT: market, Contract.BEHAVIOUR_EVENT: behaviour, Contract.PRICE_REQUEST: requests})
     return rounds
 
 
 def _topic(settings: Settings, contract: Contract) -> str:
     topics = settings.kafka.topics
     return {Contract.MARKET_EVENT: topics.market.name, Contract.BEHAVIOUR_EVENT: topics.behaviour.name,
-            Contract.PRICE_REQUEST: topics.requests.name}[contract]
+            Contract.PRICE_REQUEST: topics.requests.name, Contract.CATALOGUE_ENTRY: topics.catalogue.name}[contract]
 
 
 def _produce_in_rounds(settings: Settings, rounds: list[dict[Contract, list[dict]]], *, pause_s: float) -> dict[Contract, pd.DataFrame]:

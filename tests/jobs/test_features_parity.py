@@ -26,8 +26,9 @@ from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
 from tests.helpers import read_topic
+from pricing.sim.market import build_market, catalogue_entries
 from tests.jobs.feature_reference import (
-    MIN, assert_affinity_exercised, compare_features, expected_features, produce_events,
+    MIN, assert_affinity_exercised, catalogue_frame, compare_features, expected_features, produce_events,
 )  # fmt: skip
 
 pytestmark = pytest.mark.integration
@@ -49,8 +50,9 @@ def _crafted(start: int) -> tuple[list[dict], list[dict], list[dict]]:
             "event_id": f"edge-e{i}", "user_id": "edge-user", "product_id": "edge", "type": kind, "price_seen_minor": 950,
             "currency": "EUR", "quantity": 2, "session_id": "edge-s", "event_time": t - dt, "request_id": None,
         })
-    for i, (dt, kind, product) in enumerate([(2 * MIN, "add_to_cart", "edge"), (MIN, "view", "edge-other")]):
-        behaviour.append({  # the user's own history with edge, and a view of another product (the user's, not edge's)
+    for i, (dt, kind, product) in enumerate([(2 * MIN, "add_to_cart", "edge"), (MIN, "view", "edge-other"),
+                                             (MIN, "view", "edge-third")]):
+        behaviour.append({  # the user's own history with edge, and views of others (edge-other in edge's category)
             "event_id": f"edge-a{i}", "user_id": "edge-user", "product_id": product, "type": kind,
             "price_seen_minor": 950, "currency": "EUR", "quantity": 1, "session_id": "edge-s", "event_time": t - dt,
             "request_id": None,
@@ -63,6 +65,13 @@ def _crafted(start: int) -> tuple[list[dict], list[dict], list[dict]]:
     return market, behaviour, requests
 
 
+def _crafted_catalogue(start: int) -> list[dict]:
+    """edge and edge-other share a category, edge-third has another; brand-new-product has no entry (unknown)."""
+    at = start - 2 * 24 * 60 * MIN  # before every crafted event: each counts in its product's category
+    return [{"product_id": p, "category": c, "attributes": {}, "active": True, "event_time": at}
+            for p, c in (("edge", "edge-cat"), ("edge-other", "edge-cat"), ("edge-third", "third-cat"))]
+
+
 def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) -> None:
     job = kafka_settings.job.model_copy(update={"bounded": True, "checkpoint_interval_ms": 1_000, "serving_mode": "event-time",
                                                 "watermark_out_of_orderness_ms": 30_000})
@@ -70,8 +79,12 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
     create_topics(settings.kafka)
     history = generate_history(get_scenario("default").with_overrides(n_users=150, n_products=6, seed=3), days=1)
     market_x, behaviour_x, requests_x = _crafted(int(history.requests.event_time.min()))
+    # the simulator's catalogue, stamped at the history's start as pricing.sim.publish sends it, and the crafted one
+    catalogue = catalogue_frame(catalogue_entries(build_market(history.scenario), event_time_ms=history.start_ms))
+    catalogue["arrival_time"] = catalogue["event_time"]
     frames = {}
     for contract, frame, extra in (
+        (Contract.CATALOGUE_ENTRY, catalogue, _crafted_catalogue(int(history.requests.event_time.min()))),
         (Contract.MARKET_EVENT, history.market_events, market_x),
         (Contract.BEHAVIOUR_EVENT, history.behaviour, behaviour_x),
         (Contract.PRICE_REQUEST, history.requests, requests_x),
@@ -97,8 +110,10 @@ def test_served_features_match_a_pandas_recomputation(kafka_settings: Settings) 
     edge = expected.loc["edge-r0"]
     assert edge["views_5m"] == 1 and edge["purchases_1h"] == 2 and edge["competitor_events_15m"] == 1
     assert edge["views_24h"] == 3 and edge["purchases_24h"] == 3 and edge["conversion_24h"] == 1.0
-    assert edge["user_views_24h"] == 4
+    assert edge["user_views_24h"] == 5
     assert (edge["user_product_views_24h"], edge["user_product_carts_24h"], edge["user_product_purchases_24h"]) == (3, 1, 3)
+    assert (edge["user_category_views_24h"], edge["user_category_carts_24h"], edge["user_category_purchases_24h"]) == (4, 1, 3)
+    assert expected.loc["edge-r2", "user_category_views_24h"] == 0  # a product without a catalogue entry
     assert expected.loc["edge-r1", "user_product_views_24h"] == 0  # anonymous
     assert_affinity_exercised(expected)
     assert edge["promotion_active"] == 1 and edge["user_secs_since_purchase"] == 0

@@ -13,7 +13,8 @@ from pricing.config import Settings
 
 pytestmark = pytest.mark.integration
 
-DECODERS = ("decode_price_request(", "decode_market_event(", "decode_behaviour_event(", "decode_recommend_request(")
+DECODERS = ("decode_price_request(", "decode_market_event(", "decode_behaviour_event(", "decode_catalogue_entry(",
+            "decode_recommend_request(")
 
 
 def _stream_graph(settings: Settings) -> list[str]:
@@ -39,10 +40,10 @@ def test_each_input_is_decoded_by_one_python_operator_between_the_idle_marker_op
         after = [c for c in nodes[at[0] + 1:] if c.startswith("idle status")]
         assert before[-1:] == ["idle status to marker rows"] and after[:1] == ["idle status from marker rows"], nodes
     assert sum(c.startswith("idle status") for c in nodes) == 2 * len(DECODERS)
-    # The feature stages (jobs/features.py): the user and (user, product) stages once each. In event-time mode
+    # The feature stages (jobs/features.py): the user, (user, product) and (user, category) stages once each. In event-time mode
     # Flink plans the product stage a second time for the anonymous requests' branch (no sub-plan reuse there;
     # it did before features/3 too); arrival mode's gate keeps it to one.
     stages = sorted(re.search(r"OverAggregate\(partitionBy=\[([^\]]*)\]", c).group(1)
                     for c in nodes if "OverAggregate(" in c and "select=[src, " in c)  # fmt: skip
     products = 1 if mode == "arrival" else 2
-    assert stages == ["product_id"] * products + ["product_id, user_id", "user_id"], stages
+    assert stages == ["product_id"] * products + ["product_id, user_id", "user_id", "user_id, category"], stages

@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import training_set as ts
-from pricing.sim.history import generate_history
+from pricing.sim.history import CATALOGUE_FILE, generate_history
+from pricing.sim.market import build_market, catalogue_entries
 from pricing.sim.scenario import get_scenario
 from pricing.training_rows import SCHEMA
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
-from tests.jobs.feature_reference import assert_affinity_exercised, reference_features
+from tests.jobs.feature_reference import assert_affinity_exercised, catalogue_frame, reference_features
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -78,7 +79,19 @@ def crafted(start: int, *, seed: int = 0) -> dict[Contract, pd.DataFrame]:
         _behaviour("c0", "edge-user", "edge", "add_to_cart", t - 24 * HOUR),  # the user's 24 h with edge: in
         _behaviour("c1", "edge-user", "edge", "add_to_cart", t - 24 * HOUR - 1),  # out
         _behaviour("c2", "edge-user", "edge2", "add_to_cart", t - MIN),  # another product: the user's, not edge's
+        _behaviour("v4", "edge-user", "edge3", "view", t - 10 * MIN),  # edge3 is in edge's category by then
     ]
+    # edge and edge2 share a category; edge3 moves into it at t - 20 min (v3 counts in its old one); the
+    # brand-new product has no entry (its category is unknown)
+    # (an event counts in the category its product had at the event: the entries precede every crafted event)
+    c = catalogue_frame([
+        {"product_id": "edge", "category": "edge-cat", "event_time": start - 2 * 24 * HOUR},
+        {"product_id": "edge2", "category": "edge-cat", "event_time": start - 2 * 24 * HOUR, "active": False},  # named
+        {"product_id": "edge3", "category": "other-cat", "event_time": start - 2 * 24 * HOUR},
+        {"product_id": "busy", "category": "busy-cat", "event_time": start - 2 * 24 * HOUR},
+        {"product_id": "edge3", "category": "edge-cat", "event_time": t - 20 * MIN},
+    ])
+    c["arrival_time"] = c["event_time"]
     r = [
         _request("edge-r0", "edge-user", "edge", "marketplace", t),
         _request("edge-r1", "", "edge", "app", t),  # anonymous
@@ -120,16 +133,20 @@ def crafted(start: int, *, seed: int = 0) -> dict[Contract, pd.DataFrame]:
         b.append(_behaviour(f"busy-rv{i}", user or "anon-2", "busy", "view", int(time_) + int(rng.integers(0, 2_000)),
                             price=int(rng.integers(800, 1300)), request_id=f"busy-r{i}"))  # fmt: skip
     return {Contract.MARKET_EVENT: pd.DataFrame(m), Contract.BEHAVIOUR_EVENT: pd.DataFrame(b),
-            Contract.PRICE_REQUEST: pd.DataFrame(r)}  # fmt: skip
+            Contract.PRICE_REQUEST: pd.DataFrame(r), Contract.CATALOGUE_ENTRY: c}  # fmt: skip
 
 
 def simulated_day(seed: int, *, n_users: int = 100, n_products: int = 5) -> dict[Contract, pd.DataFrame]:
-    """A simulated day plus the crafted cases, in arrival order (``arrival_time``)."""
+    """A simulated day plus the crafted cases, in arrival order (``arrival_time``), with the catalogue (the
+    simulator's, stamped at the history's start, then the crafted products')."""
     scenario = get_scenario("default").with_overrides(n_users=n_users, n_products=n_products, seed=seed)
     history = generate_history(scenario, days=1)
     extra = crafted(int(history.requests["event_time"].min()) // 86_400_000 * 86_400_000, seed=seed)
+    catalogue = catalogue_frame(catalogue_entries(build_market(scenario), event_time_ms=history.start_ms))
+    catalogue["arrival_time"] = catalogue["event_time"]
+    frames = history.frames() | {Contract.CATALOGUE_ENTRY: catalogue}
     return {c: pd.concat([frame, extra[c]], ignore_index=True).sort_values("arrival_time", kind="stable")
-            .reset_index(drop=True) for c, frame in history.frames().items()}  # fmt: skip
+            .reset_index(drop=True) for c, frame in frames.items()}  # fmt: skip
 
 
 def _clean(value: object) -> object:
@@ -137,23 +154,29 @@ def _clean(value: object) -> object:
 
 
 def write_history_dir(path: Path, frames: dict[Contract, pd.DataFrame]) -> Path:
-    """The frames as the three history files, in arrival order."""
+    """The frames as the history files, in arrival order (an empty catalogue when the frames have none)."""
     path.mkdir(parents=True, exist_ok=True)
+    frames = {Contract.CATALOGUE_ENTRY: pd.DataFrame(columns=["arrival_time"])} | frames
     for contract, frame in frames.items():
         fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
         records = frame.sort_values("arrival_time", kind="stable").reindex(columns=fields).to_dict("records")
-        serde.write_container(path / ts.HISTORY_FILES[contract], contract,
+        name = CATALOGUE_FILE if contract is Contract.CATALOGUE_ENTRY else ts.HISTORY_FILES[contract]
+        serde.write_container(path / name, contract,
                               [{k: _clean(v) for k, v in rec.items()} for rec in records])  # fmt: skip
     return path
 
 
 def kept_events(frames: dict[Contract, pd.DataFrame], allowance_ms: int) -> dict[Contract, pd.DataFrame]:
     """What the job keeps, by the rule stated independently: in arrival order, an event is late when it is
-    the allowance or more behind the newest event time before it on its topic. ``seq``: arrival order."""
+    the allowance or more behind the newest event time before it on its topic (never a catalogue entry).
+    ``seq``: arrival order."""
     kept = {}
     for contract, frame in frames.items():
         frame = frame.sort_values("arrival_time", kind="stable").reset_index(drop=True)
         frame["seq"] = frame.index
+        if contract is Contract.CATALOGUE_ENTRY:
+            kept[contract] = frame
+            continue
         newest_before = frame["event_time"].cummax().shift(1)
         kept[contract] = frame[~(frame["event_time"] <= newest_before - allowance_ms)]
     return kept
@@ -201,7 +224,8 @@ def test_backfilled_vectors_equal_the_pandas_reference(day: tuple) -> None:
     rows = read_rows(summary.out_dir)
     assert rows["request_id"].is_unique
     assert set(rows["request_id"]) == set(requests["request_id"]) - {"edge-unseen"}
-    expected = reference_features(requests, kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT])
+    expected = reference_features(requests, kept[Contract.BEHAVIOUR_EVENT], kept[Contract.MARKET_EVENT],
+                                  kept[Contract.CATALOGUE_ENTRY])  # fmt: skip
     expected = expected.loc[rows["request_id"]]
     worst, where, bad = worst_relative(vectors(rows), expected)
     print(f"\nbackfill vs reference: {len(rows)} requests x {len(FEATURE_SPEC.names)} features; "
@@ -211,18 +235,22 @@ def test_backfilled_vectors_equal_the_pandas_reference(day: tuple) -> None:
     e = vectors(rows).loc["edge-r0"]
     assert e["list_price_minor"] == 1200 and e["views_5m"] == 1 and e["purchases_1h"] == 3
     assert e["competitor_events_15m"] == 2 and e["competitor_min_15m_minor"] == 700 and e["inventory"] == 7
-    assert e["promotion_active"] == 1 and e["user_secs_since_purchase"] == 0 and e["user_distinct_products_30m"] == 2
+    assert e["promotion_active"] == 1 and e["user_secs_since_purchase"] == 0 and e["user_distinct_products_30m"] == 3
     assert e["user_price_ratio"] == pytest.approx((3 + 950 / 1200 + 950 / 1200) / 5, rel=1e-12)
     # the user's own 24 h with this product (v0, v1; c0 on the edge; p0-p3), not with edge2 or edge3
     assert (e["user_product_views_24h"], e["user_product_carts_24h"], e["user_product_purchases_24h"]) == (2, 1, 4)
-    assert (e["user_views_24h"], e["user_carts_24h"]) == (4, 2)
+    assert (e["user_views_24h"], e["user_carts_24h"]) == (5, 2)
+    # ... and with its category: edge and edge2 (v0, v1, v2; c0, c2; p0-p3) and edge3 once it moved in (v4), not v3
+    assert (e["user_category_views_24h"], e["user_category_carts_24h"], e["user_category_purchases_24h"]) == (4, 2, 4)
     later = vectors(rows).loc["edge-r3"]  # 30 min on: edge-r0's view counts, c0 has left the window
     assert (later["user_product_views_24h"], later["user_product_carts_24h"]) == (3, 0)
+    assert (later["user_category_views_24h"], later["user_category_carts_24h"]) == (5, 1)
     assert_affinity_exercised(expected)
     anon, new = vectors(rows).loc["edge-r1"], vectors(rows).loc["edge-r2"]
     assert anon["is_new_user"] == 1 and anon["user_price_ratio"] == 1 and anon["is_new_product"] == 0
     assert anon["user_product_views_24h"] == 0  # anonymous: the default, though its view (as anon-1) counts elsewhere
     assert (new[["is_new_user", "is_new_product"]] == 1).all() and new["inventory"] == -1
+    assert anon["user_category_views_24h"] == 0 and new["user_category_views_24h"] == 0  # no category: 0
     assert (rows.set_index("request_id").loc[["edge-r0", "edge-r1"], "price_minor"] == [990, 991]).all()
     assert summary.counts["requests_repeated"] == 1 and summary.counts["requests_without_offer"] == 1
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pricing.sim.cli import register
-from pricing.sim.history import END_STATE_FILE, FILES, History, _fields, generate_history
+from pricing.sim.history import CATALOGUE_FILE, END_STATE_FILE, FILES, History, _fields, generate_history
 from pricing.sim.market import build_market
 from pricing.sim.scenario import Scenario
 from pricing.sim.world import MarketSnapshot
@@ -47,7 +47,7 @@ def test_cli_history_files_decode_with_zero_rejects(tmp_path: Path, week_history
     args = parser.parse_args(["simulate", "history", "--days", "7", "--out", str(tmp_path / "h"),
                               "--users", str(scenario.n_users), "--products", str(scenario.n_products)])  # fmt: skip
     assert args.func(args) == 0
-    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == sorted([*FILES.values(), END_STATE_FILE])
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == sorted([*FILES.values(), CATALOGUE_FILE, END_STATE_FILE])
     end = MarketSnapshot.load(tmp_path / "h" / END_STATE_FILE, scenario=scenario)
     assert end.time_ms == week_history.end_ms and np.array_equal(end.stock, week_history.end_state.stock)
     for contract, name in FILES.items():

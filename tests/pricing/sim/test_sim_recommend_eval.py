@@ -155,8 +155,22 @@ def test_candidate_features_count_the_users_own_history_with_each_candidate(scen
                 for i, p, ti in zip(view, product, t)]  # fmt: skip
         np.testing.assert_array_equal(x[:, col], want, err_msg=name)
     assert (x[:, FEATURE_SPEC.index("user_product_views_24h")] > 0).any()
+    # features/4: the user's history with the candidate's category (the world's categories), counted naively
+    category = dict(zip(m.product_ids, np.asarray(m.category_names, dtype=object)[m.product_category]))
+    b_category = b["product_id"].map(category)
+    names = {"user_category_views_24h": "view", "user_category_carts_24h": "add_to_cart",
+             "user_category_purchases_24h": "purchase"}
+    for name, kind in names.items():
+        col = FEATURE_SPEC.index(name)
+        want = [int(((b["user_id"] == m.user_ids[v.user[i]]) & (b_category == category[m.product_ids[p]])
+                     & (b["type"] == kind) & (b["event_time"] >= ti - 86_400_000) & (b["event_time"] <= ti)).sum())
+                for i, p, ti in zip(view, product, t)]  # fmt: skip
+        np.testing.assert_array_equal(x[:, col], want, err_msg=name)
+    cat, own = x[:, FEATURE_SPEC.index("user_category_views_24h")], x[:, FEATURE_SPEC.index("user_product_views_24h")]
+    assert (cat > own).any()  # other products of the category count
     plain = CandidateFeatures(rec.world, None).vectors(view, product, step)
     assert (plain[:, FEATURE_SPEC.index("user_product_views_24h")] == 0).all()
+    assert (plain[:, FEATURE_SPEC.index("user_category_views_24h")] == 0).all()
 
 
 def test_no_ranker_recommends_the_product_being_viewed_or_one_twice(scenario: Scenario, evaluation: RecommendEvaluation) -> None:

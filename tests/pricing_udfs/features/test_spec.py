@@ -11,7 +11,7 @@ from pricing_udfs.features.spec import FEATURE_SPEC, SPEC_FILE, FeatureSpec
 
 def test_spec_has_a_version_groups_and_defaults() -> None:
     assert FEATURE_SPEC.version.startswith("features/")
-    assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "user_product", "context", "flags"}
+    assert {f.group for f in FEATURE_SPEC.features} == {"product", "user", "user_product", "user_category", "context", "flags"}
     assert FEATURE_SPEC.defaults[FEATURE_SPEC.index("is_new_user")] == 1.0
 
 
@@ -29,13 +29,23 @@ def test_vector_puts_each_value_in_its_place_and_defaults_elsewhere(values: dict
 
 def test_features_3_adds_the_users_history_with_the_product() -> None:
     """features/3: the user's own views, carts and purchases of the product priced, after the user features."""
-    assert FEATURE_SPEC.version == "features/3"
     affinity = [f for f in FEATURE_SPEC.features if f.group == "user_product"]
     assert [f.name for f in affinity] == ["user_product_views_24h", "user_product_carts_24h",
                                           "user_product_purchases_24h"]
     assert all(f.default == 0.0 for f in affinity)
     at = FEATURE_SPEC.index("user_product_views_24h")
-    assert FEATURE_SPEC.names[at - 1] == "user_distinct_products_30m" and len(FEATURE_SPEC.names) == 37
+    assert FEATURE_SPEC.names[at - 1] == "user_distinct_products_30m"
+
+
+def test_features_4_adds_the_users_history_with_the_category() -> None:
+    """features/4: the user's views, carts and purchases of any product of the priced product's category."""
+    assert FEATURE_SPEC.version == "features/4"
+    affinity = [f for f in FEATURE_SPEC.features if f.group == "user_category"]
+    assert [f.name for f in affinity] == ["user_category_views_24h", "user_category_carts_24h",
+                                          "user_category_purchases_24h"]
+    assert all(f.default == 0.0 for f in affinity)
+    at = FEATURE_SPEC.index("user_category_views_24h")
+    assert FEATURE_SPEC.names[at - 1] == "user_product_purchases_24h" and len(FEATURE_SPEC.names) == 40
 
 
 def test_vector_fills_defaults_and_rejects_unknown_names() -> None:
@@ -69,4 +79,5 @@ def test_job_sql_covers_exactly_the_spec(tmp_path) -> None:
             pass
 
     with pytest.raises(ValueError, match="brand_new"):
-        feature_sql.declare_feature_views(_Env(), requests="r", market="m", behaviour="b", spec=FeatureSpec.load(path))
+        feature_sql.declare_feature_views(_Env(), requests="r", market="m", behaviour="b", catalogue="c",
+                                          spec=FeatureSpec.load(path))
