@@ -516,6 +516,7 @@ def _rest_address(settings: Settings, jobmanager: str | None) -> tuple[str, str]
     return "127.0.0.1", str(settings.job.rest_port)
 
 
+_PORT_ATTEMPTS = 3
 # Job id -> the REST address of the cluster it runs on (see wait_until_running).
 _REST_URLS: dict[str, str] = {}
 
@@ -537,12 +538,22 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     warm = plan_warm_start(settings) if start.restore_from is None else None
     if warm is not None:
         print(f"pricing job: {warm.describe()}", file=sys.stderr, flush=True)
-    if jobmanager is None and settings.job.rest_port is None:  # the MiniCluster's REST API on a free port
-        settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
     if jobmanager:
         flink_jars(settings.state_dir)  # the job's own jar ships to the cluster: fail here, saying how to fetch it
-    t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
-    result = build(t_env, settings, warm).execute()
+    pick_port = jobmanager is None and settings.job.rest_port is None  # the MiniCluster's REST API on a free port
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        if pick_port:
+            settings = settings.model_copy(update={"job": settings.job.model_copy(update={"rest_port": free_port()})})
+        t_env = create_table_env(settings, jobmanager=jobmanager, start=start)
+        try:
+            result = build(t_env, settings, warm).execute()
+            break
+        except Exception as exc:  # noqa: BLE001 - only a lost race for the free port is retried
+            # A port found free can be taken before the MiniCluster binds it (any process's outgoing connection
+            # may get it from the same ephemeral range): pick another one.
+            if not (pick_port and attempt < _PORT_ATTEMPTS and "Could not start rest endpoint" in str(exc)):
+                raise
+            print(f"pricing job: REST port {settings.job.rest_port} was taken meanwhile; another one", file=sys.stderr)
     host, port = _rest_address(settings, jobmanager)
     _REST_URLS[str(result.get_job_client().get_job_id())] = f"http://{host}:{port}"
     if wait:

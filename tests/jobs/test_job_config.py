@@ -103,3 +103,24 @@ def test_the_jaas_login_module_the_connector_is_given_is_a_class_in_the_connecto
     module = re.match(r"(\S+) required ", s.kafka.java_client_properties()["sasl.jaas.config"]).group(1)
     classes = {name for jar in connector_jars(s.state_dir) for name in zipfile.ZipFile(jar).namelist()}
     assert module.replace(".", "/") + ".class" in classes, module
+
+
+@pytest.mark.integration
+def test_a_rest_port_taken_between_its_choice_and_the_start_is_replaced(kafka_settings: Settings, monkeypatch) -> None:
+    import socket
+
+    from pricing.broker import free_port
+    from pricing.topics import create_topics
+
+    create_topics(kafka_settings.kafka)
+    settings = kafka_settings.model_copy(update={"job": kafka_settings.job.model_copy(update={"bounded": True})})
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1], free_port()]
+    monkeypatch.setattr(pricing_job, "free_port", lambda: ports.pop(0))
+    try:
+        pricing_job.run(settings, wait=True)  # bounded, empty topics: it ends at once
+    finally:
+        taken.close()
+    assert ports == [], "the taken port was given up for the next one"
