@@ -115,10 +115,11 @@ class Client:
                         self.versions[rid] = decoded.record["model_version"] if decoded.ok else "?"
         consumer.close()
 
-    def _produce(self, contract: Contract, topic: str, rec: dict) -> None:
+    def _produce(self, contract: Contract, topic: str, rec: dict, key: str | None = None) -> None:
+        """Produce ``rec`` (key: ``key``, else its product id), waiting while the producer's queue is full."""
         while True:
             try:
-                self.producer.produce(topic, serde.encode(contract, rec), key=rec["product_id"].encode(),
+                self.producer.produce(topic, serde.encode(contract, rec), key=(key or rec["product_id"]).encode(),
                                       timestamp=rec["event_time"])
                 return
             except BufferError:

@@ -123,13 +123,7 @@ class RecommendClient(Client):
             rid, user = uuid.uuid4().hex, f"lu{self._rec_rng.randrange(N_USERS)}"
             rec = {"request_id": rid, "user_id": user, "channel": "web", "event_time": now_ms, "k": 10,
                    "context_product_id": None, "context_category": None, "candidate_product_ids": []}
-            while True:
-                try:
-                    self.producer.produce(topic, serde.encode(Contract.RECOMMEND_REQUEST, rec), key=rid.encode(),
-                                          timestamp=now_ms)  # fmt: skip
-                    break
-                except BufferError:
-                    self.producer.poll(0.01)
+            self._produce(Contract.RECOMMEND_REQUEST, topic, rec, key=rid)
             self.producer.poll(0)
             self.rec_sent[rid] = time.time()
             if elapsed >= measure_from:

@@ -224,6 +224,22 @@ class LiveReport:
         return "\n".join(lines)
 
 
+def _match(contract: Contract, value: bytes | None, pending: dict, expired: set, totals: Any) -> tuple[dict, Any]:
+    """An answer and the pending request it answers (popped), or None: then an unreadable answer counted in
+    ``totals.invalid_answers``, one whose request already expired in ``totals.late_answers``, or another run's."""
+    decoded = decode(contract, value)
+    if not decoded.ok:
+        totals.invalid_answers += 1
+        return {}, None
+    answer = decoded.record  # type: ignore[union-attr]
+    rid = answer["request_id"]
+    found = pending.pop(rid, None)
+    if found is None and rid in expired:
+        expired.discard(rid)
+        totals.late_answers += 1
+    return answer, found
+
+
 @dataclass
 class RecommendTotals:
     """The recommendation loop's outcome: the job's slates and the category-popularity slate at list price on the
@@ -906,18 +922,10 @@ class LiveSimulator:
             if self._rec is not None and msg.topic() == self.topics.recommendations:
                 self._slate_answer(msg.value(), now)
                 continue
-            decoded = decode(Contract.PRICED_EVENT, msg.value())
-            if not decoded.ok:
-                self._t.invalid_answers += 1
-                continue
-            answer = decoded.record  # type: ignore[union-attr]
-            rid = answer["request_id"]
-            pending = self._pending.pop(rid, None)
+            answer, pending = _match(Contract.PRICED_EVENT, msg.value(), self._pending, self._expired, self._t)
             if pending is None:
-                if rid in self._expired:
-                    self._expired.discard(rid)
-                    self._t.late_answers += 1
-                continue  # another run's or an unknown request
+                continue  # unreadable, late, another run's or an unknown request
+            rid = answer["request_id"]
             price = int(answer["price_minor"])
             if price <= 0:
                 self._t.invalid_answers += 1
@@ -1022,18 +1030,10 @@ class LiveSimulator:
     def _slate_answer(self, value: bytes, now: float) -> int:
         """One recommendation: if ours, the shopper examines it (and the category-popularity slate is scored)."""
         r = self._rec
-        decoded = decode(Contract.RECOMMENDATION, value)
-        if not decoded.ok:
-            r.invalid_answers += 1  # type: ignore[union-attr]
-            return 0
-        answer = decoded.record  # type: ignore[union-attr]
-        rid = answer["request_id"]
-        p = self._rec_pending.pop(rid, None)
+        answer, p = _match(Contract.RECOMMENDATION, value, self._rec_pending, self._rec_expired, r)
         if p is None:
-            if rid in self._rec_expired:
-                self._rec_expired.discard(rid)
-                r.late_answers += 1  # type: ignore[union-attr]
             return 0
+        rid = answer["request_id"]
         items = answer["items"][: self.recommend_k]
         slots = np.array([self._slot_of.get(str(i["product_id"]), -1) for i in items], dtype=np.int64)
         prices = np.array([int(i["price_minor"]) for i in items], dtype=np.int64)

@@ -23,6 +23,7 @@ candidates than its first answer if behaviour arrived in between (consumers dedu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Sequence
@@ -97,10 +98,7 @@ class CandidateStage:
     def candidates(self, requests: pd.DataFrame) -> list[list[Candidate]]:
         """The candidates of each decoded request (``ok`` rows; others get none)."""
         out: list[list[Candidate]] = []
-        lock = self.tail.lock if self.tail is not None else None
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self.tail.lock if self.tail is not None else contextlib.nullcontext():
             for r in requests.itertuples(index=False):
                 if not r.ok:
                     out.append([])
@@ -109,9 +107,6 @@ class CandidateStage:
                 out.append(self.index.candidates(r.user_id or "", int(r.event_time),
                                                  context_product_id=r.context_product_id,
                                                  context_category=r.context_category, explicit=explicit))  # fmt: skip
-        finally:
-            if lock is not None:
-                lock.release()
         return out
 
 
