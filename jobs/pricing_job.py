@@ -65,7 +65,7 @@ from pyflink.table import EnvironmentSettings, Schema, StatementSet, StreamTable
 
 from pricing.broker import free_port
 from pricing.checkpoints import Start, checkpoint_root, plan_start
-from pricing.config import Settings, load_settings, registry_dir
+from pricing.config import Settings, load_settings, prepare_job_secrets, registry_dir
 from pricing.topics import require_topics
 from pricing.warm_start import WarmStart, plan_warm_start
 from pricing.jars import connector_jars, flink_jars, flink_python_jar, project_jar, prometheus_reporter_jar
@@ -168,7 +168,7 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
 
 
 def _kafka_props(settings: Settings, prefix: str = "properties.") -> str:
-    return ",\n".join(f"'{prefix}{k}' = '{_q(v)}'" for k, v in settings.kafka.java_client_properties().items())
+    return ",\n".join(f"'{prefix}{k}' = '{_q(v)}'" for k, v in settings.job_kafka_client().java_properties().items())
 
 
 def _q(value: str) -> str:
@@ -383,9 +383,9 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
 def scoring_config(settings: Settings) -> ScoringConfig:
     """What each Python worker needs to build its scoring stage; the model itself is loaded there.
 
-    It includes the Kafka client settings, with a SASL password when one is configured: the anchors are
-    rebuilt from the priced-events topic in each worker (``pricing_udfs.anchors``), so they travel in
-    the pickled UDF."""
+    It includes the Kafka client settings without secret values (the worker reads them from the secret files,
+    ``pricing_udfs.kafka_client``): the anchors are rebuilt from the priced-events topic in each worker
+    (``pricing_udfs.anchors``), so they travel in the pickled UDF."""
     m, job = settings.models, settings.job
     lookback = job.anchor_lookback_ms if job.anchor_lookback_ms is not None else 2 * 3_600_000 + job.max_clock_skew_ms
     return ScoringConfig(
@@ -393,7 +393,7 @@ def scoring_config(settings: Settings) -> ScoringConfig:
         watch_interval_s=m.watch_interval_s, device=m.device, policy=settings.policy,
         default_price_minor=settings.job.default_price_minor, currency=settings.job.currency,
         intra_op_threads=m.intra_op_threads, inter_op_threads=m.inter_op_threads,
-        kafka=settings.kafka.client_config(), priced_topic=settings.kafka.topics.priced.name,
+        kafka=settings.job_kafka_client(), priced_topic=settings.kafka.topics.priced.name,
         anchor_lookback_ms=lookback, anchor_seed_timeout_s=job.anchor_seed_timeout_ms / 1000,
         anchor_history_hours=job.anchor_history_hours,
         recommendations_topic=settings.kafka.topics.recommendations.name if settings.recommend.enabled else None,
@@ -532,6 +532,7 @@ def run(settings: Settings, *, jobmanager: str | None = None, wait: bool = True)
     if settings.recommend.enabled:
         used += [topics.recommend_requests, topics.recommendations]
     require_topics(settings.kafka, [t.name for t in used])
+    prepare_job_secrets(settings)
     start = plan_start(settings)
     print(f"pricing job: {start.note}", file=sys.stderr, flush=True)
     # Without restored state the behaviour and market inputs start early enough to fill the windows.

@@ -33,7 +33,7 @@ COLLECT_SLATE = "pricing.recommend.CollectSlate"  # deploy/jvm
 
 def candidate_config(settings: Settings) -> CandidateConfig:
     r, topics = settings.recommend, settings.kafka.topics
-    return CandidateConfig(settings=r.candidate_settings(), kafka=settings.kafka.client_config(),
+    return CandidateConfig(settings=r.candidate_settings(), kafka=settings.job_kafka_client(),
                            behaviour_topic=topics.behaviour.name, catalogue_topic=topics.catalogue.name,
                            lookback_ms=r.lookback_ms, catch_up_timeout_s=r.catch_up_timeout_ms / 1000)  # fmt: skip
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pricing.jars import kafka_classpath
+from pricing.local_security import LocalSecurity, broker_properties, ensure_security
 
 _MAIN = "kafka.Kafka"
 _STORAGE_TOOL = "kafka.tools.StorageTool"
@@ -67,6 +68,7 @@ class LocalBroker:
         java: str = "java",
         name: str = "kafka",
         die_with_parent: bool = False,
+        secure: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.home = state_dir / name
@@ -78,6 +80,10 @@ class LocalBroker:
         # Tests, benchmarks and the demo own their broker: if they are killed, it goes too.
         # `pricing kafka start` leaves it running on purpose.
         self.die_with_parent = die_with_parent
+        # Secure mode (pricing.local_security): a SASL_SSL listener with SCRAM users, the StandardAuthorizer and
+        # no access without an ACL. ``security`` has the CA, the users and their passwords once started.
+        self.secure = secure
+        self.security: LocalSecurity | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -111,6 +117,8 @@ class LocalBroker:
                     f"a broker from {self.home} already runs at {current.bootstrap} (pid {current.pid}); "
                     "stop it first with 'pricing kafka stop'"
                 )
+            if self.secure:
+                self.security = ensure_security(self.home / "secure", self.host)
             return current
         for port in (self.port, self.controller_port):
             if not _port_free(self.host, port):
@@ -123,6 +131,14 @@ class LocalBroker:
         if fresh and self.home.exists():
             _rmtree(self.home)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        mode = "secure" if self.secure else "plaintext"
+        mode_file = self.home / "mode"
+        if (data / "meta.properties").exists() and (mode_file.read_text() if mode_file.exists() else "plaintext") != mode:
+            raise BrokerError(f"{self.home} holds a {'plaintext' if self.secure else 'secure'} broker's data; start "
+                              f"it {'without' if self.secure else 'with'} --secure, or wipe it with --fresh")  # fmt: skip
+        mode_file.write_text(mode)
+        if self.secure:
+            self.security = ensure_security(self.home / "secure", self.host)
         props = self.home / "server.properties"
         props.write_text(self._properties(data))
         log4j = self.home / "log4j2.properties"
@@ -133,7 +149,7 @@ class LocalBroker:
             data.mkdir(parents=True, exist_ok=True)
             fmt = subprocess.run(
                 [*jvm, _STORAGE_TOOL, "format", "--config", str(props), f"--cluster-id={_cluster_id()}",
-                 "--ignore-formatted"],
+                 "--ignore-formatted", *(self.security.scram_format_args() if self.security else [])],
                 capture_output=True, text=True,
             )
             if fmt.returncode != 0:
@@ -154,7 +170,7 @@ class LocalBroker:
                     f"the broker exited with code {proc.returncode}; see {self.home / 'logs'}:\n"
                     + _tail(self.home / "logs" / "stdout.log") + _tail(self.log_file)
                 )
-            if _answers_metadata(self.bootstrap):
+            if _answers_metadata(self.client_config()):
                 return self.status()
             time.sleep(0.5)
         self.stop()
@@ -178,6 +194,12 @@ class LocalBroker:
         self._addr_file.unlink(missing_ok=True)
         return True
 
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings with full rights: plain, or the super user's in secure mode."""
+        if self.security is None and self.secure:
+            self.security = ensure_security(self.home / "secure", self.host)
+        return self.security.admin_config(self.bootstrap) if self.security else {"bootstrap.servers": self.bootstrap}
+
     def _running_pid(self) -> int | None:
         try:
             pid = int(self._pid_file.read_text().strip())
@@ -187,15 +209,18 @@ class LocalBroker:
 
     def _properties(self, data: Path) -> str:
         h, p, c = self.host, self.port, self.controller_port
+        listeners = broker_properties(self.security, host=h, port=p, controller_port=c) if self.security else [
+            f"listeners=PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+            f"advertised.listeners=PLAINTEXT://{h}:{p}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{h}:{c}",
-            f"listeners=PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-            f"advertised.listeners=PLAINTEXT://{h}:{p}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *listeners,
             f"log.dirs={data}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
@@ -256,11 +281,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise BrokerError("found no pair of free ports")
 
 
-def _answers_metadata(bootstrap: str) -> bool:
+def _answers_metadata(client_config: dict[str, str]) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=2)
+        md = AdminClient({**client_config, "log_level": 0}).list_topics(timeout=2)
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"
         return False
     return bool(md.brokers)

@@ -59,7 +59,7 @@ def _with_local_broker(settings: Settings) -> Settings:
     return settings
 
 
-def _broker(settings: Settings, *, port: int | None = None):  # noqa: ANN202 - local import keeps start-up fast
+def _broker(settings: Settings, *, port: int | None = None, secure: bool = False):  # noqa: ANN202 - local import keeps start-up fast
     from pricing.broker import LocalBroker
 
     b = settings.broker
@@ -69,6 +69,7 @@ def _broker(settings: Settings, *, port: int | None = None):  # noqa: ANN202 - l
         port=port or b.port,
         controller_port=b.controller_port if port is None else None,
         heap=b.heap,
+        secure=secure,
     )
 
 
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     start = kafka.add_parser("start", help="start it and wait until it serves metadata")
     start.add_argument("--port", type=int, default=None, help="listener port (default 9092; controller uses port+1)")
     start.add_argument("--fresh", action="store_true", help="wipe its data first")
+    start.add_argument("--secure", action="store_true",
+                       help="TLS, SCRAM users and ACLs (pricing.local_security): the principals of pricing.acls")
     start.set_defaults(func=_kafka_start)
     kafka.add_parser("stop", help="stop it; no process is left").set_defaults(func=_kafka_stop)
     kafka.add_parser("status", help="print whether it runs and its bootstrap address").set_defaults(func=_kafka_status)
@@ -158,10 +161,23 @@ def _jars_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
-    broker = _broker(settings, port=args.port)
+    broker = _broker(settings, port=args.port, secure=args.secure)
     print(f"starting Kafka (KRaft) at {broker.bootstrap}, data in {broker.home} ...", file=sys.stderr)
     status = broker.start(fresh=args.fresh, timeout_s=settings.broker.start_timeout_s)
     print(f"Kafka is up at {status.bootstrap} (pid {status.pid})")
+    if broker.security is not None:
+        from pricing.acls import apply_acls, principal_acls
+        from pricing.local_security import ADMIN
+
+        sec = broker.security
+        apply_acls(sec.admin_config(status.bootstrap or broker.bootstrap), principal_acls(settings))
+        users = ", ".join(u for u in sec.passwords if u != ADMIN)
+        print(f"secure: SASL_SSL with SCRAM-SHA-512 (and -256); CA certificate {sec.ca_pem}; users {ADMIN} (super user) "
+              f"and {users} with the ACLs of their roles (pricing.acls, for this configuration's topics); their "
+              f"passwords are in {sec.folder / 'users.json'}. A client's settings:\n"
+              f'  [kafka]\n  bootstrap_servers = "{status.bootstrap}"\n  security_protocol = "SASL_SSL"\n'
+              f'  sasl_mechanism = "SCRAM-SHA-512"\n  sasl_username = "pricing-job"\n  ssl_ca_location = "{sec.ca_pem}"\n'
+              "  and the password in PRICING_KAFKA__SASL_PASSWORD (or the file kafka.password in [secrets] dir)")  # fmt: skip
     return 0
 
 

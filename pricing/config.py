@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pricing.secrets import read_secret_files
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pricing_udfs.kafka_client import (
+    SECRET_FILES,
+    KafkaClient,
+    SaslMechanism,
+    SecurityProtocol,
+)
 from pricing_udfs.policy import PolicySettings
 from pricing_udfs.recommend.candidates import CandidateSettings
 from pricing_udfs.recommend.ranking import RankingSettings
@@ -31,8 +38,6 @@ from pricing_udfs.recommend.ranking import RankingSettings
 DeliveryGuarantee = Literal["exactly-once", "at-least-once"]
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_CONFIG_FILE", default=None)
 _DEFAULT_FILE = Path("pricing.toml")
-# Where flink-sql-connector-kafka relocates the Kafka client (its classes, JAAS login modules included).
-CONNECTOR_KAFKA_PACKAGE = "org.apache.flink.kafka.shaded.org.apache.kafka"
 # Kafka brokers reject producers whose transaction.timeout.ms exceeds this (broker default).
 BROKER_MAX_TRANSACTION_TIMEOUT_MS = 900_000
 
@@ -73,41 +78,55 @@ class TopicsSettings(_Section):
 
 
 class KafkaSettings(_Section):
+    """How every client connects. Secrets are ``SecretStr`` (never printed); the job's own clients read them from
+    files at run time (``[secrets] dir``, :mod:`pricing_udfs.kafka_client`), never from the SQL text."""
+
     bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(
+        default=None, description="CA certificates the brokers' certificates chain to: a PEM file, or a PKCS12 "
+        "truststore when the name ends in .p12/.pfx (then ssl_ca_password); None: the system's CAs")
+    ssl_ca_password: SecretStr | None = None
+    ssl_keystore_location: str | None = Field(
+        default=None, description="the client's certificate and key for mutual TLS, a PKCS12 file")
+    ssl_keystore_password: SecretStr | None = None
+    ssl_endpoint_identification: bool = Field(
+        default=True, description="check that the broker's certificate names the host connected to")
     topics: TopicsSettings = TopicsSettings()
 
-    def client_config(self) -> dict[str, str]:
-        """librdkafka (confluent-kafka) settings for admin, producers and consumers."""
-        conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username is not None:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        return conf
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSettings":
+        self.client("/")  # the same rules as the shipped client's, checked at start-up
+        return self
 
-    def java_client_properties(self) -> dict[str, str]:
-        """The same settings for the Java client inside Flink's Kafka connector. The connector jar carries the Kafka
-        client relocated under ``CONNECTOR_KAFKA_PACKAGE``, so the JAAS login module must be named there (the
-        plain ``org.apache.kafka...`` class is not on its class path: "No LoginModule found")."""
-        props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            module = CONNECTOR_KAFKA_PACKAGE + (
-                ".common.security.plain.PlainLoginModule"
-                if self.sasl_mechanism == "PLAIN"
-                else ".common.security.scram.ScramLoginModule"
-            )
-            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
-            props["sasl.mechanism"] = self.sasl_mechanism
-            props["sasl.jaas.config"] = (
-                f'{module} required username="{self.sasl_username or ""}" password="{password}";'
-            )
-        return props
+    def _secret_values(self) -> dict[str, str]:
+        return {name: value.get_secret_value() for name in SECRET_FILES
+                if (value := getattr(self, name)) is not None}  # fmt: skip
+
+    def client(self, secrets_dir: str | Path | None) -> KafkaClient:
+        """What the job ships to its clients: no secret values, only the folder their files are in."""
+        return KafkaClient(bootstrap_servers=self.bootstrap_servers, security_protocol=self.security_protocol,
+                           sasl_mechanism=self.sasl_mechanism, sasl_username=self.sasl_username,
+                           ssl_ca_location=self.ssl_ca_location, ssl_keystore_location=self.ssl_keystore_location,
+                           ssl_endpoint_identification=self.ssl_endpoint_identification,
+                           secrets=frozenset(self._secret_values()),
+                           secrets_dir=str(secrets_dir) if secrets_dir is not None else None)  # fmt: skip
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings for the control plane's admin clients, producers and consumers."""
+        return self.client("/").config(self._secret_values())
+
+    def write_secrets(self, folder: Path) -> KafkaClient:
+        """Write the secret settings into ``folder`` (created private, files mode 0600) and return the client
+        that reads them there: for a job whose ``[secrets] dir`` is not given."""
+        from pricing.secrets import write_secret_files
+
+        values = self._secret_values()
+        write_secret_files(folder, {SECRET_FILES[name]: value for name, value in values.items()})
+        return self.client(folder)
 
 
 class BrokerSettings(_Section):
@@ -379,6 +398,42 @@ class RecommendSettings(_Section):
                                  max_popular=self.max_popular, n_candidates=self.candidates)  # fmt: skip
 
 
+class SecretsSettings(_Section):
+    """Where the job's clients read secrets at run time: one file each (``kafka.password``, ``kafka.ca.password``,
+    ``kafka.keystore.password``, ``pseudonym.key``), exactly the value, no newline."""
+
+    dir: Path | None = Field(
+        default=None, description="a folder every task manager can read (in Kubernetes a mounted Secret); its "
+        "files also fill the secret settings left unset. None: the job writes the secret settings into "
+        "<state_dir>/secrets (mode 0600) itself")
+
+
+class PrivacySettings(_Section):
+    """Pseudonymous users (:mod:`pricing_udfs.privacy`) and what dead letters keep."""
+
+    pseudonym_key_id: str = Field(
+        default="k1", pattern=r"^[a-z0-9]{1,8}$",
+        description="names the key: part of every pseudonym, so a new key (rotation) makes new pseudonyms")
+    pseudonym_key: SecretStr | None = Field(
+        default=None, description="the HMAC-SHA-256 key (at least 32 bytes); None: the file pseudonym.key in the "
+        "secrets folder, made at random on first use when the job writes that folder itself")
+    dead_letter_payload: Literal["raw", "digest"] = Field(
+        default="raw", description="'digest': a dead letter keeps only the bad record's size and SHA-256, not its "
+        "bytes (which may hold personal data)")
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().encode()) < 32:
+            raise ValueError("pseudonym_key must be at least 32 bytes")
+        return v
+
+
+# The secret settings that [secrets] dir fills when they are unset: (section, field) -> file name.
+_SECRET_FIELDS = {**{("kafka", name): file for name, file in SECRET_FILES.items()},
+                  ("privacy", "pseudonym_key"): "pseudonym.key"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PRICING_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -392,6 +447,41 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     cluster: ClusterSettings = ClusterSettings()
     recommend: RecommendSettings = RecommendSettings()
+    secrets: SecretsSettings = SecretsSettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Secret settings left unset are read from ``[secrets] dir`` when their file is there."""
+        if not isinstance(data, dict):
+            return data
+        secrets = data.get("secrets")
+        folder = secrets.get("dir") if isinstance(secrets, dict) else getattr(secrets, "dir", None)
+        if not folder:
+            return data
+        found = read_secret_files(Path(folder), list(_SECRET_FIELDS.values()))
+        data = dict(data)
+        for (section, name), file in _SECRET_FIELDS.items():
+            if file not in found:
+                continue
+            current = data.get(section)
+            if isinstance(current, BaseModel):
+                if getattr(current, name) is None:
+                    data[section] = current.model_copy(update={name: SecretStr(found[file])})
+            else:
+                current = dict(current or {})
+                current.setdefault(name, found[file])
+                data[section] = current
+        return data
+
+    def secrets_dir(self) -> Path:
+        """Where the job's clients read the secret files: ``[secrets] dir``, else ``<state_dir>/secrets``."""
+        return (self.secrets.dir or self.state_dir / "secrets").absolute()
+
+    def job_kafka_client(self) -> KafkaClient:
+        """The Kafka client settings the job ships: secrets by file in :meth:`secrets_dir`."""
+        return self.kafka.client(self.secrets_dir())
 
     @classmethod
     def settings_customise_sources(
@@ -407,6 +497,25 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+class SecretsError(RuntimeError):
+    """A secret the job needs is not where its clients will look; the message names files, never values."""
+
+
+def prepare_job_secrets(settings: Settings) -> Path:
+    """Make the secret files the job's clients read: written from the settings into ``<state_dir>/secrets``
+    when ``[secrets] dir`` is unset, else checked to be there. Returns the folder."""
+    folder = settings.secrets_dir()
+    client = settings.job_kafka_client()
+    if settings.secrets.dir is None:
+        settings.kafka.write_secrets(folder)
+        return folder
+    missing = [SECRET_FILES[name] for name in sorted(client.secrets) if not (folder / SECRET_FILES[name]).is_file()]
+    if missing:
+        raise SecretsError(f"the job's Kafka clients read their secrets from files in {folder} ([secrets] dir), "
+                           f"but {', '.join(missing)} is not there")
+    return folder
 
 
 def registry_dir(settings: Settings) -> Path:

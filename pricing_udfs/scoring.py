@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pricing_udfs.anchors import DEFAULT_HISTORY_HOURS, Anchors, SeedReport, seed_from_topic
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.kafka_client import KafkaClient
 from pricing_udfs.model.serving import Device, ModelWatcher
 from pricing_udfs.policy import ModelPolicy, PolicySettings, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
@@ -89,9 +90,9 @@ class ScoringConfig(BaseModel):
     # TensorFlow's thread pools per worker ([models] intra_op_threads / inter_op_threads; 0: TF's default)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
-    # Rebuilding the anchors at start (pricing_udfs.anchors.seed_from_topic): librdkafka client settings
-    # (they include a SASL password when one is configured) and the priced-events topic; None: no rebuild.
-    kafka: dict[str, str] | None = Field(default=None, repr=False)
+    # Rebuilding the anchors at start (pricing_udfs.anchors.seed_from_topic): how to connect (no secret in it: the
+    # worker reads them from their files) and the priced-events topic; None: no rebuild.
+    kafka: KafkaClient | None = None
     priced_topic: str | None = None
     anchor_lookback_ms: int = 2 * _HOUR_MS + 600_000  # [job] anchor_lookback_ms; 0: no rebuild
     anchor_seed_timeout_s: float = 120.0
@@ -148,7 +149,7 @@ class ScoringStage:
         of the job can have finished its own ``open()`` and written prices (``seed_from_topic``, ``grace_s``)."""
         c = self.config
         if c.kafka is not None and c.priced_topic and c.anchor_lookback_ms > 0:
-            self.seed_report = seed_from_topic(self.anchors, c.kafka, c.priced_topic, lookback_ms=c.anchor_lookback_ms,
+            self.seed_report = seed_from_topic(self.anchors, c.kafka.config(), c.priced_topic, lookback_ms=c.anchor_lookback_ms,
                                                timeout_s=c.anchor_seed_timeout_s, grace_s=c.anchor_seed_grace_s)  # fmt: skip
         if self.watcher is None:
             self.watcher = ModelWatcher(Path(c.registry_dir) if c.registry_dir else None, version=c.model_version,
@@ -160,7 +161,7 @@ class ScoringStage:
         if c.kafka is not None and c.recommendations_topic and c.honour_validity_ms > 0:
             offers = self.offers = HonouredPrices(c.honour_validity_ms)
             now_ms = int(time.time() * 1000)
-            self._offers_tail = TopicTail(c.kafka, [(c.recommendations_topic, max(1, now_ms - c.honour_validity_ms
+            self._offers_tail = TopicTail(c.kafka.config(), [(c.recommendations_topic, max(1, now_ms - c.honour_validity_ms
                                                                                   - _CLOCK_SLACK_MS))],
                                           lambda _, value: record_offers(offers, value), name="honoured-prices")  # fmt: skip
             self._offers_tail.catch_up(c.anchor_seed_timeout_s)

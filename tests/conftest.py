@@ -38,6 +38,18 @@ def kafka_broker(broker_state_dir: Path) -> Iterator[LocalBroker]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def secure_broker(broker_state_dir: Path) -> Iterator[LocalBroker]:
+    """A second broker in secure mode (SASL_SSL, SCRAM users, ACLs required): ``.security`` has its CA and users."""
+    broker = LocalBroker(state_dir=broker_state_dir, port=free_port(), die_with_parent=True, name="kafka-secure",
+                         secure=True)  # fmt: skip
+    broker.start(fresh=True, timeout_s=90)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic names and groups, so tests never share data."""

@@ -15,19 +15,28 @@ from pricing_udfs import serde
 from pricing_udfs.serde import Contract
 
 
-def read_topic(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_s: float = 60.0) -> list[Message]:
-    """Everything a fresh read_committed consumer sees, until ``quiet_s`` pass without a record.
+def read_topic(settings: Settings, topic: str, *, quiet_s: float = 4.0, timeout_s: float = 60.0,
+               group_prefix: str = "check-") -> list[Message]:  # fmt: skip
+    """Everything a fresh read_committed consumer sees, until ``quiet_s`` pass without a record (counted from the
+    group's assignment: a TLS and SCRAM login and the group join come first).
 
     Reading past the last expected record is what lets tests catch duplicates.
     """
     consumer = Consumer(
         settings.kafka.client_config()
-        | {"group.id": f"check-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
+        | {"group.id": f"{group_prefix}{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
     )
-    consumer.subscribe([topic])
+    assigned: list[float] = []
+    consumer.subscribe([topic], on_assign=lambda c, parts: assigned.append(time.monotonic()))
     out: list[Message] = []
-    deadline, last = time.monotonic() + timeout_s, time.monotonic()
+    deadline = time.monotonic() + timeout_s
     try:
+        while time.monotonic() < deadline and not assigned:
+            msg = consumer.poll(0.2)
+            if msg is not None:
+                assert not msg.error(), msg.error()
+                out.append(msg)
+        last = assigned[0] if assigned else time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last < quiet_s:
             msg = consumer.poll(0.5)
             if msg is None:
@@ -44,14 +53,15 @@ class PricedReader(threading.Thread):
     """A read_committed reader of priced-events (or of recommendations, with ``contract``) in the background:
     ``records`` as ``(monotonic time, record)``, in the order they became visible."""
 
-    def __init__(self, settings: Settings, contract: Contract = Contract.PRICED_EVENT) -> None:
+    def __init__(self, settings: Settings, contract: Contract = Contract.PRICED_EVENT, *,
+                 group_prefix: str = "reader-") -> None:  # fmt: skip
         super().__init__(daemon=True)
         self._contract = contract
         self.records: list[tuple[float, dict]] = []
         self._halt = threading.Event()
         self._consumer = Consumer(
             settings.kafka.client_config()
-            | {"group.id": f"reader-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
+            | {"group.id": f"{group_prefix}{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
         )
         topics = settings.kafka.topics
         self._consumer.subscribe([topics.priced.name if contract is Contract.PRICED_EVENT else topics.recommendations.name])

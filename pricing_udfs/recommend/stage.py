@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.kafka_client import KafkaClient
 from pricing_udfs.recommend.candidates import Candidate, CandidateIndex, CandidateSettings
 from pricing_udfs.recommend.ranking import RankingSettings, candidate_rows, rank
 from pricing_udfs.recommend.tail import TopicTail
@@ -50,7 +51,7 @@ class CandidateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     settings: CandidateSettings
-    kafka: dict[str, str] | None = Field(default=None, repr=False)  # None: no topics followed (tests feed it)
+    kafka: KafkaClient | None = None  # None: no topics followed (tests feed it)
     behaviour_topic: str = "behaviour-events"
     catalogue_topic: str = "catalogue"
     lookback_ms: int = Field(default=24 * 3_600_000, ge=0)
@@ -70,7 +71,7 @@ class CandidateStage:
         if c.kafka is None:
             return
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        self.tail = TopicTail(c.kafka, [(c.catalogue_topic, 0), (c.behaviour_topic, max(1, now_ms - c.lookback_ms))],
+        self.tail = TopicTail(c.kafka.config(), [(c.catalogue_topic, 0), (c.behaviour_topic, max(1, now_ms - c.lookback_ms))],
                               self.handle, name="candidate-index")  # fmt: skip
         self.tail.catch_up(c.catch_up_timeout_s)
         self.tail.start()

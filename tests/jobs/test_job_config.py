@@ -100,9 +100,12 @@ def test_the_jaas_login_module_the_connector_is_given_is_a_class_in_the_connecto
 
     s = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": mechanism, "sasl_username": "u",
                              "sasl_password": "p"})  # fmt: skip
-    module = re.match(r"(\S+) required ", s.kafka.java_client_properties()["sasl.jaas.config"]).group(1)
+    props = s.job_kafka_client().java_properties()
+    module = re.match(r"(\S+) required ", props["sasl.jaas.config"]).group(1)
     classes = {name for jar in connector_jars(s.state_dir) for name in zipfile.ZipFile(jar).namelist()}
     assert module.replace(".", "/") + ".class" in classes, module
+    # the password is a reference the connector's Kafka client resolves with its (relocated) config provider
+    assert props["config.providers.dir.class"].replace(".", "/") + ".class" in classes
 
 
 @pytest.mark.integration

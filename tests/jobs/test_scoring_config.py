@@ -15,10 +15,11 @@ def test_the_workers_get_the_tensorflow_threads_and_what_the_anchor_rebuild_need
     )  # fmt: skip
     config = scoring_config(settings)
     assert (config.intra_op_threads, config.inter_op_threads) == (2, 3)
-    assert config.kafka == settings.kafka.client_config() and config.priced_topic == "priced-x"
+    assert config.kafka == settings.job_kafka_client() and config.priced_topic == "priced-x"
+    assert config.kafka.secrets == {"sasl_password"} and config.kafka.sasl_username == "pricing"
     assert config.anchor_lookback_ms == 2 * 3_600_000 + 300_000  # the default: two hours plus the clock skew
     assert (config.anchor_seed_timeout_s, config.anchor_history_hours, config.anchor_seed_grace_s) == (30.0, 4, 10.0)
-    assert "s3cret" not in repr(config)  # travels in the pickled UDF, but is not printed
+    assert "s3cret" not in repr(config) and "s3cret" not in config.model_dump_json()  # the worker reads a file
     assert scoring_config(load_settings(job={"anchor_lookback_ms": 0})).anchor_lookback_ms == 0  # no rebuild
     # the grace is for the job's own open transactions: at-least-once has none
     assert scoring_config(load_settings(job={"delivery_guarantee": "at-least-once"})).anchor_seed_grace_s is None

@@ -51,8 +51,40 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
-def test_secrets_do_not_leak_into_reprs() -> None:
-    s = load_settings(kafka={"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "hunter2"})
+def test_secrets_do_not_leak_into_reprs_or_the_shipped_client(tmp_path: Path) -> None:
+    s = load_settings(state_dir=tmp_path, kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+                                                 "sasl_username": "u", "sasl_password": "hunter2"})  # fmt: skip
     assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
     assert s.kafka.client_config()["sasl.password"] == "hunter2"
-    assert 'password="hunter2"' in s.kafka.java_client_properties()["sasl.jaas.config"]
+    shipped = s.job_kafka_client()
+    assert "hunter2" not in repr(shipped) and "hunter2" not in shipped.model_dump_json()
+    jaas = shipped.java_properties()["sasl.jaas.config"]
+    assert "hunter2" not in jaas and f'password="${{dir:{tmp_path.absolute() / "secrets"}:kafka.password}}"' in jaas
+
+
+def test_secret_settings_left_unset_are_read_from_the_secrets_folder(tmp_path: Path) -> None:
+    (tmp_path / "kafka.password").write_text("from-a-file")
+    (tmp_path / "pseudonym.key").write_text("k" * 40)
+    s = load_settings(secrets={"dir": str(tmp_path)}, kafka={"security_protocol": "SASL_SSL",
+                      "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u"})  # fmt: skip
+    assert s.kafka.sasl_password.get_secret_value() == "from-a-file"
+    assert s.privacy.pseudonym_key.get_secret_value() == "k" * 40
+    given = load_settings(secrets={"dir": str(tmp_path)}, kafka={"security_protocol": "SASL_SSL",
+                          "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "given"})  # fmt: skip
+    assert given.kafka.sasl_password.get_secret_value() == "given"  # a setting wins over the file
+
+
+@pytest.mark.parametrize(
+    "kafka, fragment",
+    [
+        ({"security_protocol": "SASL_SSL"}, "needs sasl_mechanism"),
+        ({"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"}, "does not use SASL"),
+        ({"ssl_ca_location": "ca.pem"}, "does not use TLS"),
+        ({"security_protocol": "SSL", "ssl_ca_location": "ca.p12"}, "needs ssl_ca_password"),
+        ({"security_protocol": "SSL", "ssl_keystore_location": "me.pem"}, "must be a PKCS12 file"),
+        ({"security_protocol": "SSL", "ssl_keystore_location": "me.p12"}, "needs ssl_keystore_password"),
+    ],
+)
+def test_inconsistent_security_settings_fail_at_start(kafka: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        load_settings(kafka=kafka)
