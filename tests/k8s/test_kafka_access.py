@@ -271,7 +271,7 @@ def test_secret_keys_exist_in_strimzis_secret_layouts(rendered: dict[str, list[d
         if kind == "cluster-ca":
             assert secret == f"{cluster['cluster']}-cluster-ca-cert" and key in CLUSTER_CA_CERT_KEYS, file
         elif kind in {"scram-user", "tls-user"}:
-            assert secret == toml["kafka"]["sasl_username"] and secret in users, f"{file}: {secret} is not the job's user"
+            assert secret == toml["kafka"]["sasl_username"] and secret in users, f"{file}: {secret}: not the job's"
             auth = users[secret]["spec"]["authentication"]["type"]
             assert auth == ("scram-sha-512" if kind == "scram-user" else "tls") and key in USER_SECRET_KEYS[auth], file
             # the User Operator writes it in `kafka`: it must be mirrored to the pods' namespace
