@@ -79,7 +79,9 @@ def test_the_flink_configuration_is_the_jobs_own(rendered: dict[str, list[dict]]
     assert not differ, f"FlinkDeployment vs the job's own conf (manifest, job): {differ}"
     # The settings the job reads at run time, beyond Flink's.
     assert settings.models.registry_dir == Path("/mnt/models")
-    assert settings.kafka.sasl_password is not None and settings.kafka.sasl_username is not None
+    # The Kafka principal is the job's KafkaUser; its password is a file in [secrets] dir, not a setting
+    # (tests/k8s/test_kafka_access.py checks the files and that no Kafka secret is in the environment).
+    assert settings.kafka.sasl_username in {d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

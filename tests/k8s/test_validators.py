@@ -26,8 +26,9 @@ def test_the_rendered_overlays_are_valid(tools: Path, rendered: dict[str, list[d
     result = check(tools, "--files", str(_write(tmp_path, rendered[overlay])))
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {d["kind"] for d in rendered[overlay]}
-    assert {"FlinkDeployment", "KafkaTopic", "PodMonitor", "PrometheusRule", "CronJob", "ConfigMap",
-            "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {"FlinkDeployment", "KafkaTopic", "KafkaUser", "PodMonitor", "PrometheusRule", "CronJob", "ConfigMap",
+            "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
+            "PodDisruptionBudget"} <= kinds
     assert f"{len(rendered[overlay])} of {len(rendered[overlay])} valid" in result.stdout
 
 
@@ -55,6 +56,15 @@ BREAKAGES = [
      "containerPort"),
     ("KafkaTopic", "price-requests", _set("spec.partitions", 0), "spec/partitions"),
     ("KafkaTopic", "price-requests", _set("spec.replica", 3), "'replica' was unexpected"),
+    ("KafkaUser", "pricing-job", _set("spec.authorization.acls.0.operations", ["Reed"]),
+     "spec/authorization/acls/0/operations/0"),
+    ("KafkaUser", "pricing-job", _set("spec.authentication.type", "scram-sha-256"), "spec/authentication/type"),
+    ("KafkaUser", "pricing-job", _set("spec.authorization.acls.0.operation", "Read"), "'operation' was unexpected"),
+    ("NetworkPolicy", None, _set("spec.egress.1.ports.0.protocol", 6), "spec/egress/1/ports/0/protocol"),
+    ("NetworkPolicy", None, _set("spec.ingres", []), "'ingres' was unexpected"),
+    ("PodDisruptionBudget", "pricing-engine-taskmanager", _set("spec.minAvailabe", 1), "'minAvailabe' was unexpected"),
+    ("PodDisruptionBudget", "pricing-engine-jobmanager", _set("spec.selector.matchLabels", "app"),
+     "spec/selector/matchLabels"),
     ("PodMonitor", None, _set("spec.podMetricsEndpoints.0.port", 9249), "port must be string"),
     ("PodMonitor", None, _set("spec.podMetricsEndpoints.0.interval", "15 seconds"), "interval must match pattern"),
     ("PrometheusRule", None, _set("spec.groups.0.rules.0.for", "5 minutes"), "for must match pattern"),
