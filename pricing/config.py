@@ -28,6 +28,7 @@ from pydantic_settings import (
 from pricing_udfs.kafka_client import (
     SECRET_FILES,
     KafkaClient,
+    KafkaSecretError,
     SaslMechanism,
     SecurityProtocol,
 )
@@ -112,7 +113,6 @@ class KafkaSettings(_Section):
                            sasl_mechanism=self.sasl_mechanism, sasl_username=self.sasl_username,
                            ssl_ca_location=self.ssl_ca_location, ssl_keystore_location=self.ssl_keystore_location,
                            ssl_endpoint_identification=self.ssl_endpoint_identification,
-                           secrets=frozenset(self._secret_values()),
                            secrets_dir=str(secrets_dir) if secrets_dir is not None else None)  # fmt: skip
 
     def client_config(self) -> dict[str, str]:
@@ -124,9 +124,12 @@ class KafkaSettings(_Section):
         that reads them there: for a job whose ``[secrets] dir`` is not given."""
         from pricing.secrets import write_secret_files
 
-        values = self._secret_values()
-        write_secret_files(folder, {SECRET_FILES[name]: value for name, value in values.items()})
-        return self.client(folder)
+        client, values = self.client(folder), self._secret_values()
+        if missing := sorted(client.secrets - values.keys()):
+            raise KafkaSecretError(f"the Kafka settings need {', '.join(missing)} (settings, PRICING_KAFKA__<NAME>, or "
+                                   "files in [secrets] dir)")  # fmt: skip
+        write_secret_files(folder, {SECRET_FILES[name]: values[name] for name in client.secrets})
+        return client
 
 
 class BrokerSettings(_Section):

@@ -37,7 +37,7 @@ SECRET_FILES = {
 _PKCS12 = (".p12", ".pfx")
 
 
-class KafkaSecretError(RuntimeError):
+class KafkaSecretError(ValueError):
     """A secret the client needs is not where the settings say; the message names the file, never a value."""
 
 
@@ -57,40 +57,44 @@ class KafkaClient(BaseModel):
     ssl_ca_location: str | None = None
     ssl_keystore_location: str | None = None
     ssl_endpoint_identification: bool = True
-    # Which secrets exist (names of SECRET_FILES), and the folder their files are in.
-    secrets: frozenset[str] = frozenset()
-    secrets_dir: str | None = None
+    secrets_dir: str | None = None  # the folder of the secret files (SECRET_FILES)
 
     @model_validator(mode="after")
     def _consistent(self) -> "KafkaClient":
         sasl = self.security_protocol.startswith("SASL_")
         tls = self.security_protocol.endswith("SSL")
-        if sasl and (self.sasl_mechanism is None or not self.sasl_username or "sasl_password" not in self.secrets):
-            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
-                             "sasl_password")  # fmt: skip
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism and sasl_username "
+                             "(and sasl_password)")  # fmt: skip
         if not sasl and self.sasl_mechanism is not None:
             raise ValueError(f"sasl_mechanism is set but security_protocol {self.security_protocol} does not use SASL")
         if not tls and (self.ssl_ca_location or self.ssl_keystore_location):
             raise ValueError(f"TLS stores are set but security_protocol {self.security_protocol} does not use TLS")
-        if self.ssl_ca_location and is_pkcs12(self.ssl_ca_location) and "ssl_ca_password" not in self.secrets:
-            raise ValueError("a PKCS12 truststore (ssl_ca_location) needs ssl_ca_password")
         if self.ssl_keystore_location and not is_pkcs12(self.ssl_keystore_location):
             raise ValueError("ssl_keystore_location must be a PKCS12 file (.p12 or .pfx)")
-        if self.ssl_keystore_location and "ssl_keystore_password" not in self.secrets:
-            raise ValueError("ssl_keystore_location needs ssl_keystore_password")
-        if unknown := self.secrets - SECRET_FILES.keys():
-            raise ValueError(f"unknown secrets {sorted(unknown)}")
-        if self.secrets and not self.secrets_dir:
-            raise ValueError("secrets need a secrets_dir to be read from")
         return self
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The secrets this configuration needs (names of :data:`SECRET_FILES`)."""
+        needed = {"sasl_password"} if self.sasl_mechanism else set()
+        if self.ssl_ca_location and is_pkcs12(self.ssl_ca_location):
+            needed.add("ssl_ca_password")
+        if self.ssl_keystore_location:
+            needed.add("ssl_keystore_password")
+        return frozenset(needed)
 
     # ------------------------------------------------------------------ librdkafka
     def secret_file(self, name: str) -> Path:
-        assert self.secrets_dir is not None and name in self.secrets, name
+        if self.secrets_dir is None:
+            raise KafkaSecretError(f"the Kafka settings need {name}, and no secrets folder is given to read it from")
         return Path(self.secrets_dir) / SECRET_FILES[name]
 
     def read_secret(self, name: str, given: Mapping[str, str] | None = None) -> str:
         if given is not None:
+            if name not in given:
+                raise KafkaSecretError(f"the Kafka settings need {name} (a setting, PRICING_KAFKA__{name.upper()}, or "
+                                       f"the file {SECRET_FILES[name]} in [secrets] dir)")  # fmt: skip
             return given[name]
         path = self.secret_file(name)
         try:

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pricing.config import load_settings
+from pricing.config import SecretsError, load_settings, prepare_job_secrets
+from pricing_udfs.kafka_client import SECRET_FILES, KafkaSecretError
 
 
 def test_defaults_run_on_this_machine() -> None:
@@ -77,14 +78,34 @@ def test_secret_settings_left_unset_are_read_from_the_secrets_folder(tmp_path: P
 @pytest.mark.parametrize(
     "kafka, fragment",
     [
-        ({"security_protocol": "SASL_SSL"}, "needs sasl_mechanism"),
+        ({"security_protocol": "SASL_SSL"}, "needs sasl_mechanism and sasl_username"),
         ({"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"}, "does not use SASL"),
         ({"ssl_ca_location": "ca.pem"}, "does not use TLS"),
-        ({"security_protocol": "SSL", "ssl_ca_location": "ca.p12"}, "needs ssl_ca_password"),
         ({"security_protocol": "SSL", "ssl_keystore_location": "me.pem"}, "must be a PKCS12 file"),
-        ({"security_protocol": "SSL", "ssl_keystore_location": "me.p12"}, "needs ssl_keystore_password"),
     ],
 )
 def test_inconsistent_security_settings_fail_at_start(kafka: dict, fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment):
         load_settings(kafka=kafka)
+
+
+@pytest.mark.parametrize(
+    "kafka, needed",
+    [
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "u"}, "sasl_password"),
+        ({"security_protocol": "SSL", "ssl_ca_location": "ca.p12"}, "ssl_ca_password"),
+        ({"security_protocol": "SSL", "ssl_keystore_location": "me.p12"}, "ssl_keystore_password"),
+    ],
+)
+def test_a_secret_the_settings_need_and_do_not_have_is_named_when_a_client_or_the_job_needs_it(
+    kafka: dict, needed: str, tmp_path: Path
+) -> None:
+    """The settings load without it (in Kubernetes the job's secret files are only mounted in the pods)."""
+    s = load_settings(state_dir=tmp_path, kafka=kafka)
+    with pytest.raises(KafkaSecretError, match=needed):
+        s.kafka.client_config()
+    with pytest.raises(KafkaSecretError, match=needed):
+        prepare_job_secrets(s)
+    mounted = load_settings(state_dir=tmp_path, kafka=kafka, secrets={"dir": str(tmp_path / "mounted")})
+    with pytest.raises(SecretsError, match=SECRET_FILES[needed]):
+        prepare_job_secrets(mounted)
