@@ -366,7 +366,8 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
             function = udfs.recommend_decoder(recommendations.candidate_config(settings), max_clock_skew_ms=skew, late=late)
             fields += [f.name for f in udfs.CANDIDATE_FIELDS]
         else:
-            function = udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late)
+            function = udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late,
+                                    privacy=settings.privacy_config())  # fmt: skip
         t_env.create_temporary_system_function(decoder, function)
         from_ms = None
         if contract is Contract.CATALOGUE_ENTRY:
@@ -410,7 +411,8 @@ def build(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = 
     inputs = declare_inputs(t_env, settings, warm)
     t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(scoring_config(settings)))
     t_env.create_temporary_system_function(
-        "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes)
+        "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes,
+                                                       digest=settings.privacy.dead_letter_payload == "digest")
     )
     t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
     t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))

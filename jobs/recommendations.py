@@ -35,7 +35,8 @@ def candidate_config(settings: Settings) -> CandidateConfig:
     r, topics = settings.recommend, settings.kafka.topics
     return CandidateConfig(settings=r.candidate_settings(), kafka=settings.job_kafka_client(),
                            behaviour_topic=topics.behaviour.name, catalogue_topic=topics.catalogue.name,
-                           lookback_ms=r.lookback_ms, catch_up_timeout_s=r.catch_up_timeout_ms / 1000)  # fmt: skip
+                           lookback_ms=r.lookback_ms, catch_up_timeout_s=r.catch_up_timeout_ms / 1000,
+                           privacy=settings.privacy_config())  # fmt: skip
 
 
 def recommend_config(settings: Settings, scoring: ScoringConfig) -> RecommendConfig:

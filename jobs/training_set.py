@@ -81,6 +81,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ from pricing.sim.history import FILES as HISTORY_FILES
 from pricing.training_rows import SCHEMA
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.privacy import USER_FIELDS, PrivacyConfig, Pseudonymiser
 from pricing_udfs.serde import Contract
 
 _MINUTE_MS = 60_000
@@ -149,6 +151,10 @@ class TrainingSetOptions(PipelineOptions):
                             help="product and user keys are hashed into this many buckets (the unit of parallel work)")
         parser.add_argument("--show_progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                             help="print progress lines to stderr")  # fmt: skip
+        parser.add_argument("--pseudonym_secrets_dir", default=None,
+                            help="the folder of the pseudonym key (pricing_udfs.privacy): raw user ids are replaced "
+                                 "as the job replaces them; unset: user ids are kept as read")  # fmt: skip
+        parser.add_argument("--pseudonym_key_id", default="k1", help="the key's id ([privacy] pseudonym_key_id)")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class _Opts:
     buckets: int
     show_progress: bool
     t0: float
+    privacy: PrivacyConfig | None = None  # user ids of raw inputs become the job's pseudonyms
 
     @classmethod
     def of(cls, options: PipelineOptions) -> "_Opts":
@@ -170,13 +177,29 @@ class _Opts:
                 raise ValueError(f"{name} must be >= 0")
         if o.buckets < 1:
             raise ValueError("buckets must be >= 1")
+        privacy = (PrivacyConfig(secrets_dir=o.pseudonym_secrets_dir, key_id=o.pseudonym_key_id)
+                   if o.pseudonym_secrets_dir else None)  # fmt: skip
         return cls(o.allowance_ms, o.attribution_window_ms, o.dedupe_window_ms, o.buckets, o.show_progress,
-                   time.time())  # fmt: skip
+                   time.time(), privacy)  # fmt: skip
+
+    def pseudonymise(self, contract: Contract, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with the user ids of a raw input replaced by the job's pseudonyms (no privacy: as it is)."""
+        if self.privacy is None or contract not in USER_FIELDS or frame.empty:
+            return frame
+        field = USER_FIELDS[contract]
+        pseudonym = _pseudonymiser(self.privacy)
+        return frame.assign(**{field: [pseudonym(u) for u in frame[field].to_numpy(object)]})
 
     def say(self, text: str) -> None:
         if self.show_progress:
             sys.stderr.write(f"[{time.time() - self.t0:7.1f} s] {text}\n")
             sys.stderr.flush()
+
+
+@cache
+def _pseudonymiser(privacy: PrivacyConfig) -> Pseudonymiser:
+    """One per worker process and key: the key file is read once."""
+    return privacy.pseudonymiser()
 
 
 # --------------------------------------------------------------------------------------------
@@ -738,7 +761,7 @@ class _ReadTopic(beam.DoFn):
 
     def process(self, element: tuple[str, str]) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
         contract, path = Contract(element[0]), Path(element[1])
-        frame = read_events(path, contract)
+        frame = self._opts.pseudonymise(contract, read_events(path, contract))
         invalid = invalid_mask(contract, frame)
         late = late_mask(frame["event_time"].to_numpy(), self._opts.allowance_ms) & ~invalid
         if contract is Contract.CATALOGUE_ENTRY:  # stamped at the history's start and read first: never late
@@ -945,8 +968,9 @@ class _ReadServing(beam.DoFn):
 
     def process(self, path: str) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
         frame = read_events(Path(path), self._contract)
-        if self._contract is Contract.BEHAVIOUR_EVENT:
+        if self._contract is Contract.BEHAVIOUR_EVENT:  # raw shoppers; the priced events hold pseudonyms already
             frame = frame[~invalid_mask(self._contract, frame) & (frame["type"] == "purchase").to_numpy()]
+            frame = self._opts.pseudonymise(self._contract, frame.reset_index(drop=True))
             name = "purchases"
         else:
             frame = frame.rename(columns={"request_time": "event_time"})
@@ -1044,6 +1068,12 @@ class Summary:
                 "feature_spec_version": FEATURE_SPEC.version}  # fmt: skip
 
 
+def _privacy_options(privacy: PrivacyConfig | None) -> dict[str, Any]:
+    if privacy is None:
+        return {}
+    return {"pseudonym_secrets_dir": privacy.secrets_dir, "pseudonym_key_id": privacy.key_id}
+
+
 def _prepare(out_dir: Path | str, overwrite: bool) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1124,15 +1154,18 @@ def run_backfill(
     show_progress: bool = True,
     overwrite: bool = False,
     pipeline_args: Sequence[str] = (),
+    privacy: PrivacyConfig | None = None,
 ) -> Summary:
     """Backfill a training set from a history folder into ``out_dir`` (Parquet parts plus ``_summary.json``).
 
-    ``allowance_ms`` and ``dedupe_window_ms`` default to the job's settings (``JobSettings``).
+    ``allowance_ms`` and ``dedupe_window_ms`` default to the job's settings (``JobSettings``). With ``privacy``
+    the history's user ids become the job's pseudonyms (``pricing_udfs.privacy``) as they are read.
     """
     out = _prepare(out_dir, overwrite)
     options = _pipeline_options(runner, {
         "allowance_ms": allowance_ms, "attribution_window_ms": attribution_window_ms,
         "dedupe_window_ms": dedupe_window_ms, "buckets": buckets, "show_progress": show_progress,
+        **_privacy_options(privacy),
     }, pipeline_args)  # fmt: skip
     return _run("backfill", out, options, lambda p: build_backfill(p, history_dir, out, options))
 
@@ -1148,13 +1181,16 @@ def run_from_serving_logs(
     show_progress: bool = True,
     overwrite: bool = False,
     pipeline_args: Sequence[str] = (),
+    privacy: PrivacyConfig | None = None,
 ) -> Summary:
     """A training set from serving logs: ``priced`` and ``behaviour`` are Avro container files (or folders of
-    ``*.avro``) of PricedEvent and BehaviourEvent records."""
+    ``*.avro``) of PricedEvent and BehaviourEvent records. With ``privacy`` the purchases' raw user ids become the
+    pseudonyms the priced events carry (``pricing_udfs.privacy``)."""
     out = _prepare(out_dir, overwrite)
     priced, behaviour = list(priced), list(behaviour)
     options = _pipeline_options(runner, {
         "attribution_window_ms": attribution_window_ms, "buckets": buckets, "show_progress": show_progress,
+        **_privacy_options(privacy),
     }, pipeline_args)  # fmt: skip
     return _run("serving logs", out, options, lambda p: build_from_serving_logs(p, priced, behaviour, out, options))
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextvars
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pricing.secrets import read_secret_files
+from pricing.secrets import read_secret_files, write_secret_files
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +34,7 @@ from pricing_udfs.kafka_client import (
     SecurityProtocol,
 )
 from pricing_udfs.policy import PolicySettings
+from pricing_udfs.privacy import PSEUDONYM_KEY_FILE, PrivacyConfig
 from pricing_udfs.recommend.candidates import CandidateSettings
 from pricing_udfs.recommend.ranking import RankingSettings
 
@@ -398,7 +400,8 @@ class RecommendSettings(_Section):
     def candidate_settings(self) -> CandidateSettings:
         return CandidateSettings(half_life_ms=self.half_life_ms, co_window_ms=self.co_window_ms,
                                  max_neighbours=self.max_neighbours, recent_per_user=self.recent_per_user,
-                                 max_popular=self.max_popular, n_candidates=self.candidates)  # fmt: skip
+                                 max_popular=self.max_popular, n_candidates=self.candidates,
+                                 user_ttl_ms=self.lookback_ms)  # fmt: skip
 
 
 class SecretsSettings(_Section):
@@ -434,7 +437,7 @@ class PrivacySettings(_Section):
 
 # The secret settings that [secrets] dir fills when they are unset: (section, field) -> file name.
 _SECRET_FIELDS = {**{("kafka", name): file for name, file in SECRET_FILES.items()},
-                  ("privacy", "pseudonym_key"): "pseudonym.key"}
+                  ("privacy", "pseudonym_key"): PSEUDONYM_KEY_FILE}
 
 
 class Settings(BaseSettings):
@@ -482,6 +485,11 @@ class Settings(BaseSettings):
         """Where the job's clients read the secret files: ``[secrets] dir``, else ``<state_dir>/secrets``."""
         return (self.secrets.dir or self.state_dir / "secrets").absolute()
 
+    def privacy_config(self) -> PrivacyConfig:
+        """What the job's workers need to pseudonymise users: the key's file (not the key) and its id."""
+        return PrivacyConfig(secrets_dir=str(self.secrets_dir()), key_id=self.privacy.pseudonym_key_id,
+                             dead_letter_payload=self.privacy.dead_letter_payload)  # fmt: skip
+
     def job_kafka_client(self) -> KafkaClient:
         """The Kafka client settings the job ships: secrets by file in :meth:`secrets_dir`."""
         return self.kafka.client(self.secrets_dir())
@@ -513,12 +521,29 @@ def prepare_job_secrets(settings: Settings) -> Path:
     client = settings.job_kafka_client()
     if settings.secrets.dir is None:
         settings.kafka.write_secrets(folder)
+        prepare_pseudonym_key(settings)
         return folder
-    missing = [SECRET_FILES[name] for name in sorted(client.secrets) if not (folder / SECRET_FILES[name]).is_file()]
+    needed = [SECRET_FILES[name] for name in sorted(client.secrets)] + [PSEUDONYM_KEY_FILE]
+    missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
-        raise SecretsError(f"the job's Kafka clients read their secrets from files in {folder} ([secrets] dir), "
+        raise SecretsError(f"the job's workers read their secrets from files in {folder} ([secrets] dir), "
                            f"but {', '.join(missing)} is not there")
     return folder
+
+
+def prepare_pseudonym_key(settings: Settings) -> PrivacyConfig:
+    """The pseudonym key's file, for the job and for the backfill of its training sets alike: written from
+    ``[privacy] pseudonym_key`` when given, else made at random once and kept (a restart keeps the pseudonyms);
+    with ``[secrets] dir`` it must be there."""
+    folder, key = settings.secrets_dir(), settings.privacy.pseudonym_key
+    if settings.secrets.dir is None:
+        if key is not None:
+            write_secret_files(folder, {PSEUDONYM_KEY_FILE: key.get_secret_value()})
+        elif not (folder / PSEUDONYM_KEY_FILE).is_file():
+            write_secret_files(folder, {PSEUDONYM_KEY_FILE: secrets.token_hex(32)})
+    elif not (folder / PSEUDONYM_KEY_FILE).is_file():
+        raise SecretsError(f"the pseudonym key {PSEUDONYM_KEY_FILE} is not in {folder} ([secrets] dir)")
+    return settings.privacy_config()
 
 
 def registry_dir(settings: Settings) -> Path:

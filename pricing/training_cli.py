@@ -68,11 +68,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.training_set import run_backfill
+    from pricing.config import prepare_pseudonym_key
 
     summary = run_backfill(
         args.history, args.out, allowance_ms=settings.job.watermark_out_of_orderness_ms,
         attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
         dedupe_window_ms=settings.job.dedupe_window_ms, runner=args.runner, overwrite=args.overwrite,
+        privacy=prepare_pseudonym_key(settings),  # the history's shoppers as the job knows them
     )
     print(summary.text())
     return 0 if summary.rows else 1
@@ -80,10 +82,11 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serving(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.training_set import run_from_serving_logs
+    from pricing.config import prepare_pseudonym_key
 
     summary = run_from_serving_logs(
         args.priced, args.behaviour, args.out, attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
-        runner=args.runner, overwrite=args.overwrite,
+        runner=args.runner, overwrite=args.overwrite, privacy=prepare_pseudonym_key(settings),
     )
     print(summary.text(), file=sys.stdout)
     return 0 if summary.rows else 1

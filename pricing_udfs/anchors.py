@@ -22,6 +22,9 @@ and however they were split into batches, so a worker that rebuilds it from the 
 state an uninterrupted worker would have, for the prices the topic holds (the property test
 recomputes the rule by brute force).
 
+Products are bounded too (``max_products``, :data:`MAX_PRODUCTS`): beyond it the products priced longest ago are
+forgotten first, and get no anchor until they are priced again.
+
 **The rebuild at start** (:func:`seed_from_topic`) reads the priced-events topic with a
 ``read_committed`` consumer; see its docstring for what it waits for and what it costs.
 """
@@ -50,6 +53,7 @@ from pricing_udfs.serde import Contract
 log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 DEFAULT_HISTORY_HOURS = 3
+MAX_PRODUCTS = 2_000_000  # products with anchors a worker keeps (a catalogue bound; the rule is exact below it)
 
 # (request event time, priced_time, request_id, price): "last" is the largest. The price only breaks a
 # full tie, which the job never writes (one request id, one priced_time, one price), so that the state
@@ -70,10 +74,11 @@ class PricedKey(NamedTuple):
 class Anchors:
     """The anchor of each product per hour (see the module docstring for the rule and the bound)."""
 
-    def __init__(self, history_hours: int = DEFAULT_HISTORY_HOURS) -> None:
+    def __init__(self, history_hours: int = DEFAULT_HISTORY_HOURS, max_products: int = MAX_PRODUCTS) -> None:
         if history_hours < 2:
             raise ValueError("history_hours must be at least 2 (the request's hour and the one before)")
         self.history_hours = history_hours
+        self.max_products = max_products
         # product -> hour -> (last key, its price); and product -> its newest hour
         self._hours: dict[str, dict[int, tuple[Key, int]]] = {}
         self._newest: dict[str, int] = {}
@@ -129,6 +134,14 @@ class Anchors:
             self._newest[product] = hour
             for old in [h for h in hours if h <= hour - self.history_hours]:
                 del hours[old]
+        if len(self._hours) > self.max_products * 1.1:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Down to ``max_products``: the products whose newest priced hour is oldest go first (amortised: a tenth
+        at a time). Below the cap the anchor rule holds exactly; above it those products have no anchor."""
+        for product in sorted(self._newest, key=self._newest.__getitem__)[: len(self._hours) - self.max_products]:
+            del self._hours[product], self._newest[product]
 
     def seed(self, events: Iterable[PricedKey]) -> int:
         """Remember every priced event of ``events`` (any order); returns how many were given."""

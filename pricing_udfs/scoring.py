@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,9 @@ class ScoringConfig(BaseModel):
     honour_validity_ms: int = 0
 
 
+MAX_EVENTS = 100  # model events a worker keeps for its reports
+
+
 class _Timed:
     """Wraps a model so the stage can time its ``score`` call."""
 
@@ -132,7 +135,7 @@ class ScoringStage:
         self.counts: Counter[str] = Counter()
         self.last_batch_size = 0
         self.last_inference_ms = 0.0
-        self.events: list[str] = []
+        self.events: deque[str] = deque(maxlen=MAX_EVENTS)  # the newest model events (loads, swaps, rejections)
         self._recent: np.ndarray | None = None
         self._rejected_seen = 0
         self._last_priced_ms = 0
@@ -182,10 +185,10 @@ class ScoringStage:
         assert self.watcher is not None, "open() first"
         if force:  # open(): the synchronous first load
             event = self.watcher.check(self._recent, force=True)
-            self.events += [event] if event else []
+            self.events.extend([event] if event else [])
         else:  # the hot path: never waits on a load
-            self.events += self.watcher.poll(self._recent)
-        rejected = len(self.watcher.rejected)
+            self.events.extend(self.watcher.poll(self._recent))
+        rejected = self.watcher.rejected_total
         self.counts["rejected_model_versions"] += rejected - self._rejected_seen
         self._rejected_seen = rejected
         current = self.watcher.current

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from functools import cache
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.policy import Policy, check_decisions
 from pricing_udfs.policy.guardrails import LIMITS, NO_PRICE_POINT
 from pricing_udfs.policy.trust_region import TRUST_CODES
+from pricing_udfs.privacy import USER_FIELDS, PrivacyConfig, Pseudonymiser, digest_token, read_digest_token
 from pricing_udfs.recommend.stage import (REASON_SEPARATOR, CandidateConfig, CandidateStage, RecommendConfig,
                                           RecommendStage, encode_recommendations, slate_frame)  # fmt: skip
 from pricing_udfs.scoring import ScoringConfig, ScoringStage
@@ -93,8 +95,13 @@ def decode_batch(
     keep_raw: bool = False,
     max_clock_skew_ms: int | None = None,
     now_ms: int | None = None,
+    pseudonymise: Callable[[str | None], str | None] | None = None,
+    digest: bool = False,
 ) -> pd.DataFrame:
     """Decode a batch of framed records into columns; rejects become ok=False rows.
+
+    ``pseudonymise`` (``pricing_udfs.privacy``) replaces the user id of every decoded row; with ``digest`` the
+    bytes kept (``raw_value``: a reject's, or every row's with ``keep_raw``) are only their SHA-256 and size.
 
     ``timestamps`` are the Kafka record timestamps (tz-aware datetimes): the engine's
     event time. A record whose payload ``event_time`` differs is rejected, because
@@ -146,8 +153,13 @@ def decode_batch(
     out["source_partition"] = pd.Series(partitions.to_numpy(dtype=object), dtype=object)
     out["source_offset"] = pd.Series(offsets.to_numpy(dtype=object), dtype=object)
     raw = values.to_numpy(dtype=object)
-    out["raw_value"] = pd.Series(raw if keep_raw else np.where(ok, None, raw), dtype=object)
+    kept = raw if keep_raw else np.where(ok, None, raw)
+    if digest:
+        kept = np.array([None if r is None else digest_token(r) for r in kept], dtype=object)
+    out["raw_value"] = pd.Series(kept, dtype=object)
     out["record_time"] = ts_ms
+    if pseudonymise is not None and contract in USER_FIELDS:
+        cols[USER_FIELDS[contract]] = [pseudonymise(v) for v in cols[USER_FIELDS[contract]]]
     for n in names:
         out[n] = pd.Series(cols[n], dtype=object)  # object keeps nulls as None for Arrow
     return out
@@ -171,15 +183,20 @@ def _epoch_millis(timestamps: pd.Series, *, missing: int | None = None) -> np.nd
 
 
 class _Decode(ScalarFunction):
-    def __init__(self, contract: Contract, keep_raw: bool, max_clock_skew_ms: int | None, late: bool) -> None:
+    def __init__(self, contract: Contract, keep_raw: bool, max_clock_skew_ms: int | None, late: bool,
+                 privacy: PrivacyConfig | None = None) -> None:  # fmt: skip
         self._contract = contract
         self._keep_raw = keep_raw
         self._max_clock_skew_ms = max_clock_skew_ms
         self._check_late = late
+        self._privacy = privacy
+        self._pseudonymise: Pseudonymiser | None = None
         self._late: Any = None
         self._rejected: Any = None
 
     def open(self, function_context: Any) -> None:
+        if self._privacy is not None and self._contract in USER_FIELDS:
+            self._pseudonymise = self._privacy.pseudonymiser()  # the key file, read here in the worker
         group = function_context.get_metric_group().add_group("contract", self._contract.value)
         self._late = group.counter("late_events")
         self._rejected = group.counter("rejected_records")
@@ -196,7 +213,8 @@ class _Decode(ScalarFunction):
         out = decode_batch(
             self._contract, values, topics=topics, partitions=partitions, offsets=offsets,
             timestamps=timestamps, watermarks=watermarks if self._check_late else None, keep_raw=self._keep_raw,
-            max_clock_skew_ms=self._max_clock_skew_ms,
+            max_clock_skew_ms=self._max_clock_skew_ms, pseudonymise=self._pseudonymise,
+            digest=self._privacy is not None and self._privacy.dead_letter_payload == "digest",
         )
         if self._late is not None:
             # A negative offset marks no record but a source turning idle (pricing.watermarks.IdleToMarker); the
@@ -220,7 +238,7 @@ class _DecodeRecommend(_Decode):
     candidate index (``pricing_udfs.recommend.stage.CandidateStage``): one Python crossing for both."""
 
     def __init__(self, config: CandidateConfig, max_clock_skew_ms: int | None, late: bool) -> None:
-        super().__init__(Contract.RECOMMEND_REQUEST, False, max_clock_skew_ms, late)
+        super().__init__(Contract.RECOMMEND_REQUEST, False, max_clock_skew_ms, late, config.privacy)
         self._config = config
         self._candidates: CandidateStage | None = None
 
@@ -302,13 +320,15 @@ def recommend_and_encode_udf(config: RecommendConfig, *, spec: FeatureSpec = FEA
     return udf(_RecommendAndEncode(config, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 
-def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None, late: bool = True) -> Any:
+def decoder(contract: Contract, *, keep_raw: bool = False, max_clock_skew_ms: int | None = None, late: bool = True,
+            privacy: PrivacyConfig | None = None) -> Any:  # fmt: skip
     """A pandas UDF ``(value, topic, partition, offset, timestamp, watermark) -> ROW<status..., fields...>``.
 
     ``keep_raw`` keeps the bytes of good rows too (price requests: a later duplicate check may dead-letter them).
-    Without ``late`` the watermark is ignored: no record is rejected as late.
+    Without ``late`` the watermark is ignored: no record is rejected as late. ``privacy``: user ids become
+    pseudonyms, and in its ``digest`` mode kept bytes become their digest (``pricing_udfs.privacy``).
     """
-    return udf(_Decode(contract, keep_raw, max_clock_skew_ms, late), result_type=decoded_type(contract),
+    return udf(_Decode(contract, keep_raw, max_clock_skew_ms, late, privacy), result_type=decoded_type(contract),
                func_type="pandas")
 
 
@@ -444,8 +464,9 @@ def price_and_encode_udf(config: ScoringConfig, *, spec: FeatureSpec = FEATURE_S
 
 
 class _EncodeDeadLetter(ScalarFunction):
-    def __init__(self, max_raw_bytes: int) -> None:
+    def __init__(self, max_raw_bytes: int, digest: bool) -> None:
         self._max_raw_bytes = max_raw_bytes
+        self._digest = digest
 
     def eval(
         self,
@@ -461,21 +482,25 @@ class _EncodeDeadLetter(ScalarFunction):
             topic, partition, offset, raw, kind, message,
             # epoch ms (a decoder's record_time) or the rowtime itself (event-time mode)
             record_time.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(record_time) else _epoch_millis(record_time),
-            max_raw_bytes=self._max_raw_bytes, now_ms=int(time.time() * 1000),
+            max_raw_bytes=self._max_raw_bytes, now_ms=int(time.time() * 1000), digest=self._digest,
         )
 
 
 def encode_dead_letters(
     topic: Any, partition: Any, offset: Any, raw: Any, kind: Any, message: Any, record_ms: Any,
-    *, max_raw_bytes: int, now_ms: int,
+    *, max_raw_bytes: int, now_ms: int, digest: bool = False,
 ) -> pd.Series:
     """Framed DeadLetters whose size does not depend on the input: at most ``max_raw_bytes`` of
     the bad value (with its whole size and SHA-256) and a clipped message, so that no input can
-    make the dead-letter sink fail with a record too large for the topic."""
+    make the dead-letter sink fail with a record too large for the topic. With ``digest`` the decoders gave
+    only each value's digest (``pricing_udfs.privacy.digest_token``): no byte of it is kept."""
     kinds = {k.value for k in serde.ErrorKind}
     out = []
     for t, p, o, r, k, m, rt in zip(topic, partition, offset, raw, kind, message, record_ms):
         value = bytes(r) if r is not None else b""
+        known = read_digest_token(value) if digest else None
+        sha, size = known if known is not None else (hashlib.sha256(value).hexdigest(), len(value))
+        keep = b"" if digest else value[:max_raw_bytes]
         out.append(
             serde.encode(
                 Contract.DEAD_LETTER,
@@ -484,13 +509,13 @@ def encode_dead_letters(
                     "partition": int(p),
                     "offset": int(o),
                     "record_time": int(rt),
-                    "raw": value[:max_raw_bytes],
+                    "raw": keep,
                     "error_kind": k if k in kinds else serde.ErrorKind.OTHER.value,
                     "error_message": (m or "")[:MAX_ERROR_MESSAGE_CHARS],
                     "time": now_ms,
-                    "raw_size": len(value),
-                    "raw_sha256": hashlib.sha256(value).hexdigest(),
-                    "raw_truncated": len(value) > max_raw_bytes,
+                    "raw_size": size,
+                    "raw_sha256": sha,
+                    "raw_truncated": size > len(keep),
                 },
             )
         )
@@ -500,6 +525,6 @@ def encode_dead_letters(
 MAX_ERROR_MESSAGE_CHARS = 2_000
 
 
-def dead_letter_encoder(*, max_raw_bytes: int) -> Any:
+def dead_letter_encoder(*, max_raw_bytes: int, digest: bool = False) -> Any:
     """A pandas UDF ``(topic, partition, offset, raw, kind, message, record_time) -> framed DeadLetter``."""
-    return udf(_EncodeDeadLetter(max_raw_bytes), result_type=DataTypes.BYTES(), func_type="pandas")
+    return udf(_EncodeDeadLetter(max_raw_bytes, digest), result_type=DataTypes.BYTES(), func_type="pandas")

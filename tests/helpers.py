@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from pricing.config import Settings
 from pricing_udfs import serde
+from pricing_udfs.privacy import Pseudonymiser
 from pricing_udfs.serde import Contract
 
 
@@ -149,3 +150,8 @@ def write_config_file(settings: Settings, path: Path, *, job: list[str], extra: 
               *job, *extra]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def pseudonyms(settings: Settings) -> "Pseudonymiser":
+    """The job's pseudonymiser (its key file, written when the job started): the user ids its outputs hold."""
+    return settings.privacy_config().pseudonymiser()

@@ -38,6 +38,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -50,6 +51,7 @@ from pricing_udfs.model.registry import LATEST, Registry, RegistryError, TrustRe
 
 log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "gpu"]
+MAX_REJECTED = 1_000  # refused versions a watcher remembers
 CANARY_MULTIPLIERS = np.array([0.25, 0.5, 0.8, 0.95, 1.0, 1.05, 1.25, 1.5, 2.0, 4.0])
 
 
@@ -186,7 +188,10 @@ class ModelWatcher:
         self._clock = clock
         self._next_check = -float("inf")
         self.current: ServedModel | None = None
-        self.rejected: dict[str, str] = {}
+        # version -> why it was refused; the newest MAX_REJECTED (an older one is not tried again unless `latest`
+        # points back at it: then it is checked, and refused, once more)
+        self.rejected: OrderedDict[str, str] = OrderedDict()
+        self.rejected_total = 0
         self.loads = 0
         # The background loader (start()): it hands a loaded, validated candidate to poll() through
         # _ready under _lock; poll() swaps it in. _wake asks it to look; _looks counts finished looks.
@@ -340,7 +345,10 @@ class ModelWatcher:
         return watcher
 
     def _reject(self, name: str, reason: str) -> str:
+        self.rejected_total += name not in self.rejected  # a version (or "latest") counts once, as before the bound
         self.rejected[name] = reason
+        while len(self.rejected) > MAX_REJECTED:
+            self.rejected.popitem(last=False)
         message = f"rejected model version {name}: {reason}; still serving {self.current.version if self.current else 'the fallback'}"
         log.warning(message)
         return message

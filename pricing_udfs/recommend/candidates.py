@@ -45,9 +45,12 @@ class CandidateSettings:
     recent_per_user: int = 20
     max_popular: int = 200
     n_candidates: int = 100
+    user_ttl_ms: int = 24 * 3_600_000  # a user silent this long (behind the newest event) is forgotten
+    max_users: int = 1_000_000  # users with recent products a worker keeps (the silent longest go first)
 
     def __post_init__(self) -> None:
-        for name in ("half_life_ms", "co_window_ms", "max_neighbours", "recent_per_user", "max_popular", "n_candidates"):
+        for name in ("half_life_ms", "co_window_ms", "max_neighbours", "recent_per_user", "max_popular", "n_candidates",
+                     "user_ttl_ms", "max_users"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -106,6 +109,8 @@ class CandidateIndex:
         self.popular = Decayed(s.half_life_ms, s.max_popular)
         self.category: dict[str, str] = {}
         self.inactive: set[str] = set()
+        self._newest_ms = 0
+        self._since_sweep = 0
 
     # -- updates ---------------------------------------------------------------------------------
     def catalogue(self, product_id: str, category: str, *, active: bool = True) -> None:
@@ -143,6 +148,22 @@ class CandidateIndex:
         recent.append((product_id, t, kind))
         while len(recent) > s.recent_per_user:
             recent.popleft()
+        self._newest_ms = max(self._newest_ms, t)
+        self._since_sweep += 1
+        if self._since_sweep >= 10_000:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Bounded memory: a user whose newest event is older than ``user_ttl_ms`` before the newest event seen is
+        forgotten (their recent products would be a day old); then the oldest beyond ``max_users``."""
+        self._since_sweep = 0
+        s = self.settings
+        horizon = self._newest_ms - s.user_ttl_ms
+        for user in [u for u, r in self.recent.items() if not r or r[-1][1] < horizon]:
+            del self.recent[user]
+        if len(self.recent) > s.max_users:
+            for user in sorted(self.recent, key=lambda u: self.recent[u][-1][1])[: len(self.recent) - s.max_users]:
+                del self.recent[user]
 
     # -- queries ---------------------------------------------------------------------------------
     def neighbours(self, product_id: str, t: int, *, purchases: bool = False) -> list[tuple[str, float]]:

@@ -40,23 +40,42 @@ class Offer:
 
 
 class HonouredPrices:
-    def __init__(self, validity_ms: int = 15 * 60_000, max_per_user: int = 100) -> None:
-        if validity_ms <= 0 or max_per_user <= 0:
-            raise ValueError("validity_ms and max_per_user must be positive")
+    def __init__(self, validity_ms: int = 15 * 60_000, max_per_user: int = 100, max_users: int = 500_000) -> None:
+        if validity_ms <= 0 or max_per_user <= 0 or max_users <= 0:
+            raise ValueError("validity_ms, max_per_user and max_users must be positive")
         self.validity_ms = validity_ms
         self.max_per_user = max_per_user
-        self._offers: dict[str, OrderedDict[str, Offer]] = {}
+        self.max_users = max_users
+        # user -> product -> offer; users in the order of their last offer (oldest first)
+        self._offers: OrderedDict[str, OrderedDict[str, Offer]] = OrderedDict()
+        self._newest_ms = 0
+        self._since_sweep = 0
 
     def offer(self, user_id: str, items: Iterable[tuple[str, int, str]], *, shown_at_ms: int, request_id: str) -> None:
         """Record the (product, price, currency) items a recommendation showed ``user_id``."""
         if not user_id:
             return
         mine = self._offers.setdefault(user_id, OrderedDict())
+        self._offers.move_to_end(user_id)
         for product, price, currency in items:
             mine.pop(product, None)
             mine[product] = Offer(int(price), currency, shown_at_ms, request_id)
         while len(mine) > self.max_per_user:
             mine.popitem(last=False)
+        self._newest_ms = max(self._newest_ms, shown_at_ms)
+        self._since_sweep += 1
+        if self._since_sweep >= 10_000 or len(self._offers) > self.max_users:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Bounded memory: offers expired against the newest one seen go, then the users offered to longest ago
+        beyond ``max_users``."""
+        self._since_sweep = 0
+        horizon = self._newest_ms - self.validity_ms
+        for user in [u for u, mine in self._offers.items() if max(o.shown_at_ms for o in mine.values()) < horizon]:
+            del self._offers[user]
+        while len(self._offers) > self.max_users:
+            self._offers.popitem(last=False)
 
     def lookup(self, user_id: str, product_id: str, at_ms: int) -> Offer | None:
         """The offer valid for a request at ``at_ms`` (event time), if any: shown at or before it, within

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.kafka_client import KafkaClient
+from pricing_udfs.privacy import PrivacyConfig
 from pricing_udfs.recommend.candidates import Candidate, CandidateIndex, CandidateSettings
 from pricing_udfs.recommend.ranking import RankingSettings, candidate_rows, rank
 from pricing_udfs.recommend.tail import TopicTail
@@ -56,6 +57,8 @@ class CandidateConfig(BaseModel):
     catalogue_topic: str = "catalogue"
     lookback_ms: int = Field(default=24 * 3_600_000, ge=0)
     catch_up_timeout_s: float = Field(default=60.0, gt=0)
+    # Pseudonymous users (pricing_udfs.privacy): the recommend decoder and the index see pseudonyms only.
+    privacy: PrivacyConfig | None = None
 
 
 class CandidateStage:
@@ -64,6 +67,7 @@ class CandidateStage:
         self.index = CandidateIndex(config.settings)
         self.tail: TopicTail | None = None
         self.skipped = 0
+        self._pseudonymise = config.privacy.pseudonymiser() if config.privacy is not None else None
 
     def open(self, *, now_ms: int | None = None) -> None:
         """Read the catalogue and the last ``lookback_ms`` of behaviour, then follow both (no topics: nothing)."""
@@ -92,7 +96,8 @@ class CandidateStage:
             got = serde.decode(Contract.BEHAVIOUR_EVENT, value)
             if got.ok:
                 r = got.record
-                self.index.observe(r["user_id"], r["product_id"], r["type"], int(r["event_time"]))
+                user = self._pseudonymise(r["user_id"]) if self._pseudonymise is not None else r["user_id"]
+                self.index.observe(user, r["product_id"], r["type"], int(r["event_time"]))
                 return
         self.skipped += 1  # bad records are the decoders' business (dead letters); the index just skips them
 

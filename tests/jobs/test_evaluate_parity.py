@@ -31,7 +31,7 @@ from pricing_udfs.model.handler import FakeDemandModel
 from pricing_udfs.model.registry import Registry, TrustRegion
 from pricing_udfs.policy import Guardrails, TrustRegionSettings
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import pseudonyms, read_topic
 from tests.jobs.feature_reference import produce_events
 from tests.jobs.test_training_set import HOUR, simulated_day
 
@@ -132,6 +132,7 @@ def test_the_evaluate_stage_decides_as_the_job_for_the_same_requests(kafka_setti
     by_id = job.set_index("request_id")
     simulated = requests.set_index("request_id")
     assert set(simulated.index) <= set(by_id.index) and len(simulated) > 500
-    assert (simulated["user_id"] == by_id.loc[simulated.index, "user_id"]).all()
+    pseudonym = pseudonyms(settings)  # the job holds pseudonyms only (pricing_udfs.privacy)
+    assert (simulated["user_id"].map(pseudonym) == by_id.loc[simulated.index, "user_id"]).all()
     assert (simulated["product_id"] == by_id.loc[simulated.index, "product_id"]).all()
     assert (simulated["event_time"] == by_id.loc[simulated.index, "request_time"]).all()

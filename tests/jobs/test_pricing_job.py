@@ -14,7 +14,7 @@ from pricing.config import Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import pseudonyms, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -107,10 +107,14 @@ def test_job_prices_every_good_request_once_and_dead_letters_every_bad_record(ka
     ids = [d.record["request_id"] for d in decoded]
     assert len(ids) == len(set(ids)), "a request was priced more than once"
     assert set(ids) == set(requests), f"missing {sorted(set(requests) - set(ids))[:5]}"
+    pseudonym = pseudonyms(settings)
     for msg, d in zip(priced, decoded):
         r, req = d.record, requests[d.record["request_id"]]
         assert msg.key() == req["request_id"].encode()
-        assert (r["user_id"], r["product_id"], r["request_time"]) == (req["user_id"], req["product_id"], req["event_time"])
+        # the user as the job's key pseudonymises it (pricing_udfs.privacy), never the raw id
+        assert (r["user_id"], r["product_id"], r["request_time"]) == (pseudonym(req["user_id"]), req["product_id"],
+                                                                      req["event_time"])  # fmt: skip
+        assert r["user_id"].startswith(f"{settings.privacy.pseudonym_key_id}:") and r["user_id"] != req["user_id"]
         history = list_prices.get(req["product_id"])
         if history:
             expected = max((ts, price) for ts, price in history if ts <= req["event_time"])[1]

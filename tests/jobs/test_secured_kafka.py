@@ -77,7 +77,6 @@ def test_every_principal_does_its_part_on_a_secured_broker_and_nothing_more(
     job = job.model_copy(update={"job": job.job.model_copy(update={"checkpoint_interval_ms": 1_000})})
     secrets = {security.passwords[JOB], security.store_password}
     log_dir = Path(pyflink.__file__).parent / "log"
-    log_sizes = {f: f.stat().st_size for f in log_dir.glob("*.log")}
     reader = PricedReader(trainer, group_prefix=TRAINER_GROUP_PREFIX)
     reader.start()
     result = pricing_job.run(job, wait=False)
@@ -93,7 +92,7 @@ def test_every_principal_does_its_part_on_a_secured_broker_and_nothing_more(
         reader.join(10)
     assert len(reader.ids) == len(set(reader.ids)) and set(reader.ids) == wanted
     secret_dir = job.secrets_dir()
-    assert sorted(p.name for p in secret_dir.iterdir()) == ["kafka.ca.password", "kafka.password"]
+    assert sorted(p.name for p in secret_dir.iterdir()) == ["kafka.ca.password", "kafka.password", "pseudonym.key"]
     assert {oct(p.stat().st_mode & 0o777) for p in secret_dir.iterdir()} == {"0o600"}
 
     # No secret in what the job printed, planned or logged.
@@ -101,7 +100,8 @@ def test_every_principal_does_its_part_on_a_secured_broker_and_nothing_more(
     plan = pricing_job.build(plan_env, job).explain()
     ddl = pricing_job._source_ddl(job, table="t", topic="x") + pricing_job._sink_ddl(job, table="s", topic="y",
                                                                                      id_suffix="z")  # fmt: skip
-    logged = "".join(f.read_bytes()[log_sizes.get(f, 0):].decode(errors="replace") for f in log_dir.glob("*.log"))
+    # the whole log: a new gateway truncates it, and what earlier tests wrote cannot hold this broker's passwords
+    logged = "".join(f.read_bytes().decode(errors="replace") for f in log_dir.glob("*.log"))
     assert "${dir:" in ddl and "kafka.password" in ddl
     for secret in secrets:
         assert secret not in ddl and secret not in plan and secret not in logged

@@ -27,7 +27,7 @@ from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.features import FEATURE_SPEC
 from pricing_udfs.serde import Contract
-from tests.helpers import read_topic
+from tests.helpers import pseudonyms, read_topic
 from tests.jobs.feature_reference import assert_affinity_exercised, produce_events
 from tests.jobs.test_training_set import (
     HOUR, REL_TOL, read_rows, simulated_day, vectors, worst_relative, write_history_dir,
@@ -68,11 +68,16 @@ def test_served_vectors_equal_backfilled_vectors(kafka_settings: Settings, tmp_p
     # The pipeline runs in its own process, as the CLI runs it: once a local PyFlink job has run here, its
     # Python worker has taken over Beam's ParDo handler in this process.
     history = write_history_dir(tmp_path / "history", frames)
+    # The job's pseudonym key (it wrote it at start): the backfill's shoppers are the job's (pricing_udfs.privacy).
+    privacy = ("--pseudonym_secrets_dir", settings.secrets_dir(), "--pseudonym_key_id", settings.privacy.pseudonym_key_id)
     _main("backfill", "--history", history, "--out", tmp_path / "backfill", "--allowance-ms", ALLOWANCE_MS,
-          "--buckets", 4)  # fmt: skip
+          "--buckets", 4, *privacy)  # fmt: skip
     counts = json.loads((tmp_path / "backfill" / "_summary.json").read_text())["counts"]
     assert counts["behaviour_event_late"] == counts["market_event_late"] == 0
     rows = read_rows(tmp_path / "backfill")
+    raw_users = set(frames[Contract.PRICE_REQUEST]["user_id"]) - {""}
+    named = set(rows["user_id"]) - {""}
+    assert named and not named & raw_users and named <= {pseudonyms(settings)(u) for u in raw_users}
     backfilled = vectors(rows)
     # the job prices every on-time request; the backfill every one whose offer it can see (all but one crafted)
     assert set(backfilled.index) == set(served) - {"edge-unseen"}
@@ -89,7 +94,7 @@ def test_served_vectors_equal_backfilled_vectors(kafka_settings: Settings, tmp_p
     serde.write_container(tmp_path / "priced.avro", Contract.PRICED_EVENT, priced)
     behaviour = history / ts.HISTORY_FILES[Contract.BEHAVIOUR_EVENT]
     _main("serving", "--priced", tmp_path / "priced.avro", "--behaviour", behaviour, "--out", tmp_path / "serving",
-          "--buckets", 4)  # fmt: skip
+          "--buckets", 4, *privacy)  # fmt: skip
     logged = read_rows(tmp_path / "serving").set_index("request_id")
     assert set(logged.index) == set(served)
     assert np.array_equal(np.vstack(logged.loc[got.index, "features"].to_numpy()), got.to_numpy())
