@@ -33,6 +33,12 @@ the normalisation statistics and the starting slopes and base rate (train slice)
 the early-stopping choice (calibration slice of the holdout), the reported metrics (test slice) and the
 manifest's trust region (quantiles of the train slice's features). The per-epoch training loss is not
 reported under DP (it would be a non-private statistic of the train slice).
+
+The defaults (C = 10, about 2,048 users a step, k = 32) come from a small sweep at epsilon 1 on the
+``default`` scenario's week (18,925 users, 29 rows each on average), judged by the calibration slice's
+log-loss: more users a step (less noise per user's signal) and more rows a user (a user's summed
+gradient is less noisy, and clipping bounds it anyway) helped most; a small clip norm hurt (0.3: far
+worse, 1: worse, 10 and 30 about equal).
 """
 
 from __future__ import annotations
@@ -60,9 +66,9 @@ class DPConfig:
 
     epsilon: float
     delta: float | None = None
-    clip_norm: float = 1.0  # C: bound on one unit's summed gradient (L2, all weights together)
-    units_per_step: int = 512  # expected units per step (Poisson sampling; q = units_per_step / units)
-    max_rows_per_unit: int = 8  # k: rows one sampled unit contributes to a step
+    clip_norm: float = 10.0  # C: bound on one unit's summed gradient (L2, all weights together)
+    units_per_step: int = 2048  # expected units per step (Poisson sampling; q = units_per_step / units)
+    max_rows_per_unit: int = 32  # k: rows one sampled unit contributes to a step
     chunk_units: int = 256  # units per vectorised gradient call (memory; no effect on the result)
 
     def __post_init__(self) -> None:

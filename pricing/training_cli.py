@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     dp.add_argument("--dp-delta", type=float, default=None, metavar="D",
                     help="delta of the guarantee, 0 < D < 1 (default 1/number of users)")
     dp.add_argument("--dp-clip", type=float, default=None, metavar="C",
-                    help="L2 bound on one user's summed gradient in a step (default 1.0)")
+                    help="L2 bound on one user's summed gradient in a step (default 10)")
     train.set_defaults(func=_train)
 
 
