@@ -126,13 +126,15 @@ class PrivacySpent:
                                "and early stopping (calibration slice); metrics (test slice); the trust region"}  # fmt: skip
 
     def report_lines(self) -> list[str]:
+        delta = "1/number of users" if self.delta_is_default else "given"
         return [
-            f"Differentially private (DP-SGD), {self.guarantee()}: epsilon {self.epsilon:.3f} "
-            f"(target {self.epsilon_target:g}), delta {self.delta:.3g}, over {self.units:,} units "
-            f"({self.anonymous_units:,} anonymous rows). Noise multiplier {self.noise_multiplier:.4f}, clip norm "
-            f"{self.clip_norm:g}, sampling rate {self.sampling_rate:.4f} (about {self.units_per_step:,.0f} users a step, "
-            f"at most {self.max_rows_per_unit} rows each), {self.steps:,} steps accounted, {self.steps_run:,} run "
-            "(early stopping). Not covered: normalisation statistics, starting slopes, temperature, trust region.",
+            f"Differentially private (DP-SGD) per {UNIT}: epsilon {self.epsilon:.3f} (target {self.epsilon_target:g}), "
+            f"delta {self.delta:.3g} ({delta}), for adding or removing all of one {UNIT}'s rows; {self.units:,} units "
+            f"({self.anonymous_units:,} of them rows without a user, each its own unit). Noise multiplier "
+            f"{self.noise_multiplier:.4f}, clip norm {self.clip_norm:g}, sampling rate {self.sampling_rate:.4f} (about "
+            f"{self.units_per_step:,.0f} users a step, at most {self.max_rows_per_unit} rows each), {self.steps:,} steps "
+            f"accounted, {self.steps_run:,} run. Not covered: normalisation statistics, starting slopes, temperature, "
+            "trust region.",
         ]
 
 
