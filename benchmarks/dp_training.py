@@ -10,7 +10,8 @@ Run by hand (minutes on 2 cores; about half of it the evaluation's replays):
 2. the demand model trained on it without DP and with ``--dp-epsilon`` each of ``--epsilons``
    (``pricing.training.train_on``, the epochs and holdout of ``pricing train``) with each training seed of
    ``--seeds`` (the seed draws the initial weights, the batches and, under DP, the users sampled and the
-   noise), each published to a registry of its own in ``--work``;
+   noise: ``DPConfig.noise_seed``, so that a run can be repeated; ``pricing train`` draws those from OS
+   entropy), each published to a registry of its own in ``--work``;
 3. all of them evaluated on the same world as ``pricing evaluate --model VERSION`` evaluates one: the job's
    scoring stage around each version, beside the best static price and the oracle
    (``pricing.sim.evaluate.evaluate_policies``), in-sample (the same shoppers, counterfactual prices).
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for epsilon in (None, *args.epsilons):
             label = "without DP" if epsilon is None else f"epsilon {epsilon:g}"
             for seed in args.seeds:
-                config = TrainConfig(seed=seed, epochs=args.epochs, dp=None if epsilon is None else DPConfig(epsilon))
+                dp = None if epsilon is None else DPConfig(epsilon, noise_seed=seed)  # repeatable, for a benchmark
+                config = TrainConfig(seed=seed, epochs=args.epochs, dp=dp)
                 name = f"{label}, seed {seed}"
                 print(f"--- training {name}", file=sys.stderr)
                 t0 = time.perf_counter()

@@ -28,6 +28,11 @@ multiplier is the smallest (bisection) whose epsilon after the **planned** steps
 ``ceil(1 / q)``) is at most the target. Early stopping may end training sooner; the epsilon reported is
 the one of the planned steps (an upper bound that holds whatever the stopping rule did).
 
+The users sampled and the noise come from fresh OS entropy, so a DP run is not repeatable (plain training
+is, for a seed): a noise that anyone could regenerate from the recorded ``TrainConfig.seed`` could be
+subtracted. ``DPConfig.noise_seed`` makes a run repeatable for tests and benchmarks; its value is never
+recorded, and the manifest says the noise was seeded.
+
 Not covered by the guarantee (computed from the rows without noise, as in the training without DP):
 the normalisation statistics and the starting slopes and base rate (train slice), the temperature and
 the early-stopping choice (calibration slice of the holdout), the reported metrics (test slice) and the
@@ -70,6 +75,10 @@ class DPConfig:
     units_per_step: int = 2048  # expected units per step (Poisson sampling; q = units_per_step / units)
     max_rows_per_unit: int = 32  # k: rows one sampled unit contributes to a step
     chunk_units: int = 256  # units per vectorised gradient call (memory; no effect on the result)
+    # None (the CLI's only choice): the users sampled and the noise come from fresh OS entropy, so nobody can
+    # replay them. An int makes a run repeatable (tests, benchmarks); the guarantee then holds only while that
+    # seed is secret, so it is never recorded (TrainConfig.seed, which is, draws only the initial weights).
+    noise_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
@@ -91,6 +100,7 @@ class PrivacySpent:
     epsilon_target: float
     delta: float
     delta_is_default: bool  # True: 1 / units
+    noise_seeded: bool  # True: sampling and noise drawn from DPConfig.noise_seed (repeatable), else OS entropy
     noise_multiplier: float
     clip_norm: float
     sampling_rate: float  # q
@@ -121,6 +131,8 @@ class PrivacySpent:
         """The text fields, for the manifest's ``extra["privacy"]``."""
         return {"unit": UNIT, "guarantee": self.guarantee(), "accountant": ACCOUNTANT,
                 "delta": "1/number of users" if self.delta_is_default else "given",
+                "noise": ("seeded (repeatable; private only while the seed is secret)" if self.noise_seeded
+                          else "fresh OS entropy"),
                 "anonymous_rows": "each its own unit",
                 "not_covered": "normalisation statistics, starting slopes and base rate (train slice); temperature "
                                "and early stopping (calibration slice); metrics (test slice); the trust region"}  # fmt: skip
@@ -134,7 +146,8 @@ class PrivacySpent:
             f"{self.noise_multiplier:.4f}, clip norm {self.clip_norm:g}, sampling rate {self.sampling_rate:.4f} (about "
             f"{self.units_per_step:,.0f} users a step, at most {self.max_rows_per_unit} rows each), {self.steps:,} steps "
             f"accounted, {self.steps_run:,} run. Not covered: normalisation statistics, starting slopes, temperature, "
-            "trust region.",
+            "trust region." + (" Noise seeded (repeatable): private only while the seed is secret."
+                               if self.noise_seeded else ""),
         ]
 
 
@@ -314,7 +327,7 @@ def fit_private(net: Any, train: "TrainingSet", cal: "TrainingSet", *, config: "
     if train.user_ids is None:
         raise ValueError("DP training needs each row's user_id (the privacy unit): these rows carry none")
     units = privacy_units(train.user_ids)
-    rng = np.random.default_rng([config.seed, 0xD9])
+    rng = np.random.default_rng([dp.noise_seed, 0xD9]) if dp.noise_seed is not None else np.random.default_rng()
     sampler = UnitSampler(units, max_rows=dp.max_rows_per_unit, rng=rng)
     n_units = sampler.n_units
     anonymous = int(sum(1 for u in train.user_ids if u is None or u == ""))
@@ -353,7 +366,7 @@ def fit_private(net: Any, train: "TrainingSet", cal: "TrainingSet", *, config: "
                 break
     net.set_weights(best_weights)
     return PrivacySpent(epsilon=epsilon, epsilon_target=float(dp.epsilon), delta=float(delta),
-                        delta_is_default=dp.delta is None, noise_multiplier=float(sigma), clip_norm=float(dp.clip_norm),
+                        delta_is_default=dp.delta is None, noise_seeded=dp.noise_seed is not None, noise_multiplier=float(sigma), clip_norm=float(dp.clip_norm),
                         sampling_rate=float(rate), steps=int(steps), steps_run=steps_run, units=n_units,
                         anonymous_units=anonymous, max_rows_per_unit=int(dp.max_rows_per_unit),
                         units_per_step=float(expected))  # fmt: skip

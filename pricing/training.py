@@ -584,6 +584,8 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
     out = json.loads(json.dumps(asdict(config)))
     if out["dp"] is None:  # a model trained without DP is described as before DP existed
         del out["dp"]
+    elif out["dp"]["noise_seed"] is not None:
+        out["dp"]["noise_seed"] = "set, not recorded"  # whoever knows it could replay the noise
     return out
 
 

@@ -186,7 +186,7 @@ def _trained(epsilon: float = 8.0) -> tuple[Path, Any, str]:
     data = synthetic.generate(20_000, seed=6)
     folder = synthetic.write(data, root / "set")
     out = io.StringIO()
-    config = TrainConfig(seed=2, epochs=6, dp=DPConfig(epsilon=epsilon, units_per_step=200))
+    config = TrainConfig(seed=2, epochs=6, dp=DPConfig(epsilon=epsilon, units_per_step=200, noise_seed=3))
     trained = train_on(load_training_set(folder), config=config, out_dir=root / "model", progress=out)
     return folder, trained, out.getvalue()
 
@@ -219,6 +219,8 @@ def test_dp_training_learns_and_records_its_guarantee_per_user(tmp_path: Path) -
     assert meta["extra"]["privacy"]["unit"] == "user"
     assert "per user" in meta["extra"]["privacy"]["guarantee"] and "1/number of users" in meta["extra"]["privacy"]["guarantee"]
     assert meta["extra"]["config"]["dp"]["epsilon"] == 8.0
+    assert meta["extra"]["config"]["dp"]["noise_seed"] == "set, not recorded"  # who knows it could replay the noise
+    assert meta["extra"]["privacy"]["noise"].startswith("seeded")
     info = TFDemandModel.load(trained.model_dir).info["training"]
     assert info["privacy"]["unit"] == "user" and info["metrics"]["dp_epsilon"] == m["dp_epsilon"]
     report = trained.report()
@@ -233,9 +235,8 @@ def test_dp_training_learns_and_records_its_guarantee_per_user(tmp_path: Path) -
     assert "DP-SGD per user" in progress
 
 
-def test_dp_training_is_deterministic_for_a_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The private loop alone (sampling, rows, noise, Adam), twice from the same start: the same weights."""
-    monkeypatch.setattr("pricing.dp_training.calibrate_noise", lambda *args, **kwargs: 1.0)  # not the point here
+def _fit_twice(noise_seed: int | None) -> list[list[np.ndarray]]:
+    """The private loop alone (sampling, rows, noise, Adam) twice from the same initial weights."""
     import keras
 
     from pricing.training import _epoch_log
@@ -243,17 +244,27 @@ def test_dp_training_is_deterministic_for_a_seed(monkeypatch: pytest.MonkeyPatch
 
     data = _user_rows(200, 10, seed=8)
     train, cal = data.take(slice(0, 1_600)), data.take(slice(1_600, None))
-    config = TrainConfig(seed=1, epochs=2, dp=DPConfig(epsilon=2.0, units_per_step=100))
+    config = TrainConfig(seed=1, epochs=2, dp=DPConfig(epsilon=2.0, units_per_step=100, noise_seed=noise_seed))
     weights = []
     for _ in range(2):
         keras.utils.set_random_seed(config.seed)
         net = DemandNet()
         net.adapt(train.features, base_rate=0.2)
         spent = fit_private(net, train, cal, config=config, log=_epoch_log(None, config.epochs, len(train)))
+        assert spent.steps_run >= 2 and spent.noise_seeded == (noise_seed is not None)
         weights.append(net.get_weights())
-    assert spent.steps_run >= 2
-    for a, b in zip(*weights):
+    return weights
+
+
+def test_dp_noise_is_fresh_unless_seeded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a noise seed two runs with the same training seed differ (nobody can replay the noise from the
+    recorded seed); with one they are identical."""
+    monkeypatch.setattr("pricing.dp_training.calibrate_noise", lambda *args, **kwargs: 1.0)  # not the point here
+    seeded = _fit_twice(5)
+    for a, b in zip(*seeded):
         np.testing.assert_array_equal(a, b)
+    fresh = _fit_twice(None)
+    assert any(not np.array_equal(a, b) for a, b in zip(*fresh))
 
 
 def test_dp_training_needs_the_users() -> None:
