@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pricing.dp_training import DPConfig, PrivacySpent
 from pricing.training_rows import SCHEMA
 from pricing_udfs.features.spec import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.model.registry import TrustRegion
@@ -69,13 +70,15 @@ class TrainingSet:
     labels: np.ndarray  # float32 [N], 0/1
     event_time: np.ndarray  # int64 [N], epoch ms
     feature_spec_version: str
+    user_ids: np.ndarray | None = None  # object [N], pseudonymous ("": anonymous); the privacy unit of DP training
 
     def __len__(self) -> int:
         return int(self.labels.size)
 
     def take(self, index: np.ndarray | slice) -> "TrainingSet":
         return TrainingSet(self.features[index], self.prices[index], self.labels[index], self.event_time[index],
-                           self.feature_spec_version)  # fmt: skip
+                           self.feature_spec_version,
+                           None if self.user_ids is None else self.user_ids[index])  # fmt: skip
 
 
 def load_training_set(
@@ -90,7 +93,7 @@ def load_training_set(
     files = sorted(root.rglob("*.parquet")) if root.is_dir() else [root]
     if not files or not files[0].exists():
         raise ValueError(f"no Parquet files in {root}: make a training set with `pricing backfill` first")
-    columns = ["event_time", "feature_spec_version", "features", "price_minor", "label"]
+    columns = ["event_time", "feature_spec_version", "features", "price_minor", "label", "user_id"]
     t0 = time.perf_counter()
     tables = []
     for path in files:
@@ -126,6 +129,7 @@ def load_training_set(
         labels=table.column("label").to_numpy().astype(np.float32)[order],
         event_time=event_time[order].astype(np.int64),
         feature_spec_version=spec.version,
+        user_ids=table.column("user_id").to_numpy(zero_copy_only=False)[order],
     )
     note = f" ({int(missing.sum()):,} missing feature values took their defaults)" if missing.any() else ""
     _say(progress, f"read {n:,} rows from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s{note}")
@@ -336,6 +340,7 @@ class TrainConfig:
     holdout_fraction: float = 0.2
     hidden: tuple[int, ...] = (64, 32)
     slope_hidden: tuple[int, ...] = (16,)
+    dp: DPConfig | None = None  # differentially private per user (pricing.dp_training); None: plain training
 
 
 @dataclass(frozen=True)
@@ -350,16 +355,22 @@ class TrainedModel:
     config: TrainConfig
     epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, holdout_loss, seconds
     trust_region: TrustRegion | None = None  # what the model saw (the train slice): the manifest's trust_region
+    privacy: PrivacySpent | None = None  # the DP guarantee (per user), when trained with TrainConfig.dp
 
     def registry_metadata(self) -> dict[str, Any]:
-        """Keyword arguments for ``Registry.publish(model_dir, ...)``."""
+        """Keyword arguments for ``Registry.publish(model_dir, ...)``. Under DP the metrics hold the ``dp_*``
+        figures (epsilon, delta, noise multiplier, clip norm, sampling rate, steps) and ``extra["privacy"]``
+        the unit and the guarantee in words."""
+        extra = {"calibration": [asdict(b) for b in self.calibration], "config": _config_json(self.config),
+                 "epochs": self.epochs}  # fmt: skip
+        if self.privacy is not None:
+            extra["privacy"] = self.privacy.extra()
         return {
             "feature_spec_version": self.feature_spec_version,
             "training_window": self.training_window,
             "metrics": dict(self.metrics),
             "trust_region": self.trust_region,
-            "extra": json_safe({"calibration": [asdict(b) for b in self.calibration], "config": _config_json(self.config),
-                              "epochs": self.epochs}),  # fmt: skip
+            "extra": json_safe(extra),
         }
 
     def report(self) -> str:
@@ -380,6 +391,8 @@ class TrainedModel:
             "| predicted | rows | mean predicted | observed |",
             "| --- | --- | --- | --- |",
         ]
+        if self.privacy is not None:
+            lines[2:2] = [*self.privacy.report_lines(), ""]
         for b in self.calibration:
             mp = "" if b.mean_predicted is None else f"{b.mean_predicted:.4f}"
             ob = "" if b.observed_rate is None else f"{b.observed_rate:.4f}"
@@ -399,6 +412,7 @@ def train(
     holdout_fraction: float = 0.2,
     hidden: tuple[int, ...] = (64, 32),
     slope_hidden: tuple[int, ...] = (16,),
+    dp: DPConfig | None = None,
     out_dir: Path | str | None = None,
     spec: FeatureSpec = FEATURE_SPEC,
     progress: TextIO | None = sys.stdout,
@@ -407,11 +421,11 @@ def train(
 
     The SavedModel goes to ``out_dir`` (created; must not hold anything yet), else to a new
     temporary folder; ``TrainedModel.model_dir`` says where. ``progress`` gets one line per
-    epoch (None: quiet).
+    epoch (None: quiet). ``dp``: differentially private training, per user (``pricing.dp_training``).
     """
     config = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, holdout=holdout, holdout_fraction=holdout_fraction,
-                         hidden=tuple(hidden), slope_hidden=tuple(slope_hidden))  # fmt: skip
+                         hidden=tuple(hidden), slope_hidden=tuple(slope_hidden), dp=dp)  # fmt: skip
     data = load_training_set(data_dir, spec=spec, progress=progress)
     return train_on(data, config=config, out_dir=out_dir, spec=spec, progress=progress)
 
@@ -424,7 +438,8 @@ def train_on(
     spec: FeatureSpec = FEATURE_SPEC,
     progress: TextIO | None = sys.stdout,
 ) -> TrainedModel:
-    """``train`` on rows already in memory."""
+    """``train`` on rows already in memory. With ``config.dp`` the weights are fitted by DP-SGD per user
+    (``pricing.dp_training.fit_private``) instead of Keras' ``fit``; everything else is the same."""
     import keras
     import tensorflow as tf
 
@@ -451,16 +466,22 @@ def train_on(
     net.adapt(train_set.features, base_rate=base_rate, slope=max(start_a, 0.05), competitor_slope=max(start_b, 0.05))
     _say(progress, f"marginal price sensitivity {start_a:.3f} to the list price, {start_b:.3f} to the cheapest "
                    "competitor's where known (the slopes start there)")  # fmt: skip
-    net.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=keras.losses.BinaryCrossentropy(from_logits=True))  # fmt: skip
     log = _epoch_log(progress, config.epochs, len(train_set))
-    net.fit(
-        x=(train_set.features, train_set.prices[:, None]), y=train_set.labels[:, None],
-        batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-        validation_data=((cal.features, cal.prices[:, None]), cal.labels[:, None]),
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                                 restore_best_weights=True), log],
-    )  # fmt: skip
+    privacy = None
+    if config.dp is None:
+        net.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                    loss=keras.losses.BinaryCrossentropy(from_logits=True))  # fmt: skip
+        net.fit(
+            x=(train_set.features, train_set.prices[:, None]), y=train_set.labels[:, None],
+            batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
+            validation_data=((cal.features, cal.prices[:, None]), cal.labels[:, None]),
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                     restore_best_weights=True), log],
+        )  # fmt: skip
+    else:
+        from pricing.dp_training import fit_private
+
+        privacy = fit_private(net, train_set, cal, config=config, log=log, progress=progress)
     fit_seconds = sum(e["seconds"] for e in log.epochs)
 
     def logits(part: TrainingSet) -> np.ndarray:  # in float64 like serving (Keras' predict would cast to float32)
@@ -496,16 +517,19 @@ def train_on(
         "fit_seconds": fit_seconds,
         "train_rows_per_second": len(train_set) * len(log.epochs) / fit_seconds if fit_seconds > 0 else 0.0,
     }
+    if privacy is not None:
+        metrics.update(privacy.metrics())
     metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
     table = calibration_table(test.labels, probs)
     window = (int(data.event_time.min()), int(data.event_time.max()))
     trained = TrainedModel(model_dir=target, metrics=metrics, calibration=table, training_window=window,
                            feature_spec_version=spec.version, config=config, epochs=log.epochs,
-                           trust_region=trust_region_of(train_set.features, spec=spec))  # fmt: skip
-    net.export_saved_model(target, extra_info={"training": json_safe({
-        "metrics": metrics, "training_window": {"start_ms": window[0], "end_ms": window[1]},
-        "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": log.epochs,
-    })})  # fmt: skip
+                           trust_region=trust_region_of(train_set.features, spec=spec), privacy=privacy)  # fmt: skip
+    info = {"metrics": metrics, "training_window": {"start_ms": window[0], "end_ms": window[1]},
+            "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": log.epochs}  # fmt: skip
+    if privacy is not None:
+        info["privacy"] = privacy.extra()
+    net.export_saved_model(target, extra_info={"training": json_safe(info)})
 
     # The export must score exactly what was evaluated.
     sample = slice(0, min(len(test), 2048))
@@ -557,7 +581,12 @@ def json_safe(value: Any) -> Any:
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
+    out = json.loads(json.dumps(asdict(config)))
+    if out["dp"] is None:  # a model trained without DP is described as before DP existed
+        del out["dp"]
+    elif out["dp"]["noise_seed"] is not None:
+        out["dp"]["noise_seed"] = "set, not recorded"  # whoever knows it could replay the noise
+    return out
 
 
 def _say(progress: TextIO | None, line: str) -> None:
@@ -584,7 +613,8 @@ def _epoch_log(progress: TextIO | None, epochs: int, rows: int) -> Any:
             entry = {"epoch": float(epoch + 1), "loss": float(logs.get("loss", math.nan)),
                      "holdout_loss": float(logs.get("val_loss", math.nan)), "seconds": secs}  # fmt: skip
             self.epochs.append(entry)
-            _say(progress, f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}, holdout "
+            loss = f"loss {entry['loss']:.4f}, " if math.isfinite(entry["loss"]) else ""  # not reported under DP
+            _say(progress, f"epoch {epoch + 1}/{epochs}: {loss}holdout "
                            f"{entry['holdout_loss']:.4f}, {secs:.1f} s ({rows / max(secs, 1e-9):,.0f} rows/s)")
 
     return EpochLog()

@@ -55,6 +55,16 @@ def register(sub: Any) -> None:
     train.add_argument("--scenario", default=None, metavar="NAME",
                        help="the simulator scenario the data came from: the evaluation report then compares the "
                        "model's price sensitivity and demand curves with the simulator's truth")
+    dp = train.add_argument_group(
+        "differential privacy (DP-SGD)",
+        "per user: the epsilon bounds what the weights reveal about all of one user's rows (a row without a user "
+        "is its own unit); the manifest and the report record epsilon, delta, noise, clipping and steps")
+    dp.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
+                    help="train with DP-SGD to (E, delta)-DP per user (E > 0; smaller is more private, costs accuracy)")
+    dp.add_argument("--dp-delta", type=float, default=None, metavar="D",
+                    help="delta of the guarantee, 0 < D < 1 (default 1/number of users)")
+    dp.add_argument("--dp-clip", type=float, default=None, metavar="C",
+                    help="L2 bound on one user's summed gradient in a step (default 10)")
     train.set_defaults(func=_train)
 
 
@@ -105,12 +115,13 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         get_scenario(args.scenario)  # an unknown name fails before training
     if args.threads < 0:
         raise SystemExit("pricing train: --threads must be 0 or more")
+    dp = _dp_config(args)
     if args.threads:
         from pricing_udfs.model.serving import configure_threads
 
         configure_threads(args.threads, args.threads)
     with tempfile.TemporaryDirectory(prefix="pricing-train-") as scratch:  # the registry keeps its own copy
-        trained = train(args.data, seed=args.seed, epochs=args.epochs, out_dir=Path(scratch) / "model")
+        trained = train(args.data, seed=args.seed, epochs=args.epochs, dp=dp, out_dir=Path(scratch) / "model")
         report = _write_report(args, trained)  # inside the model folder, so the version holds it (immutable)
         manifest = Registry(args.registry or registry_dir(settings)).publish(
             trained.model_dir, **trained.registry_metadata(), promote=args.promote
@@ -119,6 +130,26 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"evaluation report: model/report/{report.name} in the version")
     print(f"published {manifest.version}{' (latest)' if args.promote else ''}")
     return 0
+
+
+def _dp_config(args: argparse.Namespace) -> Any:
+    """The ``DPConfig`` of ``--dp-epsilon/--dp-delta/--dp-clip`` (None without ``--dp-epsilon``); one line on bad values."""
+    import math
+
+    from pricing.dp_training import DPConfig
+
+    if args.dp_epsilon is None:
+        if args.dp_delta is not None or args.dp_clip is not None:
+            raise SystemExit("pricing train: --dp-delta and --dp-clip need --dp-epsilon")
+        return None
+    if not (math.isfinite(args.dp_epsilon) and args.dp_epsilon > 0):
+        raise SystemExit(f"pricing train: --dp-epsilon must be a positive number, got {args.dp_epsilon:g}")
+    if args.dp_delta is not None and not 0 < args.dp_delta < 1:
+        raise SystemExit(f"pricing train: --dp-delta must lie strictly between 0 and 1, got {args.dp_delta:g}")
+    if args.dp_clip is not None and not (math.isfinite(args.dp_clip) and args.dp_clip > 0):
+        raise SystemExit(f"pricing train: --dp-clip must be a positive number, got {args.dp_clip:g}")
+    clip = {} if args.dp_clip is None else {"clip_norm": args.dp_clip}
+    return DPConfig(epsilon=args.dp_epsilon, delta=args.dp_delta, **clip)
 
 
 def _write_report(args: argparse.Namespace, trained: Any) -> Path:
