@@ -308,3 +308,25 @@ def test_no_kafka_credentials_in_the_environment_or_the_config(rendered: dict[st
     assert not [k for k in all_keys(toml) if "password" in k.lower() or "jaas" in k.lower()]
     conf = one(docs, "FlinkDeployment")["spec"]["flinkConfiguration"]
     assert not [k for k in conf if re.search(r"password|jaas|sasl", k, re.I)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_kafka_users_grant_exactly_the_acls_of_pricing_acls(rendered: dict[str, list[dict]], overlay: str) -> None:
+    """One list of principals and rights (pricing.acls, which `pricing kafka start --secure` grants): the KafkaUsers
+    of each overlay say the same, for the topics, group and transactional ids of the overlay's own pricing.toml."""
+    from pricing.acls import principal_acls
+    from pricing.config import load_settings
+
+    docs = rendered[overlay]
+    toml = job_toml(docs)
+    settings = load_settings(kafka=toml["kafka"], job=toml["job"])
+    kinds = {"topic": "topic", "group": "group", "transactionalId": "transactional_id", "cluster": "cluster"}
+    patterns = {"literal": "literal", "prefix": "prefixed"}
+    granted = set()
+    for user in (d for d in docs if d.get("kind") == "KafkaUser"):
+        for rtype, name, pattern, operations in acls(user):
+            for op in operations:
+                op = "idempotent_write" if op == "IdempotentWrite" else op.lower()
+                granted.add((user["metadata"]["name"], kinds[rtype], name or "kafka-cluster", patterns[pattern], op))
+    wanted = {(a.principal, a.resource, a.name, a.pattern, a.operation) for a in principal_acls(settings)}
+    assert granted == wanted, {"only in k8s": sorted(granted - wanted), "only in pricing.acls": sorted(wanted - granted)}
