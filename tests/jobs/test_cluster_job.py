@@ -3,9 +3,9 @@
 The job is submitted the way the README ("Running on a cluster") says, with ``pricing job run --jobmanager``
 from a separate process, parallelism 2 and exactly-once, against the session's real
 broker. Requests flow at about 50/s over both partitions of the request topic; mid-stream
-one TaskManager (with its Python workers) is killed with SIGKILL. The job must restart on
-the other TaskManager from its last checkpoint, and every request must be priced exactly
-once, as read_committed consumers see it.
+one TaskManager (with its Python workers) is killed with SIGKILL, then the broker is restarted. The job
+must restart on the other TaskManager from its last checkpoint, ride out the broker's absence, and
+every request must be priced exactly once, as read_committed consumers see it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pricing.broker import free_port
+from pricing.broker import LocalBroker, free_port
 from pricing.cluster import LocalCluster, cancel_job, jobs
 from pricing.config import ClusterSettings, Settings
 from pricing.topics import create_topics
@@ -97,8 +97,9 @@ def test_cluster_start_is_idempotent_and_status_reports_every_process(
 
 
 def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_taskmanager_crash(
-    flink_cluster: LocalCluster, kafka_settings: Settings, tmp_path: Path
+    flink_cluster: LocalCluster, kafka_broker: LocalBroker, kafka_settings: Settings, tmp_path: Path
 ) -> None:
+    """Two faults in a row, with traffic flowing: a TaskManager killed, then the broker restarted."""
     settings = kafka_settings
     topics = settings.kafka.topics
     assert topics.requests.partitions == 2, "parallelism 2 needs both request partitions fed"
@@ -164,6 +165,19 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
             assert _rest(flink_cluster, "/overview")["taskmanagers"] == 1, "it restarted on the surviving TaskManager"
         restarted = time.monotonic() - killed
         send(3)
+        # The broker goes down and comes back (a rolling restart of a one-node cluster): sources, sinks and open
+        # transactions reconnect. No traffic meanwhile: the test's producer flushes after each send.
+        before_broker = len(answers.ids)
+        kafka_broker.stop()
+        time.sleep(2)
+        kafka_broker.start(timeout_s=90)
+        broker_back = time.monotonic()
+        deadline = broker_back + 150
+        while len(answers.ids) == before_broker:
+            assert time.monotonic() < deadline, "nothing answered after the broker came back"
+            send(0.5)
+        first_after_broker = time.monotonic() - broker_back
+        send(3)
         counted = list(sent)
         deadline = time.monotonic() + 120
         while set(counted) - set(answers.ids):  # keep-alive traffic moves the watermark on
@@ -182,7 +196,8 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
     print(f"\ncluster: {len(counted)} requests counted ({len(answered_before_kill)} answered before the kill), "
           f"{len(sent)} sent; running again {restarted:.1f} s after kill -9 "
           f"({'on replaced TaskManagers: the survivor crashed too' if replaced else 'on the surviving TaskManager'}); "
-          f"lost {len(lost)}, duplicated {len(duplicates)}")
+          f"first answer {first_after_broker:.1f} s after the broker came back; lost {len(lost)}, "
+          f"duplicated {len(duplicates)}")
     assert not duplicates, f"priced more than once: {duplicates[:5]}"
     assert not lost, f"never priced: {lost[:5]}"
     assert set(counts) <= set(sent)
