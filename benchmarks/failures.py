@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *[f"| {name} | {at:.0f} | {first} |" for name, at, first in faults],
         "",
-        f"Requests sent and counted: {len(counted):,}; answered: {len(set(answers.counts)):,}; "
-        f"**lost {len(lost)}, duplicated {len(duplicated)}** (read_committed, by request id).",
+        f"Requests counted (sent until the last fault plus 5 s): {len(counted):,}; answered, with the keep-alive "
+        f"traffic after them: {len(set(answers.counts)):,}; **lost {len(lost)}, duplicated {len(duplicated)}** "
+        "(read_committed, by request id).",
     ]
     report = "\n".join(lines) + "\n"
     print(report)
