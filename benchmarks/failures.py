@@ -28,16 +28,14 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from pricing.broker import LocalBroker, free_port
 from pricing.cluster import LocalCluster, cancel_job, jobs
@@ -46,6 +44,7 @@ from pricing.jars import PROJECT_ROOT
 from pricing.topics import create_topics
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
+from tests.helpers import PricedReader
 
 PRODUCTS = [f"p{i}" for i in range(6)]
 
@@ -72,42 +71,19 @@ class Traffic:
         self._producer.flush(60)
 
 
-class Answers(threading.Thread):
-    """A read_committed reader of priced events: request id -> times seen, and when each was first seen."""
-
-    def __init__(self, kafka: dict[str, str], topic: str) -> None:
-        super().__init__(daemon=True)
-        self.counts: Counter[str] = Counter()
-        self.first_seen: dict[str, float] = {}
-        self._halt = threading.Event()
-        self._consumer = Consumer(kafka | {"group.id": f"failures-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
-                                           "isolation.level": "read_committed"})  # fmt: skip
-        self._consumer.subscribe([topic])
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                rid = serde.decode(Contract.PRICED_EVENT, msg.value()).record["request_id"]
-                self.counts[rid] += 1
-                self.first_seen.setdefault(rid, time.monotonic())
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
-
-
 def _rest(cluster: LocalCluster, path: str) -> Any:
     with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=10) as response:
         return json.load(response)
 
 
-def _first_answer_after(traffic: Traffic, answers: Answers, fault_at: float, *, timeout_s: float) -> float:
+def _first_answer_after(traffic: Traffic, answers: PricedReader, fault_at: float, *, timeout_s: float) -> float:
     """Seconds from the fault to the first answer to a request sent after it (traffic keeps flowing)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        after = [answers.first_seen[r] for r, t in list(traffic.sent.items()) if t > fault_at and r in answers.first_seen]
+        first_seen: dict[str, float] = {}
+        for seen, record in list(answers.records):
+            first_seen.setdefault(record["request_id"], seen)
+        after = [first_seen[r] for r, t in list(traffic.sent.items()) if t > fault_at and r in first_seen]
         if after:
             return min(after) - fault_at
         traffic.send(0.5)
@@ -165,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 "[cluster]", f"rest_port = {rest}", f"rpc_port = {rpc}",
             ]) + "\n")  # fmt: skip
             traffic = Traffic(kafka, topics["requests"]["name"], args.rate)
-            answers = Answers(kafka, topics["priced"]["name"])
+            answers = PricedReader(settings, group_prefix="failures-")  # read_committed
             answers.start()
             submitted = subprocess.run([sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run",
                                         "--jobmanager", cluster.settings.rest_address],
@@ -212,14 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             traffic.send(5)
             counted = list(traffic.sent)
             deadline = time.monotonic() + 180
-            while set(counted) - set(answers.counts) and time.monotonic() < deadline:
+            while set(counted) - set(answers.ids) and time.monotonic() < deadline:
                 traffic.send(0.5)  # keep-alive traffic moves the watermark on
             time.sleep(5)  # room for a duplicate to show
             answers.stop()
+            answers.join(10)
+            counts = Counter(answers.ids)
             if any(j["jid"] == job_id and j["state"] == "RUNNING" for j in jobs(cluster.rest_url)):
                 cancel_job(cluster.rest_url, job_id)
-            lost = sorted(set(counted) - set(answers.counts))
-            duplicated = sorted(r for r, n in answers.counts.items() if n > 1)
+            lost = sorted(set(counted) - set(counts))
+            duplicated = sorted(r for r, n in counts.items() if n > 1)
         finally:
             cluster.stop()
             broker.stop()
@@ -236,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {name} | {at:.0f} | {first} |" for name, at, first in faults],
         "",
         f"Requests counted (sent until the last fault plus 5 s): {len(counted):,}; answered, with the keep-alive "
-        f"traffic after them: {len(set(answers.counts)):,}; **lost {len(lost)}, duplicated {len(duplicated)}** "
+        f"traffic after them: {len(counts):,}; **lost {len(lost)}, duplicated {len(duplicated)}** "
         "(read_committed, by request id).",
     ]
     report = "\n".join(lines) + "\n"
