@@ -43,6 +43,7 @@ from pricing.checkpoints import checkpoint_root, local_path
 from pricing.config import Settings, registry_dir
 from pricing.metrics import stage_metrics, wait_for_counter
 from pricing_udfs import serde
+from pricing_udfs.kafka_retry import retried
 
 if TYPE_CHECKING:
     from pricing.sim.history import History
@@ -268,7 +269,9 @@ def _wait_for_catch_up(settings: Settings) -> None:
         start, deadline = time.monotonic(), time.monotonic() + CATCH_UP_TIMEOUT_S
         tty, next_line = sys.stderr.isatty(), 0.0
         while True:
-            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
+            # retried while the group's coordinator moves or loads (NOT_COORDINATOR on a new broker failed a demo)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in retried(
+                lambda: consumer.committed(partitions, timeout=10), timeout_s=60)}  # fmt: skip
             behind = sum(max(end - max(committed[k], 0), 0) for k, end in ends.items())
             if behind == 0:
                 _say(f"    the job has read the behaviour and market records in {time.monotonic() - start:.0f} s")

@@ -89,11 +89,14 @@ def test_live_simulator_closes_the_loop_through_the_job(kafka_settings: Settings
         users, bad = _planted(settings, Producer(settings.kafka.client_config()), tag, int(time.time() * 1000),
                               product["product_id"])  # fmt: skip
         wanted = {f"pr-{tag}-{i}" for i in range(len(users))}
+        slates_wanted = {f"rr-{tag}-{i}" for i in range(len(users))}
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # both answers of every planted shopper, committed
             answered = {serde.decode(Contract.PRICED_EVENT, m.value()).record["request_id"]
                         for m in read_topic(settings, topics.priced.name, quiet_s=1)}  # fmt: skip
-            if wanted <= answered:
+            slated = {serde.decode(Contract.RECOMMENDATION, m.value()).record["request_id"]
+                      for m in read_topic(settings, topics.recommendations.name, quiet_s=1)}  # fmt: skip
+            if wanted <= answered and slates_wanted <= slated:
                 break
         time.sleep(3)  # a checkpoint or two with the planted shoppers in the job's state
     finally:
