@@ -9,6 +9,10 @@ exactly-once with parallelism 2, submitted with ``pricing job run --jobmanager``
   a checkpoint is in progress; each is replaced (as Kubernetes would) once the job runs again;
 - the broker is stopped and started again.
 
+Before them, the client that submits the job (``pricing job run --jobmanager``) is killed with SIGKILL within
+2 s after the cluster accepted the job, and run again: the job must run once (a second copy would read the
+same input and fence the first one's transactions).
+
 A read_committed reader counts the answers by request id. The report gives, per fault, the time to the first
 answer to a request sent after the fault, and at the end the requests lost and duplicated (both must be 0).
 
@@ -22,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from pricing.broker import LocalBroker, free_port
-from pricing.cluster import LocalCluster, cancel_job, jobs
+from pricing.cluster import ENDED, LocalCluster, cancel_job, jobs
 from pricing.config import ClusterSettings, TopicsSettings, load_settings
 from pricing.jars import PROJECT_ROOT
 from pricing.topics import create_topics
@@ -143,14 +149,34 @@ def main(argv: list[str] | None = None) -> int:
             traffic = Traffic(kafka, topics["requests"]["name"], args.rate)
             answers = PricedReader(settings, group_prefix="failures-")  # read_committed
             answers.start()
-            submitted = subprocess.run([sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run",
-                                        "--jobmanager", cluster.settings.rest_address],
-                                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+            submit = [sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run", "--jobmanager",
+                      cluster.settings.rest_address]  # fmt: skip
+            # The client is killed (its whole process group: Python and its gateway JVM, as a pod's kill would) just
+            # after the cluster accepted its job, then run again: it must not submit a second copy.
+            client = subprocess.Popen(submit, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            deadline = time.monotonic() + 180
+            while not [j for j in jobs(cluster.rest_url) if j["state"] not in ENDED]:  # the dangerous side: submitted
+                if time.monotonic() > deadline or client.poll() is not None:
+                    raise RuntimeError("the client submitted no job")
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0, 2))  # while it waits for the tasks to run
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+            client_killed = time.monotonic()
+            were = [j for j in jobs(cluster.rest_url) if j["name"] == "pricing-engine" and j["state"] not in ENDED]
+            print(f"kill -9 of the submitting client ({len(were)} job submitted by then)", file=sys.stderr)
+            submitted = subprocess.run(submit, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
             if submitted.returncode != 0:
                 raise RuntimeError(submitted.stderr[-3000:])
             job_id = re.search(r"job ([0-9a-f]{32}) runs on", submitted.stdout).group(1)
-            print(f"job {job_id} submitted; waiting for its first answer", file=sys.stderr)
-            faults.append(("first answer after submission", 0.0, f"{_first_answer_after(traffic, answers, time.monotonic(), timeout_s=180):.1f}"))
+            live = [j["jid"] for j in jobs(cluster.rest_url) if j["state"] not in ENDED]
+            if live != [job_id]:
+                raise RuntimeError(f"jobs running after the client's second run: {live}")
+            print(f"job {job_id} runs; waiting for its first answer", file=sys.stderr)
+            first = _first_answer_after(traffic, answers, client_killed, timeout_s=180)
+            faults.append((f"submitting client killed ({'after' if were else 'before'} it had submitted) and run "
+                           "again: one job", client_killed - started, f"{first:.1f}"))  # fmt: skip
             during_checkpoint = rng.randrange(args.kills)
             for k in range(args.kills):
                 traffic.send(rng.uniform(5, 15))

@@ -224,7 +224,17 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     if args.jobmanager and not job.bounded:
-        # Submitted to a cluster, the job outlives this command (like `flink run -d`).
+        # Submitted to a cluster, the job outlives this command (like `flink run -d`). Run again (after a
+        # crash of this command, or by a retrying deploy script) it must not start a second copy, which would
+        # read the same input and fence the first one's transactions.
+        from pricing.cluster import running_job
+
+        rest_url = args.jobmanager if "://" in args.jobmanager else f"http://{args.jobmanager}"
+        already = running_job(rest_url, job.name)
+        if already is not None:
+            print(f"job {already['jid']} runs on {args.jobmanager} already ({job.name}, {already['state']}): "
+                  "not submitted again; cancel it first to replace it")  # fmt: skip
+            return 0
         from jobs.pricing_job import wait_until_running
 
         result = run(settings, jobmanager=args.jobmanager, wait=False)

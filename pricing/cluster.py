@@ -356,6 +356,14 @@ def jobs(rest_url: str) -> list[dict[str, Any]]:
     return list(overview.get("jobs", []))
 
 
+ENDED = frozenset({"FINISHED", "FAILED", "CANCELED"})
+
+
+def running_job(rest_url: str, name: str) -> dict[str, Any] | None:
+    """The cluster's job named ``name`` that has not ended (any state but finished, failed or canceled), if any."""
+    return next((j for j in jobs(rest_url) if j["name"] == name and j["state"] not in ENDED), None)
+
+
 def cancel_job(rest_url: str, job_id: str) -> None:
     """Cancel a job (its retained checkpoints stay, so a new submission resumes from them)."""
     request = urllib.request.Request(f"{rest_url}/jobs/{job_id}?mode=cancel", method="PATCH")

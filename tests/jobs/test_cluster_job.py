@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pricing.broker import LocalBroker, free_port
-from pricing.cluster import LocalCluster, cancel_job, jobs
+from pricing.cluster import ENDED, LocalCluster, cancel_job, jobs
 from pricing.config import ClusterSettings, Settings
 from pricing.topics import create_topics
 from pricing_udfs import serde
@@ -124,6 +124,10 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         job_id = re.search(r"job ([0-9a-f]{32}) runs on", submitted.stdout).group(1)
         job = _rest(flink_cluster, f"/jobs/{job_id}")
         assert {v["parallelism"] for v in job["vertices"]} == {2}, [(v["name"], v["parallelism"]) for v in job["vertices"]]
+        # Run again (a deploy script retrying after its client died), the command finds the job and submits no copy.
+        again = _cli(config, "job", "run", "--jobmanager", flink_cluster.settings.rest_address, timeout_s=120)
+        assert again.returncode == 0 and f"job {job_id} runs on" in again.stdout, again.stdout + again.stderr[-2000:]
+        assert [j["jid"] for j in jobs(flink_cluster.rest_url) if j["state"] not in ENDED] == [job_id]
 
         deadline = time.monotonic() + 120
         while not answers.ids:  # the job prices, and its first checkpoint committed

@@ -1,0 +1,455 @@
+"""A soak: the job on the standalone cluster, RocksDB, exactly-once, for ``--minutes`` at ``--load`` (about 70%)
+of its maximum sustained rate; are throughput, consumer lag, memory and checkpoints flat?
+
+Run by hand (about ``--minutes`` + 6 minutes; it starts its own broker and cluster in a temporary folder):
+
+    .venv/bin/python -m benchmarks.soak --minutes 22 --warmup 2 --report benchmarks/soak_<date>.md
+
+1. **Set-up:** a KRaft broker, a Flink cluster (one JobManager, one TaskManager with two slots), the job with
+   parallelism 2, ``state_backend = "rocksdb"``, exactly-once, checkpoints every ``--checkpoint-s``, a
+   TensorFlow model of the production architecture from a registry of its own (``--model``, else an untrained
+   ``DemandNet``, which scores exactly as fast), and a catalogue (list price and cost) for every product.
+2. **Maximum sustained rate:** a backlog of ``--backlog`` events in the simulator's traffic mix (1 price request :
+   10 behaviour events : 1 market signal; products by popularity rank^-0.8 over 2,000 products, 20,000 users;
+   event times spread over the minutes before now) is written before the job starts. The job drains it; the
+   rate is the answered requests per second between 20% and 90% of the backlog, times 12 events per request
+   (a read_committed reader counts the answers). The producer is idle meanwhile: during the soak it runs
+   beside the job on the same 2 cores.
+3. **Soak:** the same mix at ``--load`` x that rate, event time = now, for ``--minutes``. Every
+   ``--sample-s`` seconds: events offered and requests answered per second, the consumer lag of the job's
+   group (the offsets Flink commits at each checkpoint, against the inputs' ends), the end-to-end backlog
+   (requests produced and not yet answered), the RSS of each process (JobManager, TaskManager, each Python
+   worker, the broker), and the last completed checkpoint's size.
+4. **Verdict:** after ``--warmup`` minutes, each series' mean over the last quarter of the soak against its mean
+   over the first quarter: flat when within 10%; for lag, also flat when the end is below one checkpoint
+   interval of traffic (exactly-once commits offsets at checkpoints only, so lag below that is noise).
+   Every request is answered once (lost and duplicated, read_committed, by request id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from benchmarks.latency import Promoter, _saved_model, export_untrained_model
+from pricing.broker import LocalBroker, free_port
+from pricing.cluster import ENDED, LocalCluster, cancel_job, jobs
+from pricing.config import ClusterSettings, Settings, load_settings
+from pricing.jars import PROJECT_ROOT
+from pricing.topics import create_topics
+from pricing_udfs import serde
+from pricing_udfs.model.registry import Registry
+from pricing_udfs.serde import Contract
+from tests.helpers import command_env, write_config_file
+
+N_PRODUCTS, N_USERS = 2_000, 20_000
+EVENTS_PER_REQUEST = 12  # 1 request : 10 behaviour : 1 market
+BEHAVIOUR = ("view",) * 6 + ("add_to_cart",) * 2 + ("purchase", "review")
+MARKET = ("competitor_price", "competitor_price", "inventory", "promotion")  # list price and cost: the catalogue
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Mix:
+    """The simulator's traffic mix as Kafka records: ``next(ts)`` -> (topic, key, value); request ids are numbered."""
+
+    def __init__(self, settings: Settings, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        weights = 1.0 / np.arange(1, N_PRODUCTS + 1) ** 0.8
+        self._p = weights / weights.sum()
+        self._topics = settings.kafka.topics
+        self._buf: list[tuple[int, int, int]] = []
+        self.requests = 0
+        self._n = 0
+
+    def _refill(self) -> None:
+        n = 12_000
+        kinds = self._rng.permutation(np.repeat([0, 1, 2], [n // 12, n * 10 // 12, n // 12]))
+        products = self._rng.choice(N_PRODUCTS, size=n, p=self._p)
+        users = self._rng.integers(0, N_USERS, n)
+        self._buf = list(zip(kinds.tolist(), products.tolist(), users.tolist(), strict=True))[::-1]
+
+    def next(self, ts: int) -> tuple[str, bytes, bytes]:
+        if not self._buf:
+            self._refill()
+        kind, p, u = self._buf.pop()
+        self._n += 1
+        pid, uid, i = f"p{p}", f"u{u}", self._n
+        if kind == 0:
+            rec = {"request_id": f"r{self.requests}", "user_id": uid, "product_id": pid, "channel": "web", "event_time": ts}
+            self.requests += 1
+            return self._topics.requests.name, pid.encode(), serde.encode(Contract.PRICE_REQUEST, rec)
+        if kind == 1:
+            rec = {"event_id": f"e{i}", "user_id": uid, "product_id": pid, "type": BEHAVIOUR[i % 10],
+                   "price_seen_minor": 1_000 + i % 500, "currency": "EUR", "quantity": 1, "session_id": f"s{u}",
+                   "event_time": ts, "request_id": None}  # fmt: skip
+            return self._topics.behaviour.name, pid.encode(), serde.encode(Contract.BEHAVIOUR_EVENT, rec)
+        kind_name = MARKET[i % len(MARKET)]
+        rec = {"product_id": pid, "kind": kind_name, "competitor_id": "c1" if kind_name == "competitor_price" else None,
+               "value": 900 + i % 300 if kind_name != "promotion" else i % 2, "currency": "EUR" if kind_name == "competitor_price" else "",
+               "event_time": ts}  # fmt: skip
+        return self._topics.market.name, pid.encode(), serde.encode(Contract.MARKET_EVENT, rec)
+
+
+def catalogue(settings: Settings, producer: Producer, ts: int, seed: int) -> None:
+    """A list price and a unit cost for every product (the shop's catalogue), at ``ts``."""
+    rng = np.random.default_rng(seed)
+    for i in range(N_PRODUCTS):
+        price = int(rng.integers(500, 5_000))
+        for kind, value in (("list_price", price), ("cost", int(price * rng.uniform(0.4, 0.7)))):
+            rec = {"product_id": f"p{i}", "kind": kind, "competitor_id": None, "value": value, "currency": "EUR", "event_time": ts}
+            producer.produce(settings.kafka.topics.market.name, serde.encode(Contract.MARKET_EVENT, rec), key=f"p{i}".encode(),
+                             timestamp=ts)  # fmt: skip
+        producer.poll(0)
+    producer.flush(60)
+
+
+class Answers(threading.Thread):
+    """A read_committed reader of priced-events: how many answers, how many request ids twice, and when."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self._consumer = Consumer(settings.kafka.client_config() | {"group.id": f"soak-{uuid.uuid4().hex[:6]}",
+                                  "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
+        self._consumer.subscribe([settings.kafka.topics.priced.name])
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.timeline: list[tuple[float, int]] = []  # (monotonic time, answers so far), once per poll batch
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for msg in self._consumer.consume(1_000, timeout=0.2):
+                if msg.error():
+                    continue
+                rid = serde.decode(Contract.PRICED_EVENT, msg.value()).record["request_id"]
+                if rid in self.ids:
+                    self.duplicates += 1
+                self.ids.add(rid)
+            self.timeline.append((time.monotonic(), len(self.ids)))
+        self._consumer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+def _rest(cluster: LocalCluster, path: str) -> Any:
+    with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (the TaskManager's Python workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def processes(cluster: LocalCluster, broker: LocalBroker) -> dict[str, float]:
+    """RSS in MB by process: the JobManager, the TaskManager, each Python worker, the broker."""
+    status = cluster.status()
+    rss: dict[str, float | None] = {"jobmanager": _rss_mb(status.jobmanager_pid), "broker": _rss_mb(broker.status().pid)}
+    for n, tm in enumerate(status.taskmanager_pids):
+        rss[f"taskmanager{n}"] = _rss_mb(tm)
+        workers = [p for p in _children(tm) if "python" in _cmdline(p).split(" ", 1)[0]]
+        for k, worker in enumerate(sorted(workers)):
+            rss[f"taskmanager{n}.python{k}"] = _rss_mb(worker)
+    return {k: v for k, v in rss.items() if v is not None}
+
+
+def consumer_lag(settings: Settings, group: str, topics: list[str], partitions: int) -> int:
+    """Messages in the inputs past the offsets the job's group committed (at its last checkpoint)."""
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        committed = consumer.committed(parts, timeout=10)
+        lag = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            lag += high - max(tp.offset, 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float]:
+    """(completed checkpoints, MB of the last completed one's full state)."""
+    stats = _rest(cluster, f"/jobs/{job_id}/checkpoints")
+    latest = (stats.get("latest") or {}).get("completed") or {}
+    return stats["counts"]["completed"], latest.get("state_size", 0) / 1e6
+
+
+@dataclass
+class Sample:
+    t_s: float  # since the soak started
+    offered_eps: float
+    answered_rps: float
+    backlog_requests: int
+    consumer_lag: int
+    checkpoints: int
+    checkpoint_mb: float
+    rss_mb: dict[str, float]
+
+
+class Paced:
+    """Produces ``mix`` at ``rate`` events per second (event time = now), in 50 ms ticks."""
+
+    def __init__(self, settings: Settings, mix: Mix, rate: float) -> None:
+        self._producer = Producer(settings.kafka.client_config() | {"linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
+        self._mix, self._rate = mix, rate
+        self.sent = 0
+
+    def run_for(self, seconds: float) -> None:
+        start, base = time.monotonic(), self.sent
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * self._rate) - (self.sent - base)
+            ts = int(time.time() * 1000)
+            for _ in range(max(due, 0)):
+                topic, key, value = self._mix.next(ts)
+                self._producer.produce(topic, value, key=key, timestamp=ts)
+                self.sent += 1
+            self._producer.poll(0)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - now)))
+
+    def flush(self) -> None:
+        self._producer.flush(60)
+
+
+def _flat(series: list[float], *, floor: float = 0.0) -> tuple[float, float, float, bool]:
+    q = max(1, len(series) // 4)
+    first, last = statistics.fmean(series[:q]), statistics.fmean(series[-q:])
+    change = (last - first) / first if first else 0.0
+    return first, last, change, abs(change) <= 0.10 or last <= floor
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one harness, top to bottom
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=22.0, help="soak duration (default 22: 2 of warm-up + 20)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="minutes not judged (default 2)")
+    parser.add_argument("--load", type=float, default=0.7, help="share of the maximum sustained rate (default 0.7)")
+    parser.add_argument("--backlog", type=int, default=600_000, help="events for the maximum-rate phase")
+    parser.add_argument("--rate", type=float, default=None, help="events/s to soak at; skips the maximum-rate phase")
+    parser.add_argument("--checkpoint-s", type=float, default=10.0)
+    parser.add_argument("--sample-s", type=float, default=30.0)
+    parser.add_argument("--model", type=Path, default=None, help="SavedModel, registry version or registry")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--report", type=Path, default=None, help="Markdown report (a .jsonl of samples beside it)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pricing-soak-") as tmp:
+        state = Path(tmp)
+        (state / "jars").symlink_to(PROJECT_ROOT / ".pricing" / "jars", target_is_directory=True)
+        model_dir = _saved_model(args.model) if args.model else export_untrained_model(state / "untrained-model")
+        local = state / "model-source"
+        shutil.copytree(model_dir, local)
+        version = Promoter(Registry(state / "registry"), local).publish()
+        broker = LocalBroker(state_dir=state, port=free_port(), die_with_parent=True)
+        broker.start(fresh=True, timeout_s=90)
+        rest, rpc = free_port(), free_port()
+        cluster = LocalCluster(state_dir=state, settings=ClusterSettings(rest_port=rest, rpc_port=rpc, taskmanagers=1,
+                                                                          slots_per_taskmanager=2), die_with_parent=True)  # fmt: skip
+        job_id = None
+        samples: list[Sample] = []
+        try:
+            cluster.start(timeout_s=180)
+            run = uuid.uuid4().hex[:6]
+            topics = {k: {"name": f"{k}-{run}", "partitions": 2} for k in ("requests", "market", "behaviour", "priced",
+                                                                           "dead_letters", "catalogue")}  # fmt: skip
+            settings = load_settings(
+                state_dir=state, kafka={"bootstrap_servers": broker.bootstrap, "topics": topics},
+                job={"consumer_group": f"soak-job-{run}", "transactional_id_prefix": f"soak-{run}"},
+                models={"registry_dir": str(state / "registry"), "device": "cpu"}, recommend={"enabled": False},
+            )  # fmt: skip
+            create_topics(settings.kafka)
+            mix = Mix(settings, args.seed)
+            producer = Producer(settings.kafka.client_config() | {"linger.ms": 50, "queue.buffering.max.messages": 2_000_000})
+            now = int(time.time() * 1000)
+            catalogue(settings, producer, now - 20 * 60_000, args.seed)
+            backlog = 0 if args.rate else args.backlog
+            if backlog:  # event times over the 15 minutes before now
+                log(f"writing a backlog of {backlog:,} events")
+                for i in range(backlog):
+                    ts = now - 15 * 60_000 + i * 15 * 60_000 // backlog
+                    topic, key, value = mix.next(ts)
+                    producer.produce(topic, value, key=key, timestamp=ts)
+                    if i % 10_000 == 0:
+                        producer.poll(0)
+                producer.flush(120)
+            backlog_requests = mix.requests
+            config = write_config_file(settings, state / "pricing.toml", job=[
+                "parallelism = 2", 'delivery_guarantee = "exactly-once"', 'state_backend = "rocksdb"',
+                f"checkpoint_interval_ms = {int(args.checkpoint_s * 1000)}", "idle_timeout_ms = 2000",
+            ], extra=[f'[models]\nregistry_dir = "{state / "registry"}"\ndevice = "cpu"', "[recommend]\nenabled = false",
+                      f"[cluster]\nrest_port = {rest}\nrpc_port = {rpc}"])  # fmt: skip
+            answers = Answers(settings)
+            answers.start()
+            submitted = subprocess.run([sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run",
+                                        "--jobmanager", cluster.settings.rest_address], capture_output=True, text=True,
+                                       timeout=300, env=command_env(), stdin=subprocess.DEVNULL)  # fmt: skip
+            if submitted.returncode != 0:
+                raise RuntimeError(submitted.stderr[-3000:])
+            job_id = submitted.stdout.split("job ", 1)[1].split()[0]
+            log(f"job {job_id} runs (model {version})")
+            if backlog:
+                deadline = time.monotonic() + 1_800
+                while len(answers.ids) < 0.95 * backlog_requests:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the backlog was not drained: {len(answers.ids):,} of {backlog_requests:,}")
+                    time.sleep(2)
+                    log(f"  draining: {len(answers.ids):,} of {backlog_requests:,} requests answered")
+                line = list(answers.timeline)
+                t20 = next(t for t, n in line if n >= 0.2 * backlog_requests)
+                t90 = next(t for t, n in line if n >= 0.9 * backlog_requests)
+                max_rps = 0.7 * backlog_requests / (t90 - t20)
+                max_eps = max_rps * EVENTS_PER_REQUEST
+                log(f"maximum sustained: {max_eps:,.0f} events/s ({max_rps:,.0f} requests/s)")
+            else:
+                max_eps = args.rate / args.load
+                max_rps = max_eps / EVENTS_PER_REQUEST
+            rate = args.rate or args.load * max_eps
+            paced = Paced(settings, mix, rate)
+            inputs = [settings.kafka.topics.requests.name, settings.kafka.topics.behaviour.name, settings.kafka.topics.market.name]
+            soak_start = time.monotonic()
+            sent_before, answered_before, t_before = paced.sent, len(answers.ids), soak_start
+            log(f"soaking at {rate:,.0f} events/s for {args.minutes:g} minutes")
+            while time.monotonic() - soak_start < args.minutes * 60:
+                paced.run_for(args.sample_s)
+                t = time.monotonic()
+                checkpoints, size = last_checkpoint(cluster, job_id)
+                job = _rest(cluster, f"/jobs/{job_id}")
+                if job["state"] in ENDED:
+                    raise RuntimeError(f"the job ended: {job['state']}")
+                sample = Sample(
+                    t_s=round(t - soak_start, 1), offered_eps=round((paced.sent - sent_before) / (t - t_before), 1),
+                    answered_rps=round((len(answers.ids) - answered_before) / (t - t_before), 1),
+                    backlog_requests=mix.requests - len(answers.ids),
+                    consumer_lag=consumer_lag(settings, settings.job.consumer_group, inputs, 2),
+                    checkpoints=checkpoints, checkpoint_mb=round(size, 2),
+                    rss_mb={k: round(v, 1) for k, v in processes(cluster, broker).items()},
+                )  # fmt: skip
+                samples.append(sample)
+                sent_before, answered_before, t_before = paced.sent, len(answers.ids), t
+                log(f"  {sample.t_s:6.0f}s offered {sample.offered_eps:8,.0f} ev/s, answered {sample.answered_rps:6,.0f} req/s, "
+                    f"backlog {sample.backlog_requests:6,} req, lag {sample.consumer_lag:7,}, checkpoint "
+                    f"{sample.checkpoint_mb:7.1f} MB, RSS " + ", ".join(f"{k} {v:,.0f}" for k, v in sample.rss_mb.items()))  # fmt: skip
+            paced.flush()
+            total_requests = mix.requests
+            deadline = time.monotonic() + 300
+            while len(answers.ids) < total_requests and time.monotonic() < deadline:
+                time.sleep(2)
+            time.sleep(args.checkpoint_s + 2)  # room for a duplicate to show
+            answers.stop()
+            lost = total_requests - len(answers.ids)
+            duplicated = answers.duplicates
+        finally:
+            if job_id is not None and cluster.status().rest_answers:
+                if any(j["jid"] == job_id and j["state"] not in ENDED for j in jobs(cluster.rest_url)):
+                    cancel_job(cluster.rest_url, job_id)
+            cluster.stop()
+            broker.stop()
+    judged = [s for s in samples if s.t_s > args.warmup * 60]
+    floor_lag = rate * args.checkpoint_s
+    checks = [
+        ("events offered per second", [s.offered_eps for s in judged], 0.0),
+        ("requests answered per second", [s.answered_rps for s in judged], 0.0),
+        ("consumer lag (messages)", [float(s.consumer_lag) for s in judged], floor_lag),
+        ("requests produced, not yet answered", [float(s.backlog_requests) for s in judged], floor_lag / EVENTS_PER_REQUEST),
+        ("last checkpoint (MB)", [s.checkpoint_mb for s in judged], 0.0),
+        *[(f"RSS {name} (MB)", [s.rss_mb.get(name, 0.0) for s in judged], 0.0)
+          for name in sorted({k for s in judged for k in s.rss_mb})],
+    ]  # fmt: skip
+    rows = []
+    for name, series, floor in checks:
+        first, last, change, ok = _flat(series, floor=floor)
+        rows.append(f"| {name} | {first:,.1f} | {last:,.1f} | {change:+.1%} | {'flat' if ok else '**not flat**'} |")
+    lines = [
+        f"# Soak on the standalone cluster, RocksDB ({date.today().isoformat()})",
+        "",
+        f"`benchmarks/soak.py --minutes {args.minutes:g} --warmup {args.warmup:g} --load {args.load:g}` on a "
+        f"{platform.machine()} machine with {os.cpu_count()} cores, {(time.monotonic() - started) / 60:.0f} minutes in all: "
+        "one JobManager, one TaskManager with two slots, parallelism 2, exactly-once, "
+        f"checkpoints every {args.checkpoint_s:g} s (full, RocksDB), the model of the production architecture "
+        f"({'the given one' if args.model else 'untrained'}), recommendations off.",
+        "",
+        (f"Maximum sustained rate (a backlog of {backlog:,} events drained, 20% to 90%): **{max_eps:,.0f} events/s, "
+         f"{max_rps:,.0f} priced requests/s**. " if backlog else "")
+        + f"Soaked at {rate:,.0f} events/s ({rate / max_eps:.0%}) for {args.minutes:g} minutes; judged after "
+        f"{args.warmup:g} minutes of warm-up, the last quarter's mean against the first quarter's ({len(judged)} samples "
+        f"every {args.sample_s:g} s).",
+        "",
+        "| series | first quarter | last quarter | change | verdict (within 10%) |",
+        "|---|---:|---:|---:|---|",
+        *rows,
+        "",
+        f"Requests: {total_requests:,} produced, **{lost:,} lost, {duplicated:,} duplicated** (read_committed, by "
+        "request id). Lag and backlog count as flat when their last quarter stays below one checkpoint interval of "
+        f"traffic ({floor_lag:,.0f} messages, {floor_lag / EVENTS_PER_REQUEST:,.0f} requests): exactly-once commits "
+        "offsets and output at checkpoints only.",
+        "",
+        "Samples (every fourth):",
+        "",
+        "| t (s) | offered ev/s | answered req/s | backlog (req) | lag (msgs) | checkpoint (MB) | RSS (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        *[f"| {s.t_s:.0f} | {s.offered_eps:,.0f} | {s.answered_rps:,.0f} | {s.backlog_requests:,} | {s.consumer_lag:,} | "
+          f"{s.checkpoint_mb:.1f} | {', '.join(f'{k} {v:,.0f}' for k, v in s.rss_mb.items())} |" for s in samples[::4]],
+    ]  # fmt: skip
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.report:
+        args.report.write_text(report)
+        args.report.with_suffix(".jsonl").write_text("".join(json.dumps(asdict(s)) + "\n" for s in samples))
+    ok = lost == 0 and duplicated == 0 and all(_flat(series, floor=floor)[3] for _, series, floor in checks)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
