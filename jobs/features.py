@@ -21,8 +21,10 @@ Catalogue rows (``src = 'catalogue'``) feed the product stage's ``category`` onl
 topic is read from its earliest offset (entries stamped at the history's start), its rows are
 never late-checked, and a quiet catalogue is idle and holds no watermark back. All stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
 timestamp. The sliding windows are aggregate functions written in Java
-(``deploy/jvm``, ``pricing.features.Windowed*``): each keeps a per-key deque of the
-window's entries and evicts from its head, O(1) amortised per row. Flink's own
+(``deploy/jvm``, ``pricing.features.Windowed*``): each keeps a per-key queue of the
+window's entries in keyed state (``MapView``, backed by ``MapState``) and evicts from its
+head, O(1) amortised per row; a row reads only the entries it adds or evicts, so its cost
+on RocksDB does not grow with what its key's window holds. Flink's own
 bounded ``RANGE`` windows scan their whole per-key buffer on every new timestamp
 and need one stage per window length; this was measured to be the bottleneck
 (``benchmarks/RESULTS.md``).

@@ -84,7 +84,13 @@ ARRIVAL_BUNDLE_TIME_MS = 20
 
 
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
-    """A streaming TableEnvironment configured from ``settings`` (local MiniCluster by default)."""
+    """A streaming TableEnvironment configured from ``settings`` (local MiniCluster by default).
+
+    It also makes the secret files the job's workers read (the pseudonym key, Kafka secrets;
+    ``pricing.config.prepare_job_secrets``, idempotent), so that any job built on it, a benchmark's
+    included, finds them.
+    """
+    prepare_job_secrets(settings)
     # Submitted to a cluster, the Python workers run on its TaskManagers. Told nothing, PyFlink sees
     # its gateway's local target and starts a loopback server in this process, whose address it then
     # ships to the remote workers (which fail to reach it): "process" mode tells it they are remote.

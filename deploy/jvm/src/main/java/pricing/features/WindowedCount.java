@@ -6,30 +6,30 @@ import org.apache.flink.table.functions.AggregateFunction;
 
 /**
  * Number of rows with a true flag whose event time lies in [t - window, t] (see {@link WindowedSum}
- * for the window semantics). Keeps only the times, unboxed.
+ * for the window semantics). Keeps only the times, in keyed state ({@link TimeQueue}).
  */
-@FunctionHint(
-        accumulator = @DataTypeHint(value = "RAW", bridgedTo = LongDeque.class),
-        output = @DataTypeHint("BIGINT"))
-public class WindowedCount extends AggregateFunction<Long, LongDeque> {
+@FunctionHint(output = @DataTypeHint("BIGINT"))
+public class WindowedCount extends AggregateFunction<Long, TimeQueue> {
 
     @Override
-    public LongDeque createAccumulator() {
-        return new LongDeque();
+    public TimeQueue createAccumulator() {
+        return new TimeQueue();
     }
 
-    public void accumulate(LongDeque times, Long eventTime, Boolean flag, Long windowMs) {
+    public void accumulate(TimeQueue times, Long eventTime, Boolean flag, Long windowMs) throws Exception {
         if (eventTime == null) {
             return;
         }
         if (Boolean.TRUE.equals(flag)) {
-            times.addLast(eventTime);
+            times.push(eventTime);
         }
-        times.removeBefore(eventTime - windowMs);
+        while (times.headBefore(eventTime - windowMs)) {
+            times.pop();
+        }
     }
 
     @Override
-    public Long getValue(LongDeque times) {
-        return (long) times.size;
+    public Long getValue(TimeQueue times) {
+        return times.size();
     }
 }

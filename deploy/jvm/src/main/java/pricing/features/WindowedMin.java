@@ -2,21 +2,22 @@ package pricing.features;
 
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.api.dataview.MapView;
 import org.apache.flink.table.functions.AggregateFunction;
 
 /**
  * Minimum of the non-null values whose event time lies in [t - window, t] (see {@link WindowedSum}
- * for the window semantics); null when there is none. A monotonic deque: O(1) amortised per row.
+ * for the window semantics); null when there is none. A monotonic deque in keyed state: O(1)
+ * amortised per row, and the minimum and the newest candidate cached in the accumulator.
  */
-@FunctionHint(
-        accumulator = @DataTypeHint(value = "RAW", bridgedTo = WindowedMin.Acc.class),
-        output = @DataTypeHint("BIGINT"))
+@FunctionHint(output = @DataTypeHint("BIGINT"))
 public class WindowedMin extends AggregateFunction<Long, WindowedMin.Acc> {
 
-    /** Candidates for the minimum: times and values, values increasing from head to tail. */
-    public static class Acc {
-        public LongDeque times = new LongDeque();
-        public LongDeque values = new LongDeque();
+    /** Candidates for the minimum: times in the queue, values increasing from head to tail beside them. */
+    public static class Acc extends TimeQueue {
+        public MapView<Long, Long> values = new MapView<>();
+        public long headValue;
+        public long tailValue;
     }
 
     @Override
@@ -24,25 +25,33 @@ public class WindowedMin extends AggregateFunction<Long, WindowedMin.Acc> {
         return new Acc();
     }
 
-    public void accumulate(Acc acc, Long eventTime, Long value, Long windowMs) {
+    public void accumulate(Acc acc, Long eventTime, Long value, Long windowMs) throws Exception {
         if (eventTime == null) {
             return;
         }
         if (value != null) {
-            while (!acc.values.isEmpty() && acc.values.last() >= value) {
-                acc.values.removeLast();
-                acc.times.removeLast();
+            while (acc.size() > 0 && acc.tailValue >= value) {
+                acc.values.remove(acc.popLast());
+                if (acc.size() > 0) {
+                    acc.tailValue = acc.values.get(acc.tail - 1);
+                }
             }
-            acc.times.addLast(eventTime);
-            acc.values.addLast(value);
+            acc.values.put(acc.push(eventTime), value);
+            acc.tailValue = value;
+            if (acc.size() == 1) {
+                acc.headValue = value;
+            }
         }
-        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
-            acc.values.removeFirst();
+        while (acc.headBefore(eventTime - windowMs)) {
+            acc.values.remove(acc.pop());
+            if (acc.size() > 0) {
+                acc.headValue = acc.values.get(acc.head);
+            }
         }
     }
 
     @Override
     public Long getValue(Acc acc) {
-        return acc.values.isEmpty() ? null : acc.values.first();
+        return acc.size() == 0 ? null : acc.headValue;
     }
 }

@@ -1,9 +1,8 @@
 package pricing.features;
 
-import java.util.ArrayDeque;
-
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.api.dataview.MapView;
 import org.apache.flink.table.functions.AggregateFunction;
 
 /**
@@ -12,18 +11,16 @@ import org.apache.flink.table.functions.AggregateFunction;
  *
  * <p>Meant for an unbounded event-time OVER window: Flink feeds rows in event-time order and
  * accumulates every row of a timestamp before it emits any, so each row sees the window ending at
- * its own time, peers included. Old entries leave from the head of a deque: O(1) amortised per
- * row, where Flink's bounded RANGE window scans its whole buffer on every new timestamp.
+ * its own time, peers included. Old entries leave from the head of a queue kept in keyed state
+ * ({@link TimeQueue}): O(1) amortised per row, where Flink's bounded RANGE window scans its whole
+ * buffer on every new timestamp.
  */
-@FunctionHint(
-        accumulator = @DataTypeHint(value = "RAW", bridgedTo = WindowedSum.Acc.class),
-        output = @DataTypeHint("DOUBLE"))
+@FunctionHint(output = @DataTypeHint("DOUBLE"))
 public class WindowedSum extends AggregateFunction<Double, WindowedSum.Acc> {
 
-    /** Entries of the window in event-time order, and their running sum. */
-    public static class Acc {
-        public LongDeque times = new LongDeque();
-        public ArrayDeque<Double> values = new ArrayDeque<>();
+    /** The window's entries (times in the queue, values beside them) and their running sum. */
+    public static class Acc extends TimeQueue {
+        public MapView<Long, Double> values = new MapView<>();
         public double sum;
     }
 
@@ -32,19 +29,20 @@ public class WindowedSum extends AggregateFunction<Double, WindowedSum.Acc> {
         return new Acc();
     }
 
-    public void accumulate(Acc acc, Long eventTime, Double value, Long windowMs) {
+    public void accumulate(Acc acc, Long eventTime, Double value, Long windowMs) throws Exception {
         if (eventTime == null) {
             return;
         }
         if (value != null) {
-            acc.times.addLast(eventTime);
-            acc.values.addLast(value);
+            acc.values.put(acc.push(eventTime), value);
             acc.sum += value;
         }
-        for (int n = acc.times.removeBefore(eventTime - windowMs); n > 0; n--) {
-            acc.sum -= acc.values.removeFirst();
+        while (acc.headBefore(eventTime - windowMs)) {
+            long seq = acc.pop();
+            acc.sum -= acc.values.get(seq);
+            acc.values.remove(seq);
         }
-        if (acc.times.isEmpty()) {
+        if (acc.size() == 0) {
             acc.sum = 0.0; // no drift from adding and removing
         }
     }
