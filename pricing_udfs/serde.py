@@ -165,6 +165,11 @@ ErrorKind = Enum(  # type: ignore[misc]
 )
 
 
+def current_schema(contract: Contract) -> _Schema:
+    """The contract's current schema as this module encodes it (``fast``: parsed, logical types stripped)."""
+    return _current(contract)
+
+
 def published_schema(contract: Contract) -> dict[str, Any]:
     return _current(contract).published
 

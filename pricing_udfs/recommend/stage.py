@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pricing_udfs import serde
+from pricing_udfs.avro_columns import encode_records
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.kafka_client import KafkaClient
 from pricing_udfs.privacy import PrivacyConfig
@@ -174,5 +175,5 @@ def slate_frame(product_ids: Any, currencies: Any, scores: Any, reasons: Any, fe
 
 
 def encode_recommendations(records: Sequence[dict[str, Any]]) -> pd.Series:
-    """Framed ``Recommendation`` bytes, one per record."""
-    return pd.Series([serde.encode(Contract.RECOMMENDATION, r) for r in records], dtype=object)
+    """Framed ``Recommendation`` bytes, one per record (column by column: the bytes of ``serde.encode``)."""
+    return pd.Series(encode_records(Contract.RECOMMENDATION, records), dtype=object)

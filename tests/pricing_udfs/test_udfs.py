@@ -1,7 +1,10 @@
 """The Flink adapters' batch logic, without Flink."""
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
@@ -134,3 +137,53 @@ def test_a_dead_letter_carries_a_capped_prefix_with_the_whole_size_and_digest() 
     assert little["raw_sha256"] == hashlib.sha256(small).hexdigest()
     assert little["error_kind"] == "other" and little["error_message"] == ""
     assert (little["partition"], little["offset"], little["record_time"], little["time"]) == (1, 6, T, T + 1)
+
+
+def _encode_row_by_row(batch: pd.DataFrame, decisions: pd.DataFrame, *, priced_time_ms: int) -> list[bytes]:
+    """The encoder before the columnar one (a dict and ``serde.encode`` per request): the reference."""
+    vectors = batch[list(FEATURE_SPEC.names)].to_numpy(dtype=np.float64)
+    out = []
+    for req, dec, vec in zip(batch.itertuples(index=False), decisions.itertuples(index=False), vectors):
+        propensity = float(dec.propensity)
+        out.append(serde.encode(Contract.PRICED_EVENT, {
+            "request_id": req.request_id, "user_id": req.user_id, "product_id": req.product_id,
+            "price_minor": int(dec.price_minor), "reference_price_minor": int(dec.reference_price_minor),
+            "currency": dec.currency, "model_version": dec.model_version,
+            "expected_conversion": float(dec.expected_conversion), "expected_profit_minor": int(dec.expected_profit_minor),
+            "reason_codes": list(dec.reason_codes), "fallback_used": bool(dec.fallback_used),
+            "request_time": int(req.event_time), "priced_time": priced_time_ms,
+            "feature_spec_version": FEATURE_SPEC.version, "features": vec.tolist(), "explored": bool(dec.explored),
+            "propensity": None if np.isnan(propensity) else propensity,
+        }))  # fmt: skip
+    return out
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+_DOUBLE = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({
+    "request_id": _TEXT, "user_id": _TEXT, "product_id": _TEXT, "event_time": st.integers(0, 2**62),
+    "features": st.lists(_DOUBLE, min_size=len(FEATURE_SPEC.names), max_size=len(FEATURE_SPEC.names)),
+    "price_minor": st.integers(-(2**63), 2**63 - 1), "reference_price_minor": st.integers(0, 2**40),
+    "currency": st.sampled_from(["EUR", "USD", "€uro"]), "model_version": st.sampled_from(["v1", "fallback/reference-price"]),
+    "expected_conversion": _DOUBLE, "expected_profit_minor": st.integers(-(2**50), 2**50),
+    "reason_codes": st.lists(st.sampled_from(["model", "explore", "floor_margin", "ceiling", "no_model"]), max_size=4),
+    "fallback_used": st.booleans(), "explored": st.booleans(), "propensity": st.none() | st.floats(0, 1),
+}), max_size=12), priced_time=st.integers(0, 2**62))  # fmt: skip
+def test_the_columnar_priced_event_encoder_writes_the_row_encoders_bytes(rows: list[dict], priced_time: int) -> None:
+    """Random decisions (any money, NaN and infinite doubles, unicode ids, empty batches), as the policy's frames hold
+    them: the bytes equal the former row-by-row encoder's."""
+    names = list(FEATURE_SPEC.names)
+    batch = pd.DataFrame({"request_id": [r["request_id"] for r in rows], "user_id": [r["user_id"] for r in rows],
+                          "product_id": [r["product_id"] for r in rows],
+                          "event_time": pd.Series([r["event_time"] for r in rows], dtype="int64")})  # fmt: skip
+    batch = pd.concat([batch, pd.DataFrame([r["features"] for r in rows], columns=names, dtype=np.float64)], axis=1)
+    decisions = pd.DataFrame({key: pd.Series([r[key] for r in rows], dtype=object if key in ("reason_codes", "propensity") else None)
+                              for key in ("price_minor", "reference_price_minor", "currency", "model_version",
+                                          "expected_conversion", "expected_profit_minor", "reason_codes",
+                                          "fallback_used", "explored", "propensity")})  # fmt: skip
+    decisions["propensity"] = decisions["propensity"].astype(np.float64)
+    encoded = udfs.encode_priced_events(batch, decisions, spec=FEATURE_SPEC, priced_time_ms=priced_time)
+    assert encoded.tolist() == _encode_row_by_row(batch, decisions, priced_time_ms=priced_time)
