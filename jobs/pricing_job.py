@@ -125,6 +125,9 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
         "execution.checkpointing.interval": f"{job.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE" if exactly_once else "AT_LEAST_ONCE",
         "state.backend.type": job.state_backend,
+        # RocksDB checkpoints only the files written since the last one: a full snapshot every interval costs
+        # time in proportion to the whole state (24 h windows), and the job fell behind as its state grew.
+        "execution.checkpointing.incremental": str(job.state_backend == "rocksdb").lower(),
         "table.exec.source.idle-timeout": f"{job.idle_timeout_ms} ms",
         "table.exec.state.ttl": f"{job.state_ttl_ms} ms",
         # SQL operators never hold on to input rows, so chained operators may pass them without copies.

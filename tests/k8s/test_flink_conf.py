@@ -30,6 +30,7 @@ NOT_COMPARED = {
 MUST_AGREE = {
     "parallelism.default", "execution.checkpointing.interval", "execution.checkpointing.mode",
     "execution.checkpointing.dir", "execution.checkpointing.externalized-checkpoint-retention", "state.backend.type",
+    "execution.checkpointing.incremental",
     "restart-strategy.type", "restart-strategy.fixed-delay.attempts", "restart-strategy.fixed-delay.delay",
     "python.fn-execution.bundle.size", "python.fn-execution.bundle.time", "python.fn-execution.arrow.batch.size",
 }
