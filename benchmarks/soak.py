@@ -5,25 +5,30 @@ Run by hand (about ``--minutes`` + 6 minutes; it starts its own broker and clust
 
     .venv/bin/python -m benchmarks.soak --minutes 22 --warmup 2 --report benchmarks/soak_<date>.md
 
-1. **Set-up:** a KRaft broker, a Flink cluster (one JobManager, one TaskManager with two slots), the job with
+1. **Set-up:** a KRaft broker, a Flink cluster (one JobManager, one TaskManager with two slots, 2560 MB of which
+   768 MB managed memory for RocksDB and the Python workers), the job with
    parallelism 2, ``state_backend = "rocksdb"``, exactly-once, checkpoints every ``--checkpoint-s``, a
    TensorFlow model of the production architecture from a registry of its own (``--model``, else an untrained
    ``DemandNet``, which scores exactly as fast), and a catalogue (list price and cost) for every product.
-2. **Maximum sustained rate:** a backlog of ``--backlog`` events in the simulator's traffic mix (1 price request :
-   10 behaviour events : 1 market signal; products by popularity rank^-0.8 over 2,000 products, 20,000 users;
-   event times spread over the minutes before now) is written before the job starts. The job drains it; the
-   rate is the answered requests per second between 20% and 90% of the backlog, times 12 events per request
-   (a read_committed reader counts the answers). The producer is idle meanwhile: during the soak it runs
-   beside the job on the same 2 cores.
+2. **Maximum sustained rate:** the traffic mix (1 price request : 10 behaviour events : 1 market signal; products
+   by popularity rank^-0.8 over 2,000 products, 20,000 users; event time = now) is offered in steps of
+   ``--step-s`` seconds at ``--steps`` events per second, the producer running beside the job as in the soak.
+   A step is saturated when the job's Kafka sources (their ``numRecordsOut``, from Flink's REST API) read less than
+   95% of what was offered over its second half; the maximum sustained rate is what they read in the first
+   saturated step (the job working flat out).
+   The backlog is then left to drain before the soak starts.
 3. **Soak:** the same mix at ``--load`` x that rate, event time = now, for ``--minutes``. Every
-   ``--sample-s`` seconds: events offered and requests answered per second, the consumer lag of the job's
-   group (the offsets Flink commits at each checkpoint, against the inputs' ends), the end-to-end backlog
-   (requests produced and not yet answered), the RSS of each process (JobManager, TaskManager, each Python
+   ``--sample-s`` seconds: events offered and read per second, requests answered per second, the records
+   produced and not yet read, the consumer lag of the job's group (the offsets Flink commits at each
+   checkpoint, against the inputs' ends: what an SRE's lag monitor sees), the requests produced and not yet
+   answered, the RSS of each process (JobManager, TaskManager, each Python
    worker, the broker), and the last completed checkpoint's size.
 4. **Verdict:** after ``--warmup`` minutes, each series' mean over the last quarter of the soak against its mean
-   over the first quarter: flat when within 10%; for lag, also flat when the end is below one checkpoint
-   interval of traffic (exactly-once commits offsets at checkpoints only, so lag below that is noise).
-   Every request is answered once (lost and duplicated, read_committed, by request id).
+   over the first quarter: flat when within 10%; for lag and open requests, also flat when the end is below two
+   checkpoint intervals of traffic (exactly-once commits offsets and output at checkpoints only, so a lag below
+   that is the checkpoint's rhythm, not a queue).
+   Every request is answered once (lost and duplicated, read_committed, by request id). Checkpoints are
+   incremental on RocksDB (the job's default there); the size reported is the full state's.
 """
 
 from __future__ import annotations
@@ -228,15 +233,31 @@ def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float]:
     return stats["counts"]["completed"], latest.get("state_size", 0) / 1e6
 
 
+def records_read(cluster: LocalCluster, job_id: str) -> int:
+    """Records the job's Kafka sources have read so far (their vertices' ``numRecordsOut``, summed over subtasks)."""
+    total, found = 0, 0
+    for vertex in _rest(cluster, f"/jobs/{job_id}")["vertices"]:
+        if vertex["name"].startswith("Source:"):
+            got = _rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get=numRecordsOut&agg=sum")
+            if got:
+                total += int(float(got[0]["sum"]))
+                found += 1
+    if not found:
+        raise RuntimeError("no source vertex reports numRecordsOut")
+    return total
+
+
 @dataclass
 class Sample:
     t_s: float  # since the soak started
     offered_eps: float
+    read_eps: float  # records the job's sources read per second
     answered_rps: float
     backlog_requests: int
+    unread: int  # records produced (since the job started) and not yet read by the job's sources
     consumer_lag: int
     checkpoints: int
-    checkpoint_mb: float
+    checkpoint_mb: float  # the last completed checkpoint's full state size (incremental: what it adds is smaller)
     rss_mb: dict[str, float]
 
 
@@ -245,13 +266,13 @@ class Paced:
 
     def __init__(self, settings: Settings, mix: Mix, rate: float) -> None:
         self._producer = Producer(settings.kafka.client_config() | {"linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
-        self._mix, self._rate = mix, rate
+        self._mix, self.rate = mix, rate
         self.sent = 0
 
     def run_for(self, seconds: float) -> None:
         start, base = time.monotonic(), self.sent
         while (now := time.monotonic()) - start < seconds:
-            due = int((now - start) * self._rate) - (self.sent - base)
+            due = int((now - start) * self.rate) - (self.sent - base)
             ts = int(time.time() * 1000)
             for _ in range(max(due, 0)):
                 topic, key, value = self._mix.next(ts)
@@ -262,6 +283,32 @@ class Paced:
 
     def flush(self) -> None:
         self._producer.flush(60)
+
+
+def ramp(paced: Paced, answers: Answers, read: Any, args: argparse.Namespace, steps: list[tuple[float, float, int]]) -> float:
+    """Offers ``args.steps`` in turn; returns the maximum sustained events/s (see the module docstring).
+    ``read()`` is the count of records the job's sources read so far."""
+    rates = [float(x) for x in args.steps.split(",")]
+    paced.rate = rates[0]
+    deadline = time.monotonic() + 300
+    while not answers.ids:  # the job's start (first checkpoint) is not part of a step
+        if time.monotonic() > deadline:
+            raise RuntimeError("the job answered nothing in 5 minutes")
+        paced.run_for(2)
+    paced.run_for(30)
+    for rate in rates:
+        paced.rate = rate
+        paced.run_for(args.step_s / 2)
+        sent, got, t = paced.sent, read(), time.monotonic()
+        paced.run_for(args.step_s / 2)
+        dt, now_read = time.monotonic() - t, read()
+        offered, processed = (paced.sent - sent) / dt, (now_read - got) / dt
+        unread = paced.sent - now_read
+        steps.append((offered, processed, unread))
+        log(f"  step {rate:7,.0f} ev/s: offered {offered:7,.0f} ev/s, read {processed:7,.0f} ev/s, unread {unread:,}")
+        if processed < 0.95 * offered:
+            return processed
+    raise SystemExit(f"not saturated at {args.steps.split(',')[-1]} events/s: offer more with --steps")
 
 
 def _flat(series: list[float], *, floor: float = 0.0) -> tuple[float, float, float, bool]:
@@ -276,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
     parser.add_argument("--minutes", type=float, default=22.0, help="soak duration (default 22: 2 of warm-up + 20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="minutes not judged (default 2)")
     parser.add_argument("--load", type=float, default=0.7, help="share of the maximum sustained rate (default 0.7)")
-    parser.add_argument("--backlog", type=int, default=600_000, help="events for the maximum-rate phase")
+    parser.add_argument("--steps", default="600,800,1000,1200,1500,2000,2500,3500,5000",
+                        help="events/s offered in turn to find the maximum sustained rate")
+    parser.add_argument("--step-s", type=float, default=90.0, help="seconds per step")
     parser.add_argument("--rate", type=float, default=None, help="events/s to soak at; skips the maximum-rate phase")
     parser.add_argument("--checkpoint-s", type=float, default=10.0)
+    parser.add_argument("--tm-memory", default="2560m", help="TaskManager process size (default 2560m)")
+    parser.add_argument("--tm-managed-memory", default="768m", help="its managed memory: RocksDB and Python (default 768m)")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--model", type=Path, default=None, help="SavedModel, registry version or registry")
     parser.add_argument("--seed", type=int, default=1)
@@ -295,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         broker = LocalBroker(state_dir=state, port=free_port(), die_with_parent=True)
         broker.start(fresh=True, timeout_s=90)
         rest, rpc = free_port(), free_port()
-        cluster = LocalCluster(state_dir=state, settings=ClusterSettings(rest_port=rest, rpc_port=rpc, taskmanagers=1,
-                                                                          slots_per_taskmanager=2), die_with_parent=True)  # fmt: skip
+        # RocksDB's block cache and write buffers come out of managed memory: a TaskManager as a small pod would have.
+        cluster = LocalCluster(state_dir=state, settings=ClusterSettings(
+            rest_port=rest, rpc_port=rpc, taskmanagers=1, slots_per_taskmanager=2, taskmanager_memory=args.tm_memory,
+            taskmanager_managed_memory=args.tm_managed_memory), die_with_parent=True)  # fmt: skip
         job_id = None
         samples: list[Sample] = []
         try:
@@ -314,17 +367,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
             producer = Producer(settings.kafka.client_config() | {"linger.ms": 50, "queue.buffering.max.messages": 2_000_000})
             now = int(time.time() * 1000)
             catalogue(settings, producer, now - 20 * 60_000, args.seed)
-            backlog = 0 if args.rate else args.backlog
-            if backlog:  # event times over the 15 minutes before now
-                log(f"writing a backlog of {backlog:,} events")
-                for i in range(backlog):
-                    ts = now - 15 * 60_000 + i * 15 * 60_000 // backlog
-                    topic, key, value = mix.next(ts)
-                    producer.produce(topic, value, key=key, timestamp=ts)
-                    if i % 10_000 == 0:
-                        producer.poll(0)
-                producer.flush(120)
-            backlog_requests = mix.requests
             config = write_config_file(settings, state / "pricing.toml", job=[
                 "parallelism = 2", 'delivery_guarantee = "exactly-once"', 'state_backend = "rocksdb"',
                 f"checkpoint_interval_ms = {int(args.checkpoint_s * 1000)}", "idle_timeout_ms = 2000",
@@ -339,48 +381,58 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
                 raise RuntimeError(submitted.stderr[-3000:])
             job_id = submitted.stdout.split("job ", 1)[1].split()[0]
             log(f"job {job_id} runs (model {version})")
-            if backlog:
-                deadline = time.monotonic() + 1_800
-                while len(answers.ids) < 0.95 * backlog_requests:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"the backlog was not drained: {len(answers.ids):,} of {backlog_requests:,}")
-                    time.sleep(2)
-                    log(f"  draining: {len(answers.ids):,} of {backlog_requests:,} requests answered")
-                line = list(answers.timeline)
-                t20 = next(t for t, n in line if n >= 0.2 * backlog_requests)
-                t90 = next(t for t, n in line if n >= 0.9 * backlog_requests)
-                max_rps = 0.7 * backlog_requests / (t90 - t20)
-                max_eps = max_rps * EVENTS_PER_REQUEST
-                log(f"maximum sustained: {max_eps:,.0f} events/s ({max_rps:,.0f} requests/s)")
+            steps: list[tuple[float, float, int]] = []  # (offered events/s, read events/s, unread at the end)
+            paced = Paced(settings, mix, 0.0)
+            paced.sent = 2 * N_PRODUCTS  # the catalogue's records, which the job reads too
+
+            def read() -> int:
+                return records_read(cluster, job_id)
+
+            if not args.rate:
+                max_eps = ramp(paced, answers, read, args, steps)
             else:
                 max_eps = args.rate / args.load
-                max_rps = max_eps / EVENTS_PER_REQUEST
+            max_rps = max_eps / EVENTS_PER_REQUEST
             rate = args.rate or args.load * max_eps
-            paced = Paced(settings, mix, rate)
+            paced.rate = rate
+            deadline = time.monotonic() + 300
+            while not answers.ids:  # (with --rate there was no ramp) the job's start is part of the drain, not the soak
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the job answered nothing in 5 minutes")
+                paced.run_for(2)
+            drain_until = time.monotonic() + 900
+            while (unread := paced.sent - read()) > rate * args.checkpoint_s:
+                if time.monotonic() > drain_until:
+                    raise RuntimeError(f"the ramp's backlog did not drain in 15 minutes ({unread:,} records unread)")
+                log(f"  draining the ramp's backlog at {rate:,.0f} events/s: {unread:,} records unread")
+                paced.run_for(10)  # the soak's traffic already, so that event time moves on
+            log(f"backlog drained ({paced.sent - read():,} records unread)")
             inputs = [settings.kafka.topics.requests.name, settings.kafka.topics.behaviour.name, settings.kafka.topics.market.name]
             soak_start = time.monotonic()
-            sent_before, answered_before, t_before = paced.sent, len(answers.ids), soak_start
+            sent_before, read_before, answered_before, t_before = paced.sent, read(), len(answers.ids), soak_start
             log(f"soaking at {rate:,.0f} events/s for {args.minutes:g} minutes")
             while time.monotonic() - soak_start < args.minutes * 60:
                 paced.run_for(args.sample_s)
-                t = time.monotonic()
+                t, now_read = time.monotonic(), read()
                 checkpoints, size = last_checkpoint(cluster, job_id)
                 job = _rest(cluster, f"/jobs/{job_id}")
                 if job["state"] in ENDED:
                     raise RuntimeError(f"the job ended: {job['state']}")
                 sample = Sample(
                     t_s=round(t - soak_start, 1), offered_eps=round((paced.sent - sent_before) / (t - t_before), 1),
+                    read_eps=round((now_read - read_before) / (t - t_before), 1),
                     answered_rps=round((len(answers.ids) - answered_before) / (t - t_before), 1),
-                    backlog_requests=mix.requests - len(answers.ids),
+                    backlog_requests=mix.requests - len(answers.ids), unread=paced.sent - now_read,
                     consumer_lag=consumer_lag(settings, settings.job.consumer_group, inputs, 2),
                     checkpoints=checkpoints, checkpoint_mb=round(size, 2),
                     rss_mb={k: round(v, 1) for k, v in processes(cluster, broker).items()},
                 )  # fmt: skip
                 samples.append(sample)
-                sent_before, answered_before, t_before = paced.sent, len(answers.ids), t
-                log(f"  {sample.t_s:6.0f}s offered {sample.offered_eps:8,.0f} ev/s, answered {sample.answered_rps:6,.0f} req/s, "
-                    f"backlog {sample.backlog_requests:6,} req, lag {sample.consumer_lag:7,}, checkpoint "
-                    f"{sample.checkpoint_mb:7.1f} MB, RSS " + ", ".join(f"{k} {v:,.0f}" for k, v in sample.rss_mb.items()))  # fmt: skip
+                sent_before, read_before, answered_before, t_before = paced.sent, now_read, len(answers.ids), t
+                log(f"  {sample.t_s:6.0f}s offered {sample.offered_eps:7,.0f} ev/s, read {sample.read_eps:7,.0f} ev/s, "
+                    f"answered {sample.answered_rps:5,.0f} req/s, unread {sample.unread:6,}, open {sample.backlog_requests:5,} req, "
+                    f"committed lag {sample.consumer_lag:7,}, checkpoint {sample.checkpoint_mb:6.1f} MB, RSS "
+                    + ", ".join(f"{k} {v:,.0f}" for k, v in sample.rss_mb.items()))  # fmt: skip
             paced.flush()
             total_requests = mix.requests
             deadline = time.monotonic() + 300
@@ -397,11 +449,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
             cluster.stop()
             broker.stop()
     judged = [s for s in samples if s.t_s > args.warmup * 60]
-    floor_lag = rate * args.checkpoint_s
+    floor_lag = 2 * rate * args.checkpoint_s
     checks = [
         ("events offered per second", [s.offered_eps for s in judged], 0.0),
+        ("events read per second", [s.read_eps for s in judged], 0.0),
         ("requests answered per second", [s.answered_rps for s in judged], 0.0),
-        ("consumer lag (messages)", [float(s.consumer_lag) for s in judged], floor_lag),
+        ("records not yet read", [float(s.unread) for s in judged], floor_lag / 2),
+        ("consumer lag, committed offsets (messages)", [float(s.consumer_lag) for s in judged], floor_lag),
         ("requests produced, not yet answered", [float(s.backlog_requests) for s in judged], floor_lag / EVENTS_PER_REQUEST),
         ("last checkpoint (MB)", [s.checkpoint_mb for s in judged], 0.0),
         *[(f"RSS {name} (MB)", [s.rss_mb.get(name, 0.0) for s in judged], 0.0)
@@ -416,12 +470,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         "",
         f"`benchmarks/soak.py --minutes {args.minutes:g} --warmup {args.warmup:g} --load {args.load:g}` on a "
         f"{platform.machine()} machine with {os.cpu_count()} cores, {(time.monotonic() - started) / 60:.0f} minutes in all: "
-        "one JobManager, one TaskManager with two slots, parallelism 2, exactly-once, "
-        f"checkpoints every {args.checkpoint_s:g} s (full, RocksDB), the model of the production architecture "
+        f"one JobManager, one TaskManager with two slots ({args.tm_memory}, managed {args.tm_managed_memory}), "
+        "parallelism 2, exactly-once, "
+        f"checkpoints every {args.checkpoint_s:g} s (incremental, RocksDB), the model of the production architecture "
         f"({'the given one' if args.model else 'untrained'}), recommendations off.",
         "",
-        (f"Maximum sustained rate (a backlog of {backlog:,} events drained, 20% to 90%): **{max_eps:,.0f} events/s, "
-         f"{max_rps:,.0f} priced requests/s**. " if backlog else "")
+        (f"Maximum sustained rate (what the sources read in the first saturated step, {args.step_s:g} s steps): "
+         f"**{max_eps:,.0f} events/s, {max_rps:,.0f} priced requests/s**. " if steps else "")
         + f"Soaked at {rate:,.0f} events/s ({rate / max_eps:.0%}) for {args.minutes:g} minutes; judged after "
         f"{args.warmup:g} minutes of warm-up, the last quarter's mean against the first quarter's ({len(judged)} samples "
         f"every {args.sample_s:g} s).",
@@ -431,15 +486,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         *rows,
         "",
         f"Requests: {total_requests:,} produced, **{lost:,} lost, {duplicated:,} duplicated** (read_committed, by "
-        "request id). Lag and backlog count as flat when their last quarter stays below one checkpoint interval of "
+        "request id). Lag and backlog count as flat when their last quarter stays below two checkpoint intervals of "
         f"traffic ({floor_lag:,.0f} messages, {floor_lag / EVENTS_PER_REQUEST:,.0f} requests): exactly-once commits "
         "offsets and output at checkpoints only.",
         "",
+        *(["Steps to find the maximum (events/s offered and read by the job's sources over each step's second half, "
+            "records unread at its end):", "", "| offered ev/s | read ev/s | unread |", "|---:|---:|---:|",
+            *[f"| {o:,.0f} | {r:,.0f} | {u:,} |" for o, r, u in steps], ""] if steps else []),
         "Samples (every fourth):",
         "",
-        "| t (s) | offered ev/s | answered req/s | backlog (req) | lag (msgs) | checkpoint (MB) | RSS (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---|",
-        *[f"| {s.t_s:.0f} | {s.offered_eps:,.0f} | {s.answered_rps:,.0f} | {s.backlog_requests:,} | {s.consumer_lag:,} | "
+        "| t (s) | offered ev/s | read ev/s | answered req/s | unread | open (req) | committed lag | checkpoint (MB) | RSS (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *[f"| {s.t_s:.0f} | {s.offered_eps:,.0f} | {s.read_eps:,.0f} | {s.answered_rps:,.0f} | {s.unread:,} | "
+          f"{s.backlog_requests:,} | {s.consumer_lag:,} | "
           f"{s.checkpoint_mb:.1f} | {', '.join(f'{k} {v:,.0f}' for k, v in s.rss_mb.items())} |" for s in samples[::4]],
     ]  # fmt: skip
     report = "\n".join(lines) + "\n"
