@@ -205,8 +205,6 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _job_run(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.pricing_job import run
-
     job = settings.job.model_copy(
         update={
             "bounded": args.bounded or settings.job.bounded,
@@ -235,12 +233,14 @@ def _job_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"job {already['jid']} runs on {args.jobmanager} already ({job.name}, {already['state']}): "
                   "not submitted again; cancel it first to replace it")  # fmt: skip
             return 0
-        from jobs.pricing_job import wait_until_running
+        from jobs.pricing_job import run, wait_until_running  # PyFlink starts its gateway: only when it is needed
 
         result = run(settings, jobmanager=args.jobmanager, wait=False)
         wait_until_running(result)
         print(f"job {result.get_job_client().get_job_id()} runs on {args.jobmanager}")
         return 0
+    from jobs.pricing_job import run
+
     run(settings, jobmanager=args.jobmanager, wait=True)
     return 0
 
