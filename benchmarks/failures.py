@@ -25,7 +25,6 @@ The job's client process in local (MiniCluster) mode is the cluster itself: its 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -35,11 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Producer
 
@@ -77,10 +74,6 @@ class Traffic:
         self._producer.flush(60)
 
 
-def _rest(cluster: LocalCluster, path: str) -> Any:
-    with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=10) as response:
-        return json.load(response)
-
 
 def _first_answer_after(traffic: Traffic, answers: PricedReader, fault_at: float, *, timeout_s: float) -> float:
     """Seconds from the fault to the first answer to a request sent after it (traffic keeps flowing)."""
@@ -97,8 +90,8 @@ def _first_answer_after(traffic: Traffic, answers: PricedReader, fault_at: float
 
 
 def _running(cluster: LocalCluster, job_id: str) -> bool:
-    job = _rest(cluster, f"/jobs/{job_id}")
-    if job["state"] in {"FAILED", "CANCELED", "FINISHED"}:
+    job = cluster.rest_json(f"/jobs/{job_id}")
+    if job["state"] in ENDED:
         raise RuntimeError(f"the job ended: {job['state']}")
     return job["state"] == "RUNNING" and all(v["status"] == "RUNNING" for v in job["vertices"])
 
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 note = "at a random moment"
                 if k == during_checkpoint:
                     deadline = time.monotonic() + 30
-                    while _rest(cluster, f"/jobs/{job_id}/checkpoints")["counts"]["in_progress"] == 0:
+                    while cluster.rest_json(f"/jobs/{job_id}/checkpoints")["counts"]["in_progress"] == 0:
                         if time.monotonic() > deadline:
                             break
                         traffic.send(0.05)

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -159,10 +158,6 @@ class Answers(threading.Thread):
         self.join(10)
 
 
-def _rest(cluster: LocalCluster, path: str) -> Any:
-    with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=10) as response:
-        return json.load(response)
-
 
 def _rss_mb(pid: int) -> float | None:
     try:
@@ -228,7 +223,7 @@ def consumer_lag(settings: Settings, group: str, topics: list[str], partitions: 
 
 def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float]:
     """(completed checkpoints, MB of the last completed one's full state)."""
-    stats = _rest(cluster, f"/jobs/{job_id}/checkpoints")
+    stats = cluster.rest_json(f"/jobs/{job_id}/checkpoints")
     latest = (stats.get("latest") or {}).get("completed") or {}
     return stats["counts"]["completed"], latest.get("state_size", 0) / 1e6
 
@@ -236,9 +231,9 @@ def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float]:
 def records_read(cluster: LocalCluster, job_id: str) -> int:
     """Records the job's Kafka sources have read so far (their vertices' ``numRecordsOut``, summed over subtasks)."""
     total, found = 0, 0
-    for vertex in _rest(cluster, f"/jobs/{job_id}")["vertices"]:
+    for vertex in cluster.rest_json(f"/jobs/{job_id}")["vertices"]:
         if vertex["name"].startswith("Source:"):
-            got = _rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get=numRecordsOut&agg=sum")
+            got = cluster.rest_json(f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get=numRecordsOut&agg=sum")
             if got:
                 total += int(float(got[0]["sum"]))
                 found += 1
@@ -415,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
                 paced.run_for(args.sample_s)
                 t, now_read = time.monotonic(), read()
                 checkpoints, size = last_checkpoint(cluster, job_id)
-                job = _rest(cluster, f"/jobs/{job_id}")
+                job = cluster.rest_json(f"/jobs/{job_id}")
                 if job["state"] in ENDED:
                     raise RuntimeError(f"the job ended: {job['state']}")
                 sample = Sample(

@@ -104,6 +104,11 @@ class LocalCluster:
     def rest_url(self) -> str:
         return f"http://{self.settings.rest_address}"
 
+    def rest_json(self, path: str, timeout_s: float = 10.0) -> Any:
+        """GET ``path`` (``/jobs/<id>``, ``/overview``, ...) from the cluster's REST API; raises when it fails."""
+        with urllib.request.urlopen(f"{self.rest_url}{path}", timeout=timeout_s) as response:
+            return json.load(response)
+
     @property
     def conf_dir(self) -> Path:
         return self.home / "conf"

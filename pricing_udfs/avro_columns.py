@@ -25,7 +25,6 @@ import numpy as np
 from pricing_udfs import serde
 from pricing_udfs.serde import Contract
 
-_NULL = object()  # a column's marker for "this row is null" after splitting a union
 _Piece = bytes | list[bytes]  # one field's bytes: the same for every row, or one per row
 
 
@@ -159,7 +158,7 @@ def _arrays(items: Any, column: Any, n: int, name: str) -> list[bytes]:
     for row in column:
         if row is None or isinstance(row, (str, bytes)):
             raise TypeError(f"{name}: {row!r} is not an array")
-        key = tuple(row) if isinstance(items, str) and items == "string" else None
+        key = tuple(row) if items == "string" else None
         encoded = memo.get(key) if key is not None else None
         if encoded is None:
             values = list(row)

@@ -10,17 +10,14 @@ every request must be priced exactly once, as read_committed consumers see it.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -73,10 +70,6 @@ def _cli(config: Path, *args: str, timeout_s: float) -> subprocess.CompletedProc
     )
 
 
-def _rest(cluster: LocalCluster, path: str) -> Any:
-    with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=10) as response:
-        return json.load(response)
-
 
 
 def test_cluster_start_is_idempotent_and_status_reports_every_process(
@@ -92,7 +85,7 @@ def test_cluster_start_is_idempotent_and_status_reports_every_process(
     assert f"JobManager pid {before.jobmanager_pid}" in status.stdout
     assert all(str(pid) in status.stdout for pid in before.taskmanager_pids) and len(before.taskmanager_pids) == 2
     assert "2 TaskManager(s) registered" in status.stdout
-    overview = _rest(flink_cluster, "/overview")
+    overview = flink_cluster.rest_json("/overview")
     assert (overview["taskmanagers"], overview["slots-total"]) == (2, 4)
 
 
@@ -122,7 +115,7 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         submitted = _cli(config, "job", "run", "--jobmanager", flink_cluster.settings.rest_address, timeout_s=240)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr[-3000:]
         job_id = re.search(r"job ([0-9a-f]{32}) runs on", submitted.stdout).group(1)
-        job = _rest(flink_cluster, f"/jobs/{job_id}")
+        job = flink_cluster.rest_json(f"/jobs/{job_id}")
         assert {v["parallelism"] for v in job["vertices"]} == {2}, [(v["name"], v["parallelism"]) for v in job["vertices"]]
         # Run again (a deploy script retrying after its client died), the command finds the job and submits no copy.
         again = _cli(config, "job", "run", "--jobmanager", flink_cluster.settings.rest_address, timeout_s=120)
@@ -139,7 +132,7 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         probe.close()
         assert all(high > low for low, high in lows_highs), lows_highs
         source = next(v for v in job["vertices"] if "requests_src" in v["name"])
-        hosts = _rest(flink_cluster, f"/jobs/{job_id}/vertices/{source['id']}/taskmanagers")["taskmanagers"]
+        hosts = flink_cluster.rest_json(f"/jobs/{job_id}/vertices/{source['id']}/taskmanagers")["taskmanagers"]
         assert len(hosts) == 2, "slots are spread over both TaskManagers"
 
         send(5)  # mid-stream: requests waiting for the watermark, open transactions, a checkpoint or two
@@ -152,8 +145,8 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
         deadline = time.monotonic() + 150
         replaced = False
         while True:
-            restarts = int(_rest(flink_cluster, f"/jobs/{job_id}/metrics?get=numRestarts")[0]["value"])
-            job = _rest(flink_cluster, f"/jobs/{job_id}")
+            restarts = int(flink_cluster.rest_json(f"/jobs/{job_id}/metrics?get=numRestarts")[0]["value"])
+            job = flink_cluster.rest_json(f"/jobs/{job_id}")
             if restarts >= 1 and job["state"] == "RUNNING" and all(v["status"] == "RUNNING" for v in job["vertices"]):
                 break
             assert job["state"] not in {"FAILED", "CANCELED", "FINISHED"}, job["state"]
@@ -166,7 +159,7 @@ def test_the_job_on_the_cluster_prices_every_request_exactly_once_through_a_task
                 replaced = True
             send(1)
         if not replaced:
-            assert _rest(flink_cluster, "/overview")["taskmanagers"] == 1, "it restarted on the surviving TaskManager"
+            assert flink_cluster.rest_json("/overview")["taskmanagers"] == 1, "it restarted on the surviving TaskManager"
         restarted = time.monotonic() - killed
         send(3)
         # The broker goes down and comes back (a rolling restart of a one-node cluster): sources, sinks and open
