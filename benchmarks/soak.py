@@ -20,13 +20,18 @@ Run by hand (about ``--minutes`` + 6 minutes; it starts its own broker and clust
 3. **Soak:** the same mix at ``--load`` x that rate, event time = now, for ``--minutes``. Every
    ``--sample-s`` seconds: events offered and read per second, requests answered per second, the records
    produced and not yet read, the consumer lag of the job's group (the offsets Flink commits at each
-   checkpoint, against the inputs' ends: what an SRE's lag monitor sees), the requests produced and not yet
-   answered, the RSS of each process (JobManager, TaskManager, each Python
-   worker, the broker), and the last completed checkpoint's size.
+   checkpoint, against the inputs' ends: what an SRE's lag monitor sees) and the requests produced and not yet
+   answered (both polled every second, mean and maximum over the sample: they are saw-teeth with the
+   checkpoint's rhythm), where an answer's time goes (median request -> priced in the job, priced -> readable
+   when its transaction commits), the RSS of each process (JobManager, TaskManager, each Python worker, the
+   broker), and the last completed checkpoint's size and duration (and its slowest vertex).
+   ``--time-scale 100`` compresses event time so that the 24-hour windows fill within the warm-up and then evict
+   as fast as they fill: the only way a 20-minute soak can show whether state stays bounded.
 4. **Verdict:** after ``--warmup`` minutes, each series' mean over the last quarter of the soak against its mean
    over the first quarter: flat when within 10%; for lag and open requests, also flat when the end is below two
    checkpoint intervals of traffic (exactly-once commits offsets and output at checkpoints only, so a lag below
-   that is the checkpoint's rhythm, not a queue).
+   that is the checkpoint's rhythm, not a queue); the median request -> priced also when under 1 s, priced ->
+   committed when under one checkpoint interval.
    Every request is answered once (lost and duplicated, read_committed, by request id). Checkpoints are
    incremental on RocksDB (the job's default there); the size reported is the full state's.
 """
@@ -72,6 +77,28 @@ MARKET = ("competitor_price", "competitor_price", "inventory", "promotion")  # l
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class EventClock:
+    """Event time for the load: the wall clock (``scale`` 1), or a compressed one that starts ``behind_h`` hours in the
+    past and runs ``scale`` times faster, so that the job's 24-hour windows fill, and then evict as fast as they fill,
+    within a soak (at 100, 24 event-time hours pass in 14.4 minutes); it stays behind the wall clock, which the
+    job's clock-skew rule requires."""
+
+    def __init__(self, scale: float = 1.0, behind_h: float = 0.0) -> None:
+        self.scale, self._wall0 = scale, time.time() * 1000
+        self._event0 = self._wall0 - behind_h * 3_600_000
+
+    def event_ms(self, wall_s: float | None = None) -> int:
+        wall = (time.time() if wall_s is None else wall_s) * 1000
+        return int(self._event0 + (wall - self._wall0) * self.scale)
+
+    def wall_ms(self, event_ms: int) -> float:
+        """The wall-clock moment at which the load stamped ``event_ms``."""
+        return self._wall0 + (event_ms - self._event0) / self.scale
+
+    def ahead_at(self, wall_s: float) -> bool:
+        return self.event_ms(wall_s) > wall_s * 1000
 
 
 class Mix:
@@ -131,14 +158,18 @@ def catalogue(settings: Settings, producer: Producer, ts: int, seed: int) -> Non
 class Answers(threading.Thread):
     """A read_committed reader of priced-events: how many answers, how many request ids twice, and when."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: EventClock) -> None:
         super().__init__(daemon=True)
+        self._clock = clock
         self._consumer = Consumer(settings.kafka.client_config() | {"group.id": f"soak-{uuid.uuid4().hex[:6]}",
                                   "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
         self._consumer.subscribe([settings.kafka.topics.priced.name])
         self.ids: set[str] = set()
         self.duplicates = 0
         self.timeline: list[tuple[float, int]] = []  # (monotonic time, answers so far), once per poll batch
+        # Where an answer's time goes, since the last take_delays(): request -> priced (the job's stages, event-time
+        # waits included) and priced -> read here (the transaction's commit at the next checkpoint, exactly-once).
+        self._delays: list[tuple[int, int]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -146,12 +177,22 @@ class Answers(threading.Thread):
             for msg in self._consumer.consume(1_000, timeout=0.2):
                 if msg.error():
                     continue
-                rid = serde.decode(Contract.PRICED_EVENT, msg.value()).record["request_id"]
+                rec = serde.decode(Contract.PRICED_EVENT, msg.value()).record
+                rid, seen = rec["request_id"], int(time.time() * 1000)
+                requested = self._clock.wall_ms(rec["request_time"])  # priced_time is the wall clock's
+                self._delays.append((rec["priced_time"] - requested, seen - rec["priced_time"]))
                 if rid in self.ids:
                     self.duplicates += 1
                 self.ids.add(rid)
             self.timeline.append((time.monotonic(), len(self.ids)))
         self._consumer.close()
+
+    def take_delays(self) -> tuple[float, float]:
+        """Median seconds (request -> priced, priced -> read_committed) of the answers since the last call."""
+        delays, self._delays = self._delays, []
+        if not delays:
+            return float("nan"), float("nan")
+        return statistics.median(d[0] for d in delays) / 1000, statistics.median(d[1] for d in delays) / 1000
 
     def stop(self) -> None:
         self._halt.set()
@@ -206,39 +247,87 @@ def processes(cluster: LocalCluster, broker: LocalBroker) -> dict[str, float]:
     return {k: v for k, v in rss.items() if v is not None}
 
 
-def consumer_lag(settings: Settings, group: str, topics: list[str], partitions: int) -> int:
-    """Messages in the inputs past the offsets the job's group committed (at its last checkpoint)."""
-    consumer = Consumer(settings.kafka.client_config() | {"group.id": group, "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        committed = consumer.committed(parts, timeout=10)
-        lag = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            lag += high - max(tp.offset, 0)
-        return lag
-    finally:
-        consumer.close()
+class LagWatch(threading.Thread):
+    """Every ``every_s``: the consumer lag of the job's group (messages in the inputs past the offsets it committed
+    at its last checkpoint) and the requests produced and not yet answered; ``take()`` gives each one's mean and
+    maximum since the last call.
+
+    Both are saw-teeth with the checkpoint's period (exactly-once commits offsets and answers at checkpoints): one
+    reading every sample, 30.3 s apart against a 10 s rhythm, drifts through the tooth and shows a slow rise that
+    is not there (the first soaks reported exactly that). The mean over a sample spans three teeth."""
+
+    def __init__(self, settings: Settings, topics: list[str], partitions: int, open_requests: Any, every_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self._consumer = Consumer(settings.kafka.client_config() | {"group.id": settings.job.consumer_group,
+                                                                    "enable.auto.commit": False})  # fmt: skip
+        self._parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        self._open, self._every = open_requests, every_s
+        self._readings: list[tuple[int, int]] = []
+        self._halt = threading.Event()
+
+    def lag(self) -> int:
+        total = 0
+        for tp in self._consumer.committed(self._parts, timeout=10):
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            total += high - max(tp.offset, 0)
+        return total
+
+    def run(self) -> None:
+        while not self._halt.wait(self._every):
+            self._readings.append((self.lag(), self._open()))
+
+    def take(self) -> tuple[float, int, float, int]:
+        """(mean lag, max lag, mean open requests, max open requests) since the last call."""
+        readings, self._readings = self._readings, []
+        if not readings:
+            return float("nan"), 0, float("nan"), 0
+        lags, opens = [r[0] for r in readings], [r[1] for r in readings]
+        return statistics.fmean(lags), max(lags), statistics.fmean(opens), max(opens)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(15)
+        self._consumer.close()
 
 
-def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float]:
-    """(completed checkpoints, MB of the last completed one's full state)."""
+def last_checkpoint(cluster: LocalCluster, job_id: str) -> tuple[int, float, float, str]:
+    """(completed checkpoints, MB of the last completed one's full state, its end-to-end seconds, the slowest
+    vertex's name and seconds)."""
     stats = cluster.rest_json(f"/jobs/{job_id}/checkpoints")
     latest = (stats.get("latest") or {}).get("completed") or {}
-    return stats["counts"]["completed"], latest.get("state_size", 0) / 1e6
+    slowest = ""
+    if latest:
+        names = {v["id"]: v["name"] for v in cluster.rest_json(f"/jobs/{job_id}")["vertices"]}
+        tasks = cluster.rest_json(f"/jobs/{job_id}/checkpoints/details/{latest['id']}").get("tasks", {})
+        if tasks:
+            vid, task = max(tasks.items(), key=lambda kv: kv[1].get("end_to_end_duration", 0))
+            slowest = f"{names.get(vid, vid)[:40]} {task.get('end_to_end_duration', 0) / 1000:.1f}s"
+    return (stats["counts"]["completed"], latest.get("state_size", 0) / 1e6,
+            latest.get("end_to_end_duration", 0) / 1000, slowest)  # fmt: skip
 
 
-def records_read(cluster: LocalCluster, job_id: str) -> int:
-    """Records the job's Kafka sources have read so far (their vertices' ``numRecordsOut``, summed over subtasks)."""
-    total, found = 0, 0
-    for vertex in cluster.rest_json(f"/jobs/{job_id}")["vertices"]:
-        if vertex["name"].startswith("Source:"):
-            got = cluster.rest_json(f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get=numRecordsOut&agg=sum")
+def records_read(cluster: LocalCluster, job_id: str, wait: Any = time.sleep) -> int:
+    """Records the job's Kafka sources have read so far (their vertices' ``numRecordsOut``, summed over subtasks).
+
+    The REST API answers from the JobManager's metric store and only then asks the TaskManagers for fresh values
+    (at most every ``metrics.fetcher.update-interval``): one query every 30 s reads the values of the query before.
+    So it asks, waits past the interval (1 s on the soak's cluster) with ``wait(seconds)`` (the load keeps
+    flowing), and asks again."""
+    sources = [v["id"] for v in cluster.rest_json(f"/jobs/{job_id}")["vertices"] if v["name"].startswith("Source:")]
+    if not sources:
+        raise RuntimeError("the job has no source vertex")
+    total = 0
+    for attempt in (0, 1):
+        total, found = 0, 0
+        for vertex in sources:
+            got = cluster.rest_json(f"/jobs/{job_id}/vertices/{vertex}/subtasks/metrics?get=numRecordsOut&agg=sum")
             if got:
                 total += int(float(got[0]["sum"]))
                 found += 1
-    if not found:
-        raise RuntimeError("no source vertex reports numRecordsOut")
+        if attempt == 0:
+            wait(1.5)
+    if found < len(sources):
+        raise RuntimeError(f"{len(sources) - found} of the job's source vertices report no numRecordsOut")
     return total
 
 
@@ -248,18 +337,25 @@ class Sample:
     offered_eps: float
     read_eps: float  # records the job's sources read per second
     answered_rps: float
-    backlog_requests: int
+    backlog_requests: float  # requests produced and not yet answered, mean over the sample (polled every second)
     unread: int  # records produced (since the job started) and not yet read by the job's sources
-    consumer_lag: int
+    consumer_lag: float  # committed-offset lag, mean over the sample (polled every second)
     checkpoints: int
     checkpoint_mb: float  # the last completed checkpoint's full state size (incremental: what it adds is smaller)
     rss_mb: dict[str, float]
+    checkpoint_s: float = float("nan")  # the last completed checkpoint's end-to-end duration
+    slowest_vertex: str = ""  # in that checkpoint, with its seconds
+    priced_s: float = float("nan")  # median request_time -> priced_time of the answers in this sample
+    committed_s: float = float("nan")  # median priced_time -> read (read_committed) of those answers
+    consumer_lag_max: int = 0
+    backlog_requests_max: int = 0
 
 
 class Paced:
     """Produces ``mix`` at ``rate`` events per second (event time = now), in 50 ms ticks."""
 
-    def __init__(self, settings: Settings, mix: Mix, rate: float) -> None:
+    def __init__(self, settings: Settings, mix: Mix, rate: float, clock: EventClock) -> None:
+        self._clock = clock
         self._producer = Producer(settings.kafka.client_config() | {"linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
         self._mix, self.rate = mix, rate
         self.sent = 0
@@ -268,7 +364,7 @@ class Paced:
         start, base = time.monotonic(), self.sent
         while (now := time.monotonic()) - start < seconds:
             due = int((now - start) * self.rate) - (self.sent - base)
-            ts = int(time.time() * 1000)
+            ts = self._clock.event_ms()
             for _ in range(max(due, 0)):
                 topic, key, value = self._mix.next(ts)
                 self._producer.produce(topic, value, key=key, timestamp=ts)
@@ -309,7 +405,7 @@ def ramp(paced: Paced, answers: Answers, read: Any, args: argparse.Namespace, st
 def _flat(series: list[float], *, floor: float = 0.0) -> tuple[float, float, float, bool]:
     q = max(1, len(series) // 4)
     first, last = statistics.fmean(series[:q]), statistics.fmean(series[-q:])
-    change = (last - first) / first if first else 0.0
+    change = (last - first) / first if first else (0.0 if last == first else float("inf"))
     return first, last, change, abs(change) <= 0.10 or last <= floor
 
 
@@ -328,8 +424,22 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--model", type=Path, default=None, help="SavedModel, registry version or registry")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="event time runs this many times faster than the wall clock (default 1: event time = now); "
+                             "at 100 the 24 h windows fill in 14.4 minutes and then stay full (use --warmup 15)")
+    parser.add_argument("--behind-h", type=float, default=None,
+                        help="event time starts this many hours behind the wall clock (default: 0 at scale 1, else "
+                             "enough to stay behind it for the whole run)")
     parser.add_argument("--report", type=Path, default=None, help="Markdown report (a .jsonl of samples beside it)")
     args = parser.parse_args(argv)
+    if args.time_scale < 1:
+        parser.error("--time-scale is at least 1")
+    run_min = args.minutes + 30 + (0 if args.rate else len(args.steps.split(",")) * args.step_s / 60)  # with a margin
+    if args.behind_h is None:  # the run's whole length, in event time
+        args.behind_h = 0.0 if args.time_scale == 1 else run_min / 60 * args.time_scale
+    clock = EventClock(args.time_scale, args.behind_h)
+    if clock.ahead_at(time.time() + run_min * 60):
+        parser.error(f"event time would pass the wall clock within the run: raise --behind-h above {args.behind_h:g}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pricing-soak-") as tmp:
         state = Path(tmp)
@@ -345,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         cluster = LocalCluster(state_dir=state, settings=ClusterSettings(
             rest_port=rest, rpc_port=rpc, taskmanagers=1, slots_per_taskmanager=2, taskmanager_memory=args.tm_memory,
             taskmanager_managed_memory=args.tm_managed_memory), die_with_parent=True)  # fmt: skip
+        # The REST API's metrics are what the JobManager last fetched from the TaskManager (every 10 s by default):
+        # the sources' numRecordsOut read a sample late; fetch every second.
+        config = cluster.flink_config
+        cluster.flink_config = lambda: config() | {"metrics.fetcher.update-interval": 1000}  # type: ignore[method-assign]
         job_id = None
         samples: list[Sample] = []
         try:
@@ -360,14 +474,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
             create_topics(settings.kafka)
             mix = Mix(settings, args.seed)
             producer = Producer(settings.kafka.client_config() | {"linger.ms": 50, "queue.buffering.max.messages": 2_000_000})
-            now = int(time.time() * 1000)
-            catalogue(settings, producer, now - 20 * 60_000, args.seed)
+            catalogue(settings, producer, clock.event_ms() - 20 * 60_000, args.seed)
             config = write_config_file(settings, state / "pricing.toml", job=[
                 "parallelism = 2", 'delivery_guarantee = "exactly-once"', 'state_backend = "rocksdb"',
                 f"checkpoint_interval_ms = {int(args.checkpoint_s * 1000)}", "idle_timeout_ms = 2000",
             ], extra=[f'[models]\nregistry_dir = "{state / "registry"}"\ndevice = "cpu"', "[recommend]\nenabled = false",
                       f"[cluster]\nrest_port = {rest}\nrpc_port = {rpc}"])  # fmt: skip
-            answers = Answers(settings)
+            answers = Answers(settings, clock)
             answers.start()
             submitted = subprocess.run([sys.executable, "-m", "pricing.cli", "--config", str(config), "job", "run",
                                         "--jobmanager", cluster.settings.rest_address], capture_output=True, text=True,
@@ -377,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
             job_id = submitted.stdout.split("job ", 1)[1].split()[0]
             log(f"job {job_id} runs (model {version})")
             steps: list[tuple[float, float, int]] = []  # (offered events/s, read events/s, unread at the end)
-            paced = Paced(settings, mix, 0.0)
+            paced = Paced(settings, mix, 0.0, clock)
             paced.sent = 2 * N_PRODUCTS  # the catalogue's records, which the job reads too
 
             def read() -> int:
-                return records_read(cluster, job_id)
+                return records_read(cluster, job_id, wait=paced.run_for)
 
             if not args.rate:
                 max_eps = ramp(paced, answers, read, args, steps)
@@ -403,13 +516,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
                 paced.run_for(10)  # the soak's traffic already, so that event time moves on
             log(f"backlog drained ({paced.sent - read():,} records unread)")
             inputs = [settings.kafka.topics.requests.name, settings.kafka.topics.behaviour.name, settings.kafka.topics.market.name]
+            watch = LagWatch(settings, inputs, 2, lambda: mix.requests - len(answers.ids))
+            watch.start()
             soak_start = time.monotonic()
+            answers.take_delays()  # the drain's answers are not the soak's
             sent_before, read_before, answered_before, t_before = paced.sent, read(), len(answers.ids), soak_start
             log(f"soaking at {rate:,.0f} events/s for {args.minutes:g} minutes")
             while time.monotonic() - soak_start < args.minutes * 60:
                 paced.run_for(args.sample_s)
                 t, now_read = time.monotonic(), read()
-                checkpoints, size = last_checkpoint(cluster, job_id)
+                checkpoints, size, checkpoint_s, slowest = last_checkpoint(cluster, job_id)
+                priced_s, committed_s = answers.take_delays()
+                lag, lag_max, backlog, backlog_max = watch.take()
                 job = cluster.rest_json(f"/jobs/{job_id}")
                 if job["state"] in ENDED:
                     raise RuntimeError(f"the job ended: {job['state']}")
@@ -417,17 +535,23 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
                     t_s=round(t - soak_start, 1), offered_eps=round((paced.sent - sent_before) / (t - t_before), 1),
                     read_eps=round((now_read - read_before) / (t - t_before), 1),
                     answered_rps=round((len(answers.ids) - answered_before) / (t - t_before), 1),
-                    backlog_requests=mix.requests - len(answers.ids), unread=paced.sent - now_read,
-                    consumer_lag=consumer_lag(settings, settings.job.consumer_group, inputs, 2),
+                    backlog_requests=round(backlog, 1), unread=paced.sent - now_read, consumer_lag=round(lag, 1),
+                    consumer_lag_max=lag_max, backlog_requests_max=backlog_max,
                     checkpoints=checkpoints, checkpoint_mb=round(size, 2),
                     rss_mb={k: round(v, 1) for k, v in processes(cluster, broker).items()},
+                    checkpoint_s=round(checkpoint_s, 2), slowest_vertex=slowest,
+                    priced_s=round(priced_s, 2), committed_s=round(committed_s, 2),
                 )  # fmt: skip
                 samples.append(sample)
                 sent_before, read_before, answered_before, t_before = paced.sent, now_read, len(answers.ids), t
                 log(f"  {sample.t_s:6.0f}s offered {sample.offered_eps:7,.0f} ev/s, read {sample.read_eps:7,.0f} ev/s, "
-                    f"answered {sample.answered_rps:5,.0f} req/s, unread {sample.unread:6,}, open {sample.backlog_requests:5,} req, "
-                    f"committed lag {sample.consumer_lag:7,}, checkpoint {sample.checkpoint_mb:6.1f} MB, RSS "
+                    f"answered {sample.answered_rps:5,.0f} req/s, unread {sample.unread:6,}, open {sample.backlog_requests:5,.0f} "
+                    f"(max {sample.backlog_requests_max:,}) req, committed lag {sample.consumer_lag:7,.0f} "
+                    f"(max {sample.consumer_lag_max:,}), checkpoint {sample.checkpoint_mb:6.1f} MB in "
+                    f"{sample.checkpoint_s:.1f}s (slowest {sample.slowest_vertex}), priced after {sample.priced_s:.2f}s, "
+                    f"committed after {sample.committed_s:.2f}s, RSS "
                     + ", ".join(f"{k} {v:,.0f}" for k, v in sample.rss_mb.items()))  # fmt: skip
+            watch.stop()
             paced.flush()
             total_requests = mix.requests
             deadline = time.monotonic() + 300
@@ -452,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         ("records not yet read", [float(s.unread) for s in judged], floor_lag / 2),
         ("consumer lag, committed offsets (messages)", [float(s.consumer_lag) for s in judged], floor_lag),
         ("requests produced, not yet answered", [float(s.backlog_requests) for s in judged], floor_lag / EVENTS_PER_REQUEST),
+        ("request to priced, median (s)", [s.priced_s for s in judged], 1.0),
+        ("priced to committed, median (s)", [s.committed_s for s in judged], args.checkpoint_s),
         ("last checkpoint (MB)", [s.checkpoint_mb for s in judged], 0.0),
         *[(f"RSS {name} (MB)", [s.rss_mb.get(name, 0.0) for s in judged], 0.0)
           for name in sorted({k for s in judged for k in s.rss_mb})],
@@ -463,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
     lines = [
         f"# Soak on the standalone cluster, RocksDB ({date.today().isoformat()})",
         "",
-        f"`benchmarks/soak.py --minutes {args.minutes:g} --warmup {args.warmup:g} --load {args.load:g}` on a "
+        f"`benchmarks/soak.py --minutes {args.minutes:g} --warmup {args.warmup:g} "
+        + (f"--rate {args.rate:g}" if args.rate else f"--load {args.load:g}")
+        + (f" --time-scale {args.time_scale:g}" if args.time_scale != 1 else "") + "` on a "
         f"{platform.machine()} machine with {os.cpu_count()} cores, {(time.monotonic() - started) / 60:.0f} minutes in all: "
         f"one JobManager, one TaskManager with two slots ({args.tm_memory}, managed {args.tm_managed_memory}), "
         "parallelism 2, exactly-once, "
@@ -472,7 +600,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         "",
         (f"Maximum sustained rate (what the sources read in the first saturated step, {args.step_s:g} s steps): "
          f"**{max_eps:,.0f} events/s, {max_rps:,.0f} priced requests/s**. " if steps else "")
-        + f"Soaked at {rate:,.0f} events/s ({rate / max_eps:.0%}) for {args.minutes:g} minutes; judged after "
+        + f"Soaked at {rate:,.0f} events/s" + (f" ({rate / max_eps:.0%})" if steps else " (a given rate; no ramp in this run)")
+        + (f", event time {args.time_scale:g} times faster than the wall clock (the 24-hour windows full after "
+           f"{24 * 60 / args.time_scale:.1f} minutes)" if args.time_scale != 1 else ", event time = now")
+        + f", for {args.minutes:g} minutes; judged after "
         f"{args.warmup:g} minutes of warm-up, the last quarter's mean against the first quarter's ({len(judged)} samples "
         f"every {args.sample_s:g} s).",
         "",
@@ -490,11 +621,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
             *[f"| {o:,.0f} | {r:,.0f} | {u:,} |" for o, r, u in steps], ""] if steps else []),
         "Samples (every fourth):",
         "",
-        "| t (s) | offered ev/s | read ev/s | answered req/s | unread | open (req) | committed lag | checkpoint (MB) | RSS (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| t (s) | offered ev/s | read ev/s | answered req/s | unread | open req (mean, max) | committed lag (mean, max) "
+        "| request to priced, priced to committed (s, median) | checkpoint (MB, s) | RSS (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *[f"| {s.t_s:.0f} | {s.offered_eps:,.0f} | {s.read_eps:,.0f} | {s.answered_rps:,.0f} | {s.unread:,} | "
-          f"{s.backlog_requests:,} | {s.consumer_lag:,} | "
-          f"{s.checkpoint_mb:.1f} | {', '.join(f'{k} {v:,.0f}' for k, v in s.rss_mb.items())} |" for s in samples[::4]],
+          f"{s.backlog_requests:,.0f}, {s.backlog_requests_max:,} | {s.consumer_lag:,.0f}, {s.consumer_lag_max:,} | "
+          f"{s.priced_s:.2f}, {s.committed_s:.2f} | {s.checkpoint_mb:.1f}, {s.checkpoint_s:.1f} | "
+          f"{', '.join(f'{k} {v:,.0f}' for k, v in s.rss_mb.items())} |" for s in samples[::4]],
     ]  # fmt: skip
     report = "\n".join(lines) + "\n"
     print(report)
