@@ -94,8 +94,10 @@ def create_table_env(settings: Settings, *, jobmanager: str | None = None, start
     # Submitted to a cluster, the Python workers run on its TaskManagers. Told nothing, PyFlink sees
     # its gateway's local target and starts a loopback server in this process, whose address it then
     # ships to the remote workers (which fail to reach it): "process" mode tells it they are remote.
+    # On the MiniCluster, process mode (job.python_workers) starts them as worker processes too.
     mode = os.environ.get("_python_worker_execution_mode")
-    if jobmanager:
+    process = bool(jobmanager) or settings.job.python_workers == "process"
+    if process:
         os.environ["_python_worker_execution_mode"] = "process"
     flink_conf = _flink_conf(settings, jobmanager=jobmanager, start=start)
     configuration = Configuration()
@@ -106,9 +108,9 @@ def create_table_env(settings: Settings, *, jobmanager: str | None = None, start
         env = StreamExecutionEnvironment.get_execution_environment(configuration)
         t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     finally:
-        if jobmanager and mode is None:
+        if process and mode is None:
             del os.environ["_python_worker_execution_mode"]
-        elif jobmanager:
+        elif process:
             os.environ["_python_worker_execution_mode"] = mode
     conf = t_env.get_config()
     for key, value in flink_conf.items():

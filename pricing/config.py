@@ -252,6 +252,12 @@ class JobSettings(_Section):
         "there, e.g. python3 in the images; None: the interpreter running this command (right for the local "
         "MiniCluster and for `pricing cluster`, which runs on this machine from the same venv)",
     )
+    python_workers: Literal["loopback", "process"] = Field(
+        default="loopback",
+        description="local runs (the MiniCluster): loopback runs the Python functions inside this command's process, "
+        "all on its one interpreter lock; process starts them as separate worker processes, one per slot, as a "
+        "cluster's TaskManagers do. Ignored with a JobManager (always process there)",
+    )
     serving_mode: Literal["arrival", "event-time"] = Field(
         default="arrival",
         description="arrival: price each request as soon as it arrives, with the features of every event processed "

@@ -1,5 +1,7 @@
 """How settings become Flink configuration and connector options (no cluster needed)."""
 
+import os
+
 import pytest
 
 from jobs import pricing_job
@@ -127,3 +129,16 @@ def test_a_rest_port_taken_between_its_choice_and_the_start_is_replaced(kafka_se
     finally:
         taken.close()
     assert ports == [], "the taken port was given up for the next one"
+
+
+@pytest.mark.parametrize("workers", ["loopback", "process"])
+def test_local_python_workers_run_where_the_setting_says(workers: str, tmp_path, monkeypatch) -> None:
+    """loopback: PyFlink serves the Python functions from this process (it starts a loopback server and tells the
+    MiniCluster its address); process: no such server, the MiniCluster starts worker processes. The mode PyFlink
+    reads from the environment is left as it was."""
+    monkeypatch.delenv("_python_worker_execution_mode", raising=False)
+    settings = load_settings(state_dir=tmp_path, job={"python_workers": workers, "ship_jars": False})
+    t_env = pricing_job.create_table_env(settings)
+    address = t_env.get_config().get("python.loopback-server.address", "")
+    assert bool(address) == (workers == "loopback"), address
+    assert "_python_worker_execution_mode" not in os.environ
