@@ -38,7 +38,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from jobs import pricing_job
-from jobs.features import declare_feature_views
+from jobs.features import arrival_allowance_ms, declare_feature_views
 from pricing.broker import LocalBroker, free_port
 from pricing.config import load_settings
 from pricing.jars import PROJECT_ROOT
@@ -100,9 +100,13 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
                               catalogue="catalogue")
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_p (request_id STRING, v BIGINT, l BIGINT) WITH ('connector' = 'blackhole')")
         statements.add_insert_sql("INSERT INTO sink_p SELECT request_id, views_1h, list_price FROM by_product WHERE src = 'request'")
-    else:
+    else:  # the windows of the settings' serving mode
+        job = settings.job
+        allowance = arrival_allowance_ms(max_clock_skew_ms=job.max_clock_skew_ms,
+                                         watermark_out_of_orderness_ms=job.watermark_out_of_orderness_ms)
         featured = declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
-                              catalogue="catalogue")
+                                         catalogue="catalogue", mode=job.serving_mode, allowance_ms=allowance,
+                                         horizon_ms=job.arrival_horizon)  # fmt: skip
         t_env.execute_sql("CREATE TEMPORARY TABLE sink_features (request_id STRING, features ARRAY<DOUBLE>) "
                           "WITH ('connector' = 'blackhole')")
         statements.add_insert_sql(
@@ -176,6 +180,8 @@ def main() -> None:
                         help="also time the product stage alone (where does the time go?)")
     parser.add_argument("--with-python-state", action="store_true",
                         help="also time one 5-minute count per product in SQL and in Python keyed state")
+    parser.add_argument("--serving-mode", default="event-time", choices=["event-time", "arrival"],
+                        help="the feature stage's windows: event-time (default, as in the results) or arrival")
     args = parser.parse_args()
     sizes = {"full": args.requests, "fifth": args.requests // 5}
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +192,8 @@ def main() -> None:
         try:
             job = {"bounded": True, "delivery_guarantee": "at-least-once", "startup_mode": "earliest-offset",
                    "watermark_out_of_orderness_ms": 5_000, "python_bundle_size": 5_000,
-                   "python_bundle_time_ms": 1_000, "state_ttl_ms": args.state_ttl_ms, "restart_attempts": 0}
+                   "python_bundle_time_ms": 1_000, "state_ttl_ms": args.state_ttl_ms, "restart_attempts": 0,
+                   "serving_mode": args.serving_mode}
             datasets, events = {}, {}
             for size, requests in sizes.items():
                 topics = {key: {"name": f"{key}-{size}", "partitions": 2}
