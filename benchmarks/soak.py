@@ -104,8 +104,9 @@ class EventClock:
 class Mix:
     """The simulator's traffic mix as Kafka records: ``next(ts)`` -> (topic, key, value); request ids are numbered."""
 
-    def __init__(self, settings: Settings, seed: int) -> None:
+    def __init__(self, settings: Settings, seed: int, users: int = N_USERS) -> None:
         self._rng = np.random.default_rng(seed)
+        self._users = users
         weights = 1.0 / np.arange(1, N_PRODUCTS + 1) ** 0.8
         self._p = weights / weights.sum()
         self._topics = settings.kafka.topics
@@ -117,7 +118,7 @@ class Mix:
         n = 12_000
         kinds = self._rng.permutation(np.repeat([0, 1, 2], [n // 12, n * 10 // 12, n // 12]))
         products = self._rng.choice(N_PRODUCTS, size=n, p=self._p)
-        users = self._rng.integers(0, N_USERS, n)
+        users = self._rng.integers(0, self._users, n)
         self._buf = list(zip(kinds.tolist(), products.tolist(), users.tolist(), strict=True))[::-1]
 
     def next(self, ts: int) -> tuple[str, bytes, bytes]:
@@ -424,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--model", type=Path, default=None, help="SavedModel, registry version or registry")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--users", type=int, default=N_USERS,
+                        help=f"shoppers in the mix (default {N_USERS:,}); a few dozen saturate the (user, product) pairs "
+                             "within minutes, which tells their keys' growth apart from the windows'")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="event time runs this many times faster than the wall clock (default 1: event time = now); "
                              "at 100 the 24 h windows fill in 14.4 minutes and then stay full (use --warmup 15)")
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
                 models={"registry_dir": str(state / "registry"), "device": "cpu"}, recommend={"enabled": False},
             )  # fmt: skip
             create_topics(settings.kafka)
-            mix = Mix(settings, args.seed)
+            mix = Mix(settings, args.seed, args.users)
             producer = Producer(settings.kafka.client_config() | {"linger.ms": 50, "queue.buffering.max.messages": 2_000_000})
             catalogue(settings, producer, clock.event_ms() - 20 * 60_000, args.seed)
             config = write_config_file(settings, state / "pricing.toml", job=[
@@ -591,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         "",
         f"`benchmarks/soak.py --minutes {args.minutes:g} --warmup {args.warmup:g} "
         + (f"--rate {args.rate:g}" if args.rate else f"--load {args.load:g}")
-        + (f" --time-scale {args.time_scale:g}" if args.time_scale != 1 else "") + "` on a "
+        + (f" --time-scale {args.time_scale:g}" if args.time_scale != 1 else "")
+        + (f" --users {args.users}" if args.users != N_USERS else "") + "` on a "
         f"{platform.machine()} machine with {os.cpu_count()} cores, {(time.monotonic() - started) / 60:.0f} minutes in all: "
         f"one JobManager, one TaskManager with two slots ({args.tm_memory}, managed {args.tm_managed_memory}), "
         "parallelism 2, exactly-once, "
