@@ -1,6 +1,7 @@
 """How settings become Flink configuration and connector options (no cluster needed)."""
 
-import os
+import subprocess
+import sys
 
 import pytest
 
@@ -8,6 +9,8 @@ from jobs import pricing_job
 from jobs.pricing_job import _flink_conf, _sink_ddl, _source_ddl
 from pricing.checkpoints import Start
 from pricing.config import Settings, load_settings
+from pricing.jars import PROJECT_ROOT
+from tests.helpers import command_env
 
 
 def test_exactly_once_uses_transactions_and_read_committed() -> None:
@@ -131,14 +134,26 @@ def test_a_rest_port_taken_between_its_choice_and_the_start_is_replaced(kafka_se
     assert ports == [], "the taken port was given up for the next one"
 
 
-@pytest.mark.parametrize("workers", ["loopback", "process"])
-def test_local_python_workers_run_where_the_setting_says(workers: str, tmp_path, monkeypatch) -> None:
-    """loopback: PyFlink serves the Python functions from this process (it starts a loopback server and tells the
-    MiniCluster its address); process: no such server, the MiniCluster starts worker processes. The mode PyFlink
-    reads from the environment is left as it was."""
-    monkeypatch.delenv("_python_worker_execution_mode", raising=False)
-    settings = load_settings(state_dir=tmp_path, job={"python_workers": workers, "ship_jars": False})
+_WHERE_PYTHON_RUNS = """
+import os, sys
+from jobs import pricing_job
+from pricing.config import load_settings
+for workers in ("process", "loopback"):  # process first: a loopback server, once started, stays in the process
+    settings = load_settings(state_dir=sys.argv[1], job={"python_workers": workers, "ship_jars": False})
     t_env = pricing_job.create_table_env(settings)
     address = t_env.get_config().get("python.loopback-server.address", "")
-    assert bool(address) == (workers == "loopback"), address
-    assert "_python_worker_execution_mode" not in os.environ
+    print(workers, bool(address), "_python_worker_execution_mode" in os.environ)
+"""
+
+
+def test_local_python_workers_run_where_the_setting_says(tmp_path) -> None:
+    """loopback: PyFlink serves the Python functions from the client process (it starts a loopback server and tells
+    the MiniCluster its address); process: no such server, the MiniCluster starts worker processes. The mode PyFlink
+    reads from the environment is left as it was. In a process of its own: a loopback server takes over Beam's
+    ParDo handler in the process that starts it (``jobs.training_set``), which would break later Beam tests here."""
+    env = {k: v for k, v in command_env().items() if k != "_python_worker_execution_mode"}
+    done = subprocess.run([sys.executable, "-c", _WHERE_PYTHON_RUNS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=PROJECT_ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("process ", "loopback "))]
+    assert lines == ["process False False", "loopback True False"], done.stdout
