@@ -83,6 +83,14 @@ def _private_broker(args: argparse.Namespace) -> Iterator[tuple[Path, LocalBroke
             broker.stop()
 
 
+def _report(lines: list[str], path: Path | None) -> None:
+    """Prints the report, and writes it to ``path`` when given."""
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if path:
+        path.write_text(report)
+
+
 def _time_runs(datasets: dict[Any, Settings], repeat: int) -> dict[Any, list[float]]:
     """Seconds of each dataset's bounded feature-stage run (a fresh consumer group each time), ``repeat`` times."""
     seconds: dict[Any, list[float]] = {key: [] for key in datasets}
@@ -145,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Hot / spread: **{per_event['hot'] / per_event['spread']:.1f}x** (1.0: a row's cost does not depend on what "
         "its key's window holds).",
     ]  # fmt: skip
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        args.report.write_text(report)
+    _report(lines, args.report)
     return 0
 
 
@@ -196,10 +201,7 @@ def hot_key(args: argparse.Namespace, sizes: list[int]) -> int:
         "compared is the first reached by a step of at least 9,000 events: smaller steps are a fraction of a second "
         "of work, inside the runs' noise).",
     ]  # fmt: skip
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.report:
-        args.report.write_text(report)
+    _report(lines, args.report)
     return 0 if ratio <= 2 else 1
 
 
