@@ -388,11 +388,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one ben
 
             def settings_for(size: str, name: str, **job_update: Any) -> Settings:
                 """``base[size]`` with a fresh consumer group and a priced topic of the contender's own."""
-                s = base[size]
-                topics = s.kafka.topics.model_copy(update={"priced": s.kafka.topics.priced.model_copy(
-                    update={"name": f"priced-{size}-{name}"})})  # fmt: skip
-                out = s.model_copy(update={"job": s.job.model_copy(update={"consumer_group": uuid.uuid4().hex, **job_update}),
-                                           "kafka": s.kafka.model_copy(update={"topics": topics})})  # fmt: skip
+                s = _named(base[size], name)
+                out = s.model_copy(update={"job": s.job.model_copy(update={"consumer_group": uuid.uuid4().hex, **job_update})})
                 create_topics(out.kafka)
                 return out
 
