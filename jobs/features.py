@@ -1,22 +1,24 @@
 """Streaming features with event-time windows, as Flink SQL over-windows (all in the JVM).
 
-All decoded events and requests are unioned into one stream. Four ``OVER``
-aggregations, partitioned by product, by user, by (user, product) and by (user, category),
-sort rows by event time and compute every window ending at the row itself; the request rows
-then carry exactly the features as of their own event time:
+All decoded events and requests are unioned into one stream. Two ``OVER``
+aggregations, partitioned by product and by user, sort rows by event time and compute every
+window ending at the row itself; the request rows then carry exactly the features as of their
+own event time:
 
     union(catalogue, market, behaviour, requests)
       -> by product, all rows:                    latest values (the category too), 5 min, 15 min, 1 h and 24 h windows
-      -> by user, behaviour + requests:           30 min and 24 h windows, all-history values
-      -> by (user, product), the same rows:       the user's 24 h funnel of this very product
-      -> by (user, category), the same rows:      the user's 24 h funnel of the product's category
+      -> by user, behaviour + requests:           30 min and 24 h windows, all-history values, and the user's 24 h
+                                                  funnel per product and per category (``*_count_by``: a map the
+                                                  row looks up its own product or category in)
       -> request rows: defaults for unknowns, the vector in spec order
 
-Anonymous requests (empty ``user_id``) skip the user, (user, product) and (user, category)
-stages and get their defaults. A row whose product has no catalogue entry (yet) has a NULL
-category: it passes the (user, category) stage in the user's NULL partition, where nothing is
-counted (the counts are conditional on a known category), so such a request gets 0s; a plan
-with a second branch for them would plan the stages before it twice in event-time mode.
+Anonymous requests (empty ``user_id``) skip the user stage and get its defaults. A row whose
+product has no catalogue entry (yet) has a NULL category, which counts nothing and finds
+nothing, so such a request gets 0s for its category. The per-product and per-category counts
+live in the user's key: a pair is forgotten when its last event leaves the 24 h window. Stages
+keyed by (user, product) and (user, category), as before, kept every pair that ever met until
+the state TTL (7 days): the checkpoint grew about 2 MB a minute with the pairs a busy shop forms
+(``benchmarks/soak_2026-12-05.md``).
 Catalogue rows (``src = 'catalogue'``) feed the product stage's ``category`` only: the catalogue
 topic is read from its earliest offset (entries stamped at the history's start), its rows are
 never late-checked, and a quiet catalogue is idle and holds no watermark back. All stages are unbounded event-time ``OVER`` windows, which do O(1) work per new
@@ -41,12 +43,13 @@ Semantics (checked against an independent pandas implementation in
   before they reach the windows (``late_events`` view);
 * "latest" values (list price, cost, stock, promotion) are the last by event time,
   ties by arrival order;
-* state: each window's deque holds the entries of its length that feed it (24 h
-  at most, per product, per user, per (user, product) and per (user, category)); per-key state expires ``state_ttl_ms`` after the key's last
+* state: each window's queue holds the entries of its length that feed it (24 h
+  at most, per product and per user; the per-product and per-category counts hold a count per
+  pair with entries in the window); per-key state expires ``state_ttl_ms`` after the key's last
   event.
 
 Arrival mode (``[job] serving_mode = "arrival"``, the default; ``"event-time"`` is the above):
-the same union and the same four stages, but ordered by a processing-time attribute
+the same union and the same two stages, but ordered by a processing-time attribute
 (``PROCTIME()``, ``ROWS`` frames), so each row is processed the moment it arrives and
 nothing waits for a watermark; a quiet input holds nothing back. The windows keep
 their event-time meaning: at a row with event time t a window of length W holds the
@@ -95,12 +98,14 @@ _FUNCTIONS = {
     "windowed_min": "pricing.features.WindowedMin",
     "windowed_distinct": "pricing.features.WindowedDistinct",
     "windowed_repeats": "pricing.features.WindowedRepeats",
+    "windowed_count_by": "pricing.features.WindowedCountBy",
     # Arrival mode: the same windows for rows in arrival order (per-key entries sorted by event time).
     "arrival_count": "pricing.features.ArrivalCount",
     "arrival_sum": "pricing.features.ArrivalSum",
     "arrival_min": "pricing.features.ArrivalMin",
     "arrival_distinct": "pricing.features.ArrivalDistinct",
     "arrival_repeats": "pricing.features.ArrivalRepeats",
+    "arrival_count_by": "pricing.features.ArrivalCountBy",
     "arrival_last_long": "pricing.features.ArrivalLastLong",
     "arrival_last_string": "pricing.features.ArrivalLastString",
     # Arrival mode: holds a request until every input has been read up to its event time minus a horizon.
@@ -153,7 +158,7 @@ def _windowed(function: str, value: str, window_ms: int, type_: str, allowance: 
     """
     if allowance is None:
         return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT))", type_
-    function = function.replace("windowed_", "arrival_")
+    function = function.replace("windowed_", "arrival_", 1)
     return f"{function}(event_time, {value}, CAST({window_ms} AS BIGINT), CAST({allowance} AS BIGINT))", type_
 
 
@@ -161,13 +166,18 @@ def _windowed_count(cond: str, window_ms: int, allowance: int | None = None) -> 
     return _windowed("windowed_count", f"COALESCE({cond}, FALSE)", window_ms, "BIGINT", allowance)
 
 
+def _grouped_count(group: str, cond: str, window_ms: int, allowance: int | None = None) -> tuple[str, str]:
+    """Per ``group`` (a column), the rows where ``cond`` holds in the window: a map the row looks up its own group in."""
+    return _windowed("windowed_count_by", f"{group}, COALESCE({cond}, FALSE)", window_ms, "MAP<STRING, BIGINT>",
+                     allowance)  # fmt: skip
+
+
+_FUNNEL_KINDS = (("views", "view"), ("carts", "add_to_cart"), ("purchases", "purchase"))
+
+
 def _funnel(name: str, window_ms: int, allowance: int | None = None) -> _Aggregates:
     """Counts of views, add-to-carts and purchases in a window; ``name`` is a pattern like ``"{}_5m"``."""
-    return {
-        name.format("views"): _windowed_count("b_type = 'view'", window_ms, allowance),
-        name.format("carts"): _windowed_count("b_type = 'add_to_cart'", window_ms, allowance),
-        name.format("purchases"): _windowed_count("b_type = 'purchase'", window_ms, allowance),
-    }
+    return {name.format(alias): _windowed_count(f"b_type = '{kind}'", window_ms, allowance) for alias, kind in _FUNNEL_KINDS}
 
 
 def _latest(value: str, type_: str, allowance: int | None) -> tuple[str, str]:
@@ -243,15 +253,18 @@ def declare_feature_views(
             "windowed_distinct", "CASE WHEN b_type = 'view' THEN product_id END", 30 * _MINUTE_MS, "BIGINT", a
         ),
     } | _funnel("u_{}_24h", 24 * _HOUR_MS, a)
-    # The user's own history with the product priced (features/3): the same rows, keyed by (user, product).
-    user_product_windows = _funnel("up_{}_24h", 24 * _HOUR_MS, a)
-    # The user's history with the product's category (features/4): the same rows, keyed by (user, category); rows of
-    # unknown category (NULL) count nothing.
-    user_category_windows = {
-        alias: _windowed_count(f"category IS NOT NULL AND b_type = '{kind}'", 24 * _HOUR_MS, a)
-        for alias, kind in (("uc_views_24h", "view"), ("uc_carts_24h", "add_to_cart"),
-                            ("uc_purchases_24h", "purchase"))
-    }  # fmt: skip
+    # The user's own history with the product priced (features/3) and with the product's category (features/4):
+    # counted in the user stage per product and per category (a map the row looks its own up in). A stage keyed by
+    # the pair kept every pair's key until the state TTL, so the checkpoint grew with the pairs ever seen
+    # (benchmarks/soak_2026-12-05.md); the grouped counts drop a pair when its last event leaves the window. Rows
+    # of unknown category (NULL) count nothing.
+    pair_windows = {
+        f"up_{alias}_24h": _grouped_count("product_id", f"b_type = '{kind}'", 24 * _HOUR_MS, a)
+        for alias, kind in _FUNNEL_KINDS
+    } | {
+        f"uc_{alias}_24h": _grouped_count("category", f"b_type = '{kind}'", 24 * _HOUR_MS, a)
+        for alias, kind in _FUNNEL_KINDS
+    }
     user_all: _Aggregates = {
         "u_ratio_sum": ("SUM(paid_ratio)", "DOUBLE"),
         "u_ratio_n": ("COUNT(paid_ratio)", "BIGINT"),
@@ -313,12 +326,8 @@ SELECT *,
        THEN CAST(b_price AS DOUBLE) / CAST(list_price AS DOUBLE) END AS paid_ratio
 FROM by_product WHERE src IN ('behaviour', 'request') AND user_id <> ''
 """,
-        # One stage per user: every window and the all-history values.
-        "by_user": _stage("user_events", "user_id", frame, user_windows | user_all),
-        # One stage per (user, product), over the user stage's rows: the user's funnel of this product.
-        "by_user_product": _stage("by_user", "user_id, product_id", frame, user_product_windows),
-        # One stage per (user, category), over the same rows: the user's funnel of the product's category.
-        "by_user_category": _stage("by_user_product", "user_id, category", frame, user_category_windows),
+        # One stage per user: every window, the all-history values, and the user's funnel per product and category.
+        "by_user": _stage("user_events", "user_id", frame, user_windows | user_all | pair_windows),
     }
 
     c = spec.constants
@@ -355,12 +364,12 @@ FROM by_product WHERE src IN ('behaviour', 'request') AND user_id <> ''
             f"LEAST(CAST(event_time - u_last_purchase AS DOUBLE) / 1000.0, {c['never_purchased_secs']})"
         ),
         "user_distinct_products_30m": "u_distinct_30m",
-        "user_product_views_24h": "up_views_24h",
-        "user_product_carts_24h": "up_carts_24h",
-        "user_product_purchases_24h": "up_purchases_24h",
-        "user_category_views_24h": "uc_views_24h",
-        "user_category_carts_24h": "uc_carts_24h",
-        "user_category_purchases_24h": "uc_purchases_24h",
+        "user_product_views_24h": "up_views_24h[product_id]",
+        "user_product_carts_24h": "up_carts_24h[product_id]",
+        "user_product_purchases_24h": "up_purchases_24h[product_id]",
+        "user_category_views_24h": "uc_views_24h[category]",
+        "user_category_carts_24h": "uc_carts_24h[category]",
+        "user_category_purchases_24h": "uc_purchases_24h[category]",
         "hour_of_day": f"MOD(event_time / {_HOUR_MS}, 24)",
         # 1970-01-01 was a Thursday (3 with Monday = 0).
         "day_of_week": f"MOD(event_time / {24 * _HOUR_MS} + 3, 7)",
@@ -379,10 +388,10 @@ FROM by_product WHERE src IN ('behaviour', 'request') AND user_id <> ''
         if name == "gated_events_sql":
             _single_gate(t_env, source=name, view="gated_events")
     # Requests of anonymous users skip the user stages; they rejoin with NULLs, so with the user defaults.
-    user_aggregates = user_windows | user_all | user_product_windows | user_category_windows
+    user_aggregates = user_windows | user_all | pair_windows
     user_cols = ", ".join(user_aggregates)
     base_cols = (
-        "request_id, user_id, product_id, channel, event_time, ts, request_topic, request_partition, request_offset,"
+        "request_id, user_id, product_id, category, channel, event_time, ts, request_topic, request_partition, request_offset,"
         " request_bytes, list_currency, list_price, unit_cost, comp_min_15m,"
         " comp_sum_15m, comp_n_15m, stock, promotion_bp, views_5m, carts_5m, purchases_5m, views_1h, carts_1h,"
         " purchases_1h, views_24h, purchases_24h, vel_sum_even, vel_sum_odd, product_events, "
@@ -390,7 +399,7 @@ FROM by_product WHERE src IN ('behaviour', 'request') AND user_id <> ''
     )
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW featured_rows AS
-SELECT {base_cols}, {user_cols} FROM by_user_category WHERE src = 'request'
+SELECT {base_cols}, {user_cols} FROM by_user WHERE src = 'request'
 UNION ALL
 SELECT {base_cols}, {_skipped(user_aggregates)} FROM by_product WHERE src = 'request' AND user_id = ''
 """)

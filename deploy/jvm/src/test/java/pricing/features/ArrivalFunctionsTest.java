@@ -2,10 +2,12 @@ package pricing.features;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.Set;
 import java.util.function.Supplier;
@@ -77,6 +79,44 @@ class ArrivalFunctionsTest {
                 replay.row(rows, i, "seed " + seed + " row " + i);
             }
         }
+    }
+
+    @Test
+    void countByMatchesABruteForceRecountOfTheRowsGroupAndKeepsOnlyTheAllowance() throws Exception {
+        replayEverySeed(() -> {
+            ArrivalCountBy f = new ArrivalCountBy();
+            ArrivalCountBy.Acc acc = f.createAccumulator();
+            long[] newest = {Long.MIN_VALUE};
+            return (rows, i, where) -> {
+                Row r = rows.get(i);
+                String group = r.value == null ? null : "g" + Math.floorMod(r.value * 31 + r.time, 7);
+                try {
+                    f.accumulate(acc, r.time, group, r.value != null && r.value > 0, W, ALLOWANCE);
+                } catch (Exception e) {
+                    throw new AssertionError(where, e);
+                }
+                newest[0] = Math.max(newest[0], r.time);
+                long n = 0;
+                for (int j = 0; j <= i && group != null; j++) {
+                    Row e = rows.get(j);
+                    if (e.value != null && e.value > 0 && e.time <= r.time && e.time >= r.time - W
+                            && group.equals("g" + Math.floorMod(e.value * 31 + e.time, 7))) {
+                        n++;
+                    }
+                }
+                assertEquals(group == null ? Map.of() : Map.of(group, n), f.getValue(acc), where);
+                // what is kept: never an entry older than the horizon by more than the rows' spread
+                try {
+                    for (String g : acc.sorted.keys()) {
+                        for (long t : acc.sorted.get(g)) {
+                            assertTrue(t >= newest[0] - W - 2 * ALLOWANCE, where + ": kept " + t);
+                        }
+                    }
+                } catch (Exception e) {
+                    throw new AssertionError(where, e);
+                }
+            };
+        });
     }
 
     @Test

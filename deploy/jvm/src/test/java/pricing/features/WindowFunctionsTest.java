@@ -4,8 +4,10 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.Set;
 import java.util.function.Supplier;
@@ -160,6 +162,45 @@ class WindowFunctionsTest {
                 assertEquals(expected, f.getValue(acc), where);
             };
         });
+    }
+
+    @Test
+    void countByMatchesABruteForceRecountPerGroupAndForgetsGroupsThatLeft() throws Exception {
+        replayEverySeed(() -> {
+            WindowedCountBy f = new WindowedCountBy();
+            WindowedCountBy.Acc acc = f.createAccumulator();
+            return (rows, i, where) -> {
+                Row r = rows.get(i);
+                String group = group(r);
+                f.accumulate(acc, r.time, group, r.value != null && r.value > 0, W);
+                // every group of the rows at this time so far, each with its count in [t - W, t]
+                Map<String, Long> expected = new HashMap<>();
+                for (int j = i; j >= 0 && rows.get(j).time == r.time; j--) {
+                    String g = group(rows.get(j));
+                    if (g != null) {
+                        expected.put(g, 0L);
+                    }
+                }
+                Set<String> live = new HashSet<>();
+                for (int j = 0; j <= i; j++) {
+                    Row e = rows.get(j);
+                    String g = group(e);
+                    if (g != null && e.value > 0 && e.time >= r.time - W) {
+                        expected.computeIfPresent(g, (k, n) -> n + 1);
+                        live.add(g);
+                    }
+                }
+                assertEquals(expected, f.getValue(acc), where);
+                Set<String> kept = new HashSet<>();
+                acc.counts.keys().forEach(kept::add);
+                assertEquals(live, kept, where + ": the counts hold exactly the groups with entries in the window");
+            };
+        });
+    }
+
+    /** A row's group for the grouped functions: one of 7 (null when the row has no value). */
+    private static String group(Row r) {
+        return r.value == null ? null : "g" + Math.floorMod(r.value * 31 + r.time, 7);
     }
 
     @Test
