@@ -403,6 +403,20 @@ def ramp(paced: Paced, answers: Answers, read: Any, args: argparse.Namespace, st
     raise SystemExit(f"not saturated at {args.steps.split(',')[-1]} events/s: offer more with --steps")
 
 
+def _trend(times_s: list[float], series: list[float]) -> float:
+    """The least-squares line's change over the judged period, relative to the series' mean: a saw-tooth (RocksDB's
+    compactions in the checkpoint's size) moves the quarter means with its phase, not the line."""
+    n = len(series)
+    if n < 2:
+        return 0.0
+    mt, my = statistics.fmean(times_s), statistics.fmean(series)
+    var = sum((t - mt) ** 2 for t in times_s)
+    if var == 0 or my == 0:
+        return 0.0
+    slope = sum((t - mt) * (y - my) for t, y in zip(times_s, series)) / var
+    return slope * (times_s[-1] - times_s[0]) / my
+
+
 def _flat(series: list[float], *, floor: float = 0.0) -> tuple[float, float, float, bool]:
     q = max(1, len(series) // 4)
     first, last = statistics.fmean(series[:q]), statistics.fmean(series[-q:])
@@ -587,9 +601,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
           for name in sorted({k for s in judged for k in s.rss_mb})],
     ]  # fmt: skip
     rows = []
+    judged_t = [s.t_s for s in judged]
     for name, series, floor in checks:
         first, last, change, ok = _flat(series, floor=floor)
-        rows.append(f"| {name} | {first:,.1f} | {last:,.1f} | {change:+.1%} | {'flat' if ok else '**not flat**'} |")
+        rows.append(f"| {name} | {first:,.1f} | {last:,.1f} | {change:+.1%} | {_trend(judged_t, series):+.1%} | "
+                    f"{'flat' if ok else '**not flat**'} |")
     lines = [
         f"# Soak on the standalone cluster, RocksDB ({date.today().isoformat()})",
         "",
@@ -612,8 +628,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915 - one har
         f"{args.warmup:g} minutes of warm-up, the last quarter's mean against the first quarter's ({len(judged)} samples "
         f"every {args.sample_s:g} s).",
         "",
-        "| series | first quarter | last quarter | change | verdict (within 10%) |",
-        "|---|---:|---:|---:|---|",
+        "| series | first quarter | last quarter | change | least-squares trend | verdict (change within 10%) |",
+        "|---|---:|---:|---:|---:|---|",
         *rows,
         "",
         f"Requests: {total_requests:,} produced, **{lost:,} lost, {duplicated:,} duplicated** (read_committed, by "
