@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 def hot_key(args: argparse.Namespace, sizes: list[int]) -> int:
     """One product, ``sizes`` events in its 24-hour window (and 0, for the fixed costs); µs per event at each size."""
     sizes = sorted(set(sizes))
+    # A step of a few thousand events is a fraction of a second of work, inside the runs' noise (about 1 s): the
+    # verdict compares the largest size with the smallest size reached by a step of at least 9,000 added events.
+    base = next((n for n, b in zip(sizes, [0, *sizes], strict=False) if n - b >= 9_000), sizes[-1])
+    if base == sizes[-1]:
+        raise SystemExit(f"--sizes {','.join(map(str, sizes))}: the verdict needs a size reached by a step of at least "
+                         "9,000 events and a larger one after it (for example 10000,20000,40000)")
     with _private_broker(args) as (state, broker):
         job = _bounded_job(args)
         datasets = {}
@@ -178,9 +184,6 @@ def hot_key(args: argparse.Namespace, sizes: list[int]) -> int:
     for n in sizes:
         per_event[n] = (best[n] - best[before]) / ((n - before) * 1.1) * 1e6  # behaviour events and their requests
         before = n
-    # A step of a few thousand events is a fraction of a second of work, inside the runs' noise (about 1 s): the
-    # verdict compares the largest size with the smallest size reached by a step of at least 9,000 added events.
-    base = next((n for n, b in zip(sizes, [0, *sizes], strict=False) if n - b >= 9_000), sizes[0])
     ratio = per_event[sizes[-1]] / per_event[base]
     lines = [
         f"# Window state: the hot-key run ({date.today().isoformat()})",

@@ -57,8 +57,15 @@ events *processed before it* with t - W <= event_time <= t, so an event that arr
 earlier but is stamped after t is not counted (no future leakage), and "latest" values
 are the last by event time at or before t among them (ties: arrival order). The
 ``arrival_*`` Java functions (``pricing.features.Arrival*``) keep each key's entries
-sorted by event time (insertion scans from the tail: O(1) for rows in order, O(k) for
-a row k entries out of order) and answer for the row's own t. An entry leaves once it
+sorted by event time and answer for the row's own t. The counts and sums, which hold the
+busy windows (a product's 24 h views), keep them in keyed state (``ArrivalQueue``: a
+time-sorted queue in ``MapView``s, plus the last few seconds' entries and any late ones in
+the accumulator), so a row reads O(1) amortised entries whatever the window holds; the
+minimum, distinct count, repeats and "latest" values, whose windows hold few entries
+(competitor prices, a user's 30 minutes), keep a sorted buffer in the accumulator
+(insertion scans from the tail: O(1) for rows in order, O(k) for a row k entries out of
+order), read whole on every row. The per-product and per-category counts keep a sorted
+array per product or category in keyed state (``ArrivalCountBy``). An entry leaves once it
 is older than the key's newest event time minus the window minus the allowance
 (``arrival_allowance_ms``: ``max_clock_skew_ms + watermark_out_of_orderness_ms``); a
 row further behind its key's newest row than that may miss entries (never the case
@@ -72,8 +79,8 @@ checks arrival mode against the pandas reference fed the arrival order).
 
 Guarantee: in event-time mode the stage is deterministic given the input, so
 exactly-once replays after a restart re-create the same features (in arrival mode a
-replay re-creates them up to the order in which the inputs are read again). The window functions' deques are checkpointed
-as Flink RAW values (Kryo): a release that changes an accumulator class cannot
+replay re-creates them up to the order in which the inputs are read again). The window functions' state is checkpointed
+as Flink structured or RAW (Kryo) values: a release that changes an accumulator class cannot
 restore older savepoints and must start from fresh state (replay the topics).
 """
 

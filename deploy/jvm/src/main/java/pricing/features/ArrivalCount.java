@@ -11,48 +11,40 @@ import org.apache.flink.table.functions.AggregateFunction;
  *
  * <p>Meant for a processing-time (arrival-order) {@code ROWS} OVER window: rows come in any event-time
  * order, so a row with a later event time that arrived earlier is not counted (no future leakage).
- * Entries are kept sorted by event time (see {@link TimeSortedBuffer}); those older than the newest
- * event time seen minus the window minus {@code allowanceMs} leave (for all history, into a running
- * count). A row further behind its key's newest row than {@code allowanceMs} may miss entries that left.
+ * Entries are kept in keyed state, sorted by event time ({@link ArrivalQueue}: a row reads O(1) amortised
+ * entries, whatever the window holds); those older than the newest event time seen minus the window minus
+ * {@code allowanceMs} leave (for all history, into a running count). A row further behind its key's newest
+ * row than {@code allowanceMs} may miss entries that left.
  */
-@FunctionHint(
-        accumulator = @DataTypeHint(value = "RAW", bridgedTo = ArrivalCount.Acc.class),
-        output = @DataTypeHint("BIGINT"))
-public class ArrivalCount extends AggregateFunction<Long, ArrivalCount.Acc> {
+@FunctionHint(output = @DataTypeHint("BIGINT"))
+public class ArrivalCount extends AggregateFunction<Long, ArrivalQueue> {
 
-    /** The sorted entries, the window length, and (all history) how many entries left. */
-    public static class Acc extends TimeSortedBuffer {
-        public long window;
-        public long base;
+    private final long recentMs;
+
+    public ArrivalCount() {
+        this(ArrivalQueue.RECENT_MS);
+    }
+
+    /** With another span for the entries kept in the accumulator (tests exercise every part with a short one). */
+    public ArrivalCount(long recentMs) {
+        this.recentMs = recentMs;
     }
 
     @Override
-    public Acc createAccumulator() {
-        return new Acc();
+    public ArrivalQueue createAccumulator() {
+        return new ArrivalQueue();
     }
 
-    public void accumulate(Acc acc, Long eventTime, Boolean flag, Long windowMs, Long allowanceMs) {
+    public void accumulate(ArrivalQueue acc, Long eventTime, Boolean flag, Long windowMs, Long allowanceMs)
+            throws Exception {
         if (eventTime == null) {
             return;
         }
-        acc.window = windowMs;
-        acc.see(eventTime);
-        if (Boolean.TRUE.equals(flag)) {
-            acc.insert(eventTime);
-        }
-        int n = acc.countBefore(acc.horizon(windowMs, allowanceMs));
-        if (windowMs < 0) {
-            acc.base += n;
-        }
-        acc.dropHead(n);
+        acc.add(eventTime, Boolean.TRUE.equals(flag), 0.0, windowMs, allowanceMs, recentMs, false);
     }
 
     @Override
-    public Long getValue(Acc acc) {
-        int upTo = acc.upperBound(acc.current);
-        if (acc.window < 0) {
-            return acc.base + (upTo - acc.head);
-        }
-        return (long) (upTo - acc.lowerBound(acc.current - acc.window));
+    public Long getValue(ArrivalQueue acc) {
+        return acc.count;
     }
 }

@@ -119,34 +119,54 @@ class ArrivalFunctionsTest {
         });
     }
 
+    /** The spans of the entries kept in the accumulator: the default (nothing settles in these short runs), and short ones. */
+    private static final long[] RECENT = {ArrivalQueue.RECENT_MS, W / 4, 0};
+
     @Test
     void countMatchesABruteForceRecount() {
-        for (long w : new long[] {W, -1}) {
-            replayEverySeed(() -> {
-                ArrivalCount f = new ArrivalCount();
-                ArrivalCount.Acc acc = f.createAccumulator();
-                return (rows, i, where) -> {
-                    Row r = rows.get(i);
-                    f.accumulate(acc, r.time, r.value != null && r.value > 0, w, ALLOWANCE);
-                    assertEquals(window(rows, i, w).stream().filter(v -> v > 0).count(), f.getValue(acc), where);
-                };
-            });
+        for (long recent : RECENT) {
+            for (long w : new long[] {W, -1}) {
+                replayEverySeed(() -> {
+                    ArrivalCount f = new ArrivalCount(recent);
+                    ArrivalQueue acc = f.createAccumulator();
+                    return (rows, i, where) -> {
+                        Row r = rows.get(i);
+                        accumulate(() -> f.accumulate(acc, r.time, r.value != null && r.value > 0, w, ALLOWANCE), where);
+                        long expected = window(rows, i, w).stream().filter(v -> v > 0).count();
+                        assertEquals(expected, f.getValue(acc), where + " recent " + recent + " window " + w);
+                    };
+                });
+            }
         }
     }
 
     @Test
     void sumMatchesABruteForceRecount() {
-        for (long w : new long[] {W, -1}) {
-            replayEverySeed(() -> {
-                ArrivalSum f = new ArrivalSum();
-                ArrivalSum.Acc acc = f.createAccumulator();
-                return (rows, i, where) -> {
-                    Row r = rows.get(i);
-                    f.accumulate(acc, r.time, r.value == null ? null : r.value / 4.0, w, ALLOWANCE);
-                    double expected = window(rows, i, w).stream().mapToDouble(v -> v / 4.0).sum();
-                    assertEquals(expected, f.getValue(acc), 1e-9, where);
-                };
-            });
+        for (long recent : RECENT) {
+            for (long w : new long[] {W, -1}) {
+                replayEverySeed(() -> {
+                    ArrivalSum f = new ArrivalSum(recent);
+                    ArrivalQueue acc = f.createAccumulator();
+                    return (rows, i, where) -> {
+                        Row r = rows.get(i);
+                        accumulate(() -> f.accumulate(acc, r.time, r.value == null ? null : r.value / 4.0, w, ALLOWANCE), where);
+                        double expected = window(rows, i, w).stream().mapToDouble(v -> v / 4.0).sum();
+                        assertEquals(expected, f.getValue(acc), 1e-9, where + " recent " + recent + " window " + w);
+                    };
+                });
+            }
+        }
+    }
+
+    private interface Step {
+        void run() throws Exception;
+    }
+
+    private static void accumulate(Step step, String where) {
+        try {
+            step.run();
+        } catch (Exception e) {
+            throw new AssertionError(where, e);
         }
     }
 
@@ -243,9 +263,9 @@ class ArrivalFunctionsTest {
     }
 
     @Test
-    void aLaterEventThatArrivedFirstIsNotCountedAndTheLowerEdgeIsIn() {
+    void aLaterEventThatArrivedFirstIsNotCountedAndTheLowerEdgeIsIn() throws Exception {
         ArrivalCount f = new ArrivalCount();
-        ArrivalCount.Acc acc = f.createAccumulator();
+        ArrivalQueue acc = f.createAccumulator();
         f.accumulate(acc, 10_000L, true, W, ALLOWANCE); // arrives first, later event time
         f.accumulate(acc, 9_000L, true, W, ALLOWANCE);
         f.accumulate(acc, 8_999L, true, W, ALLOWANCE);
@@ -258,11 +278,11 @@ class ArrivalFunctionsTest {
     }
 
     @Test
-    void stateIsBoundedByTheWindowAndTheAllowance() {
+    void stateIsBoundedByTheWindowAndTheAllowance() throws Exception {
         ArrivalSum f = new ArrivalSum();
-        ArrivalSum.Acc acc = f.createAccumulator();
+        ArrivalQueue acc = f.createAccumulator();
         ArrivalCount c = new ArrivalCount();
-        ArrivalCount.Acc all = c.createAccumulator();
+        ArrivalQueue all = c.createAccumulator();
         for (long t = 0; t < 100_000; t += 10) {
             f.accumulate(acc, t, 1.0, W, ALLOWANCE);
             c.accumulate(all, t, true, -1L, ALLOWANCE);
@@ -271,5 +291,22 @@ class ArrivalFunctionsTest {
         assertEquals(W / 10 + 1, f.getValue(acc), 1e-9);
         assertEquals(ALLOWANCE / 10 + 1, all.size(), 1.0);
         assertEquals(10_000L, c.getValue(all)); // all history: what left is still counted
+    }
+
+    @Test
+    void theAccumulatorItselfHoldsOnlyTheRecentEntriesTheRestIsInKeyedState() throws Exception {
+        long window = 20 * ArrivalQueue.RECENT_MS;
+        ArrivalCount c = new ArrivalCount();
+        ArrivalQueue acc = c.createAccumulator();
+        for (long t = 0; t < 3 * window; t += 10) {
+            c.accumulate(acc, t, true, window, ALLOWANCE);
+            c.accumulate(acc, t - ALLOWANCE / 2, true, window, ALLOWANCE); // a second input, behind by half the allowance
+        }
+        assertEquals(2 * (window / 10) + 1, c.getValue(acc), 1.0);
+        // what the state backend deserialises on every row: the last RECENT_MS of entries, and the late ones
+        // (both inputs' entries of the last RECENT_MS; none late, as the second input is less than RECENT_MS behind)
+        assertTrue(acc.recentTimes.length <= 2 * (ArrivalQueue.RECENT_MS / 10 + 1), "recent " + acc.recentTimes.length);
+        assertEquals(0, acc.lateTimes.length);
+        assertTrue(acc.tail - acc.head >= window / 10, "settled " + (acc.tail - acc.head));
     }
 }
