@@ -59,8 +59,8 @@ are the last by event time at or before t among them (ties: arrival order). The
 ``arrival_*`` Java functions (``pricing.features.Arrival*``) keep each key's entries
 sorted by event time and answer for the row's own t. The counts and sums, which hold the
 busy windows (a product's 24 h views), keep them in keyed state (``ArrivalQueue``: a
-time-sorted queue in ``MapView``s, plus the last few seconds' entries and any late ones in
-the accumulator), so a row reads O(1) amortised entries whatever the window holds; the
+time-sorted queue in ``MapView``s; the newest 64 entries and any late ones stay in the
+accumulator, so a quiet key costs one value per row), so a row reads O(1) amortised entries whatever the window holds; the
 minimum, distinct count, repeats and "latest" values, whose windows hold few entries
 (competitor prices, a user's 30 minutes), keep a sorted buffer in the accumulator
 (insertion scans from the tail: O(1) for rows in order, O(k) for a row k entries out of

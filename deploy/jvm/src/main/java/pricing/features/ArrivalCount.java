@@ -19,14 +19,16 @@ import org.apache.flink.table.functions.AggregateFunction;
 @FunctionHint(output = @DataTypeHint("BIGINT"))
 public class ArrivalCount extends AggregateFunction<Long, ArrivalQueue> {
 
+    private final int recentCap;
     private final long recentMs;
 
     public ArrivalCount() {
-        this(ArrivalQueue.RECENT_MS);
+        this(ArrivalQueue.RECENT_CAP, ArrivalQueue.RECENT_MS);
     }
 
-    /** With another span for the entries kept in the accumulator (tests exercise every part with a short one). */
-    public ArrivalCount(long recentMs) {
+    /** With another number of entries kept in the accumulator (tests exercise every part with a small one). */
+    public ArrivalCount(int recentCap, long recentMs) {
+        this.recentCap = recentCap;
         this.recentMs = recentMs;
     }
 
@@ -40,7 +42,7 @@ public class ArrivalCount extends AggregateFunction<Long, ArrivalQueue> {
         if (eventTime == null) {
             return;
         }
-        acc.add(eventTime, Boolean.TRUE.equals(flag), 0.0, windowMs, allowanceMs, recentMs, false);
+        acc.add(eventTime, Boolean.TRUE.equals(flag), 0.0, windowMs, allowanceMs, recentCap, recentMs, false);
     }
 
     @Override

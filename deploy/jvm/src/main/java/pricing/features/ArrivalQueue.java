@@ -12,20 +12,23 @@ import org.apache.flink.table.api.dataview.MapView;
  * in three parts, each sorted by event time (ties in arrival order) and counted on its own:
  *
  * <ul>
- *   <li><b>settled</b>: the bulk of the window, a queue in {@link MapView}s (entry {@code n} at {@code times[n]},
+ *   <li><b>recent</b>: entries at or after the settled tail's time, kept in the accumulator (sorted insertion):
+ *       at most {@code recentCap}, or more if they are all within {@code recentMs} of the newest event time. A
+ *       key whose window holds no more never touches keyed state: one value read and written per row, as the
+ *       sorted buffer was;
+ *   <li><b>settled</b>: the rest of the window, a queue in {@link MapView}s (entry {@code n} at {@code times[n]},
  *       the running sum through it at {@code prefix[n]}), entries {@code head} to {@code tail - 1}. Entries join at
- *       the tail only, in time order, and leave from the head;
- *   <li><b>recent</b>: entries at or after the settled tail's time and within {@code recentMs} of the newest
- *       event time seen, kept in the accumulator (sorted insertion); they move to the settled tail once older;
- *   <li><b>late</b>: entries that arrive behind the settled tail's time (an input more than {@code recentMs}
- *       behind another, as during a catch-up), kept in the accumulator until they leave.
+ *       the tail only (the oldest recent ones, beyond {@code recentCap} and older than {@code recentMs}), and
+ *       leave from the head;
+ *   <li><b>late</b>: entries that arrive behind the settled tail's time (an input behind another by more than
+ *       {@code recentMs}, as during a catch-up), kept in the accumulator until they leave.
  * </ul>
  *
  * <p>A row's window [from, to] in the settled part is found by galloping from the previous row's ends
  * ({@code lo}, {@code hi}): O(1) amortised reads for rows near each other in time, O(log d) for a row d entries
  * away; the count is the difference of the two indexes and the sum the difference of two running sums. The
  * accumulator's own fields (what the state backend deserialises on every row) are a few numbers, the recent
- * entries (live, a few seconds of the key's traffic) and the late ones (normally none).
+ * entries (at most {@code recentCap}, or {@code recentMs} of the key's traffic) and the late ones (normally none).
  *
  * <p>Entries leave once older than the newest event time minus the window minus the allowance (all history, a
  * negative window: into a running count and sum); an entry that arrives already older is still counted until
@@ -33,7 +36,9 @@ import org.apache.flink.table.api.dataview.MapView;
  * the running sum since the queue was last empty, not to the window's sum.
  */
 public class ArrivalQueue {
-    /** How far behind the newest event time an entry stays in the accumulator (the recent part). */
+    /** How many of the newest entries stay in the accumulator (the recent part) before the oldest settle... */
+    public static final int RECENT_CAP = 64;
+    /** ... and how far behind the newest event time they must be to settle: the inputs' usual spread. */
     public static final long RECENT_MS = 5_000;
 
     public MapView<Long, Long> times = new MapView<>();
@@ -70,8 +75,8 @@ public class ArrivalQueue {
      * row within the allowance needs, and computes the row's window [eventTime - windowMs, eventTime]
      * (negative window: all history up to eventTime) into {@link #count} and, with {@code sums}, {@link #sum}.
      */
-    void add(long eventTime, boolean hasEntry, double value, long windowMs, long allowanceMs, long recentMs,
-            boolean sums) throws Exception {
+    void add(long eventTime, boolean hasEntry, double value, long windowMs, long allowanceMs, int recentCap,
+            long recentMs, boolean sums) throws Exception {
         newest = Math.max(newest, eventTime);
         if (hasEntry) {
             if (eventTime >= tailTime) {
@@ -86,17 +91,24 @@ public class ArrivalQueue {
         }
         long horizon = newest - Math.max(windowMs, 0) - allowanceMs;
         boolean all = windowMs < 0;
-        // entries older than recentMs (or than the horizon, if that is nearer) settle: the eviction below sees them
-        int n = lower(recentTimes, Math.max(newest - recentMs, horizon));
-        for (int i = 0; i < n; i++) {
+        while (tail > head && headTime < horizon) {
+            popHead(all, sums);
+        }
+        // the oldest of the accumulator's entries leave: those behind the horizon; then, beyond recentCap, those
+        // older than recentMs settle (a key whose window holds few entries never touches keyed state: one value per
+        // row, as before; an input less than recentMs behind another never makes late entries)
+        int gone = lower(recentTimes, horizon);
+        if (all && gone > 0) {
+            baseCount += gone;
+            baseSum += sums ? sum(recentValues, 0, gone) : 0.0;
+        }
+        int n = Math.max(gone, Math.min(recentTimes.length - recentCap, lower(recentTimes, newest - recentMs)));
+        for (int i = gone; i < n; i++) {
             append(recentTimes[i], sums ? recentValues[i] : 0.0, sums);
         }
         if (n > 0) {
             recentTimes = Arrays.copyOfRange(recentTimes, n, recentTimes.length);
             recentValues = sums ? Arrays.copyOfRange(recentValues, n, recentValues.length) : recentValues;
-        }
-        while (tail > head && headTime < horizon) {
-            popHead(all, sums);
         }
         int late = lower(lateTimes, horizon);
         if (late > 0) {

@@ -13,14 +13,16 @@ import org.apache.flink.table.functions.AggregateFunction;
 @FunctionHint(output = @DataTypeHint("DOUBLE"))
 public class ArrivalSum extends AggregateFunction<Double, ArrivalQueue> {
 
+    private final int recentCap;
     private final long recentMs;
 
     public ArrivalSum() {
-        this(ArrivalQueue.RECENT_MS);
+        this(ArrivalQueue.RECENT_CAP, ArrivalQueue.RECENT_MS);
     }
 
-    /** With another span for the entries kept in the accumulator (tests exercise every part with a short one). */
-    public ArrivalSum(long recentMs) {
+    /** With another number of entries kept in the accumulator (tests exercise every part with a small one). */
+    public ArrivalSum(int recentCap, long recentMs) {
+        this.recentCap = recentCap;
         this.recentMs = recentMs;
     }
 
@@ -34,7 +36,7 @@ public class ArrivalSum extends AggregateFunction<Double, ArrivalQueue> {
         if (eventTime == null) {
             return;
         }
-        acc.add(eventTime, value != null, value == null ? 0.0 : value, windowMs, allowanceMs, recentMs, true);
+        acc.add(eventTime, value != null, value == null ? 0.0 : value, windowMs, allowanceMs, recentCap, recentMs, true);
     }
 
     @Override

@@ -119,21 +119,21 @@ class ArrivalFunctionsTest {
         });
     }
 
-    /** The spans of the entries kept in the accumulator: the default (nothing settles in these short runs), and short ones. */
-    private static final long[] RECENT = {ArrivalQueue.RECENT_MS, W / 4, 0};
+    /** What the accumulator keeps (cap, span): the defaults (little settles in these short runs), smaller, nothing. */
+    private static final long[][] RECENT = {{ArrivalQueue.RECENT_CAP, ArrivalQueue.RECENT_MS}, {4, W / 4}, {0, 0}};
 
     @Test
     void countMatchesABruteForceRecount() {
-        for (long recent : RECENT) {
+        for (long[] recent : RECENT) {
             for (long w : new long[] {W, -1}) {
                 replayEverySeed(() -> {
-                    ArrivalCount f = new ArrivalCount(recent);
+                    ArrivalCount f = new ArrivalCount((int) recent[0], recent[1]);
                     ArrivalQueue acc = f.createAccumulator();
                     return (rows, i, where) -> {
                         Row r = rows.get(i);
                         accumulate(() -> f.accumulate(acc, r.time, r.value != null && r.value > 0, w, ALLOWANCE), where);
                         long expected = window(rows, i, w).stream().filter(v -> v > 0).count();
-                        assertEquals(expected, f.getValue(acc), where + " recent " + recent + " window " + w);
+                        assertEquals(expected, f.getValue(acc), where + " recent " + recent[0] + "/" + recent[1] + " window " + w);
                     };
                 });
             }
@@ -142,16 +142,16 @@ class ArrivalFunctionsTest {
 
     @Test
     void sumMatchesABruteForceRecount() {
-        for (long recent : RECENT) {
+        for (long[] recent : RECENT) {
             for (long w : new long[] {W, -1}) {
                 replayEverySeed(() -> {
-                    ArrivalSum f = new ArrivalSum(recent);
+                    ArrivalSum f = new ArrivalSum((int) recent[0], recent[1]);
                     ArrivalQueue acc = f.createAccumulator();
                     return (rows, i, where) -> {
                         Row r = rows.get(i);
                         accumulate(() -> f.accumulate(acc, r.time, r.value == null ? null : r.value / 4.0, w, ALLOWANCE), where);
                         double expected = window(rows, i, w).stream().mapToDouble(v -> v / 4.0).sum();
-                        assertEquals(expected, f.getValue(acc), 1e-9, where + " recent " + recent + " window " + w);
+                        assertEquals(expected, f.getValue(acc), 1e-9, where + " recent " + recent[0] + "/" + recent[1] + " window " + w);
                     };
                 });
             }
@@ -303,10 +303,17 @@ class ArrivalFunctionsTest {
             c.accumulate(acc, t - ALLOWANCE / 2, true, window, ALLOWANCE); // a second input, behind by half the allowance
         }
         assertEquals(2 * (window / 10) + 1, c.getValue(acc), 1.0);
-        // what the state backend deserialises on every row: the last RECENT_MS of entries, and the late ones
-        // (both inputs' entries of the last RECENT_MS; none late, as the second input is less than RECENT_MS behind)
+        // what the state backend deserialises on every row: the last RECENT_MS of entries (both inputs'), none late
+        // (the second input is less than RECENT_MS behind); the rest of the window is in keyed state
         assertTrue(acc.recentTimes.length <= 2 * (ArrivalQueue.RECENT_MS / 10 + 1), "recent " + acc.recentTimes.length);
         assertEquals(0, acc.lateTimes.length);
         assertTrue(acc.tail - acc.head >= window / 10, "settled " + (acc.tail - acc.head));
+        // a quiet key (fewer entries than the cap in its window) never touches keyed state
+        ArrivalQueue quiet = c.createAccumulator();
+        for (long t = 0; t < 3 * window; t += window / 20) {
+            c.accumulate(quiet, t, true, window, ALLOWANCE);
+        }
+        assertEquals(21L, c.getValue(quiet));
+        assertEquals(0, quiet.tail);
     }
 }
