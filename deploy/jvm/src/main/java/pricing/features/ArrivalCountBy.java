@@ -75,47 +75,18 @@ public class ArrivalCountBy extends AggregateFunction<Map<String, Long>, Arrival
 
     /** {@code times} (sorted) with {@code time} inserted after its equals. */
     static long[] inserted(long[] times, long time) {
-        int p = upperBound(times, time);
-        long[] out = new long[times.length + 1];
-        System.arraycopy(times, 0, out, 0, p);
-        out[p] = time;
-        System.arraycopy(times, p, out, p + 1, times.length - p);
-        return out;
+        return ArrivalQueue.inserted(times, ArrivalQueue.upper(times, time), time);
     }
 
     /** {@code times} (sorted) without one copy of {@code time}, which it holds. */
     static long[] removed(long[] times, long time) {
-        int p = lowerBound(times, time);
+        int p = ArrivalQueue.lower(times, time);
         if (p == times.length || times[p] != time) {
             throw new IllegalStateException("entry at " + time + " is not among its group's times");
         }
         long[] out = Arrays.copyOf(times, times.length - 1);
         System.arraycopy(times, p + 1, out, p, times.length - p - 1);
         return out;
-    }
-
-    /** The first index whose time is at or after {@code time}. */
-    static int lowerBound(long[] times, long time) {
-        return search(times, time, false);
-    }
-
-    /** The first index whose time is after {@code time}. */
-    static int upperBound(long[] times, long time) {
-        return search(times, time, true);
-    }
-
-    private static int search(long[] times, long time, boolean after) {
-        int lo = 0;
-        int hi = times.length;
-        while (lo < hi) {
-            int mid = (lo + hi) >>> 1;
-            if (times[mid] < time || (after && times[mid] == time)) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        return lo;
     }
 
     @Override
@@ -130,7 +101,7 @@ public class ArrivalCountBy extends AggregateFunction<Map<String, Long>, Arrival
         } catch (Exception e) {
             throw new IllegalStateException("reading the group's times", e);
         }
-        long n = times == null ? 0 : upperBound(times, acc.current) - lowerBound(times, acc.current - acc.window);
+        long n = times == null ? 0 : ArrivalQueue.upper(times, acc.current) - ArrivalQueue.lower(times, acc.current - acc.window);
         out.put(acc.currentGroup, n);
         return out;
     }

@@ -271,7 +271,8 @@ public class ArrivalQueue {
         return time == Long.MAX_VALUE ? a.length : lower(a, time + 1);
     }
 
-    private static long[] inserted(long[] a, int p, long v) {
+    /** {@code a} with {@code v} inserted at index {@code p}. */
+    static long[] inserted(long[] a, int p, long v) {
         long[] out = new long[a.length + 1];
         System.arraycopy(a, 0, out, 0, p);
         out[p] = v;
