@@ -73,6 +73,7 @@ from jobs import recommendations
 from jobs.features import arrival_allowance_ms, declare_feature_views
 from pricing_udfs import serde, udfs
 from pricing_udfs.features import FEATURE_SPEC
+from pricing_udfs.privacy import USER_FIELDS, PrivacyConfig
 from pricing_udfs.scoring import ScoringConfig
 from pricing_udfs.serde import Contract
 
@@ -335,6 +336,18 @@ def _idle_from_markers(t_env: TableEnvironment, *, source: str, view: str, colum
     t_env.execute_sql(f"CREATE TEMPORARY VIEW {view} AS SELECT `rowtime` AS `ts`, {others} FROM {view}_marked")
 
 
+def _jvm_decoded_view(*, view: str, source: str, decoder: str, fields: list[str]) -> str:
+    """Decode once, in the JVM: the decoder is a table function (``_jvm_decoder``) whose one row per record joins
+    its record laterally, so the planner calls it once per record whatever reads its fields, and both the priced
+    and the dead-letter branch read one decoded stream (``tests/jobs/test_job_plan.py``)."""
+    return f"""
+CREATE TEMPORARY VIEW {view} AS
+SELECT s.`ts`, {", ".join(f"d.`{n}` AS `{n}`" for n in fields)}
+FROM {source} AS s,
+  LATERAL TABLE({decoder}(s.`value`, s.`topic`, s.`partition`, s.`offset`, s.`ts`, CURRENT_WATERMARK(s.`ts`))) AS d
+"""
+
+
 def _decoded_view(*, view: str, source: str, decoder: str, fields: list[str]) -> str:
     """Decode once. Both the priced and the dead-letter branch read only ``ts`` and ``d``, so the
     planner shares one Python decode operator between them (if one branch read another source
@@ -347,6 +360,23 @@ FROM (
   SELECT `ts`, {decoder}(`value`, `topic`, `partition`, `offset`, `ts`, CURRENT_WATERMARK(`ts`)) AS d FROM {source}
 ) AS x
 """
+
+
+def _jvm_decoder(contract: Contract, *, keep_raw: bool, max_clock_skew_ms: int | None, late: bool,
+                 privacy: PrivacyConfig) -> Any:  # fmt: skip
+    """``pricing.decode.DecodeFunction`` (deploy/jvm) for one input: the decoder the job runs, in the JVM, so that
+    context events never cross into Python. It returns the row ``udfs.decoded_type`` describes, with the same
+    rules as ``udfs.decode_batch``, the reference (``tests/pricing_udfs/test_jvm_decoder.py`` feeds both decoders
+    the same bytes). The schemas travel as JSON from ``pricing_udfs.serde``, the one reader of the ``.avsc`` files."""
+    jvm = get_gateway().jvm
+    frozen = jvm.java.util.ArrayList()
+    for published in serde.frozen_schemas(contract):
+        frozen.add(json.dumps(published))
+    user_field = USER_FIELDS.get(contract)
+    return jvm.pricing.decode.DecodeFunction(
+        contract.value, json.dumps(serde.published_schema(contract)), frozen, keep_raw,
+        -1 if max_clock_skew_ms is None else max_clock_skew_ms, late, user_field, privacy.secrets_dir,
+        privacy.key_id, privacy.dead_letter_payload == "digest")
 
 
 def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = None) -> list[str]:
@@ -376,10 +406,11 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
         if contract is Contract.RECOMMEND_REQUEST:  # decodes and finds each request's candidates
             function = udfs.recommend_decoder(recommendations.candidate_config(settings), max_clock_skew_ms=skew, late=late)
             fields += [f.name for f in udfs.CANDIDATE_FIELDS]
+            t_env.create_temporary_system_function(decoder, function)
         else:
-            function = udfs.decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late,
+            function = _jvm_decoder(contract, keep_raw=keep_raw, max_clock_skew_ms=skew, late=late,
                                     privacy=settings.privacy_config())  # fmt: skip
-        t_env.create_temporary_system_function(decoder, function)
+            t_env._j_tenv.createTemporarySystemFunction(decoder, function)
         from_ms = None
         if contract is Contract.CATALOGUE_ENTRY:
             from_ms = 0  # every product's entry, however old, on any start (restored state: the checkpoint's offsets)
@@ -387,7 +418,8 @@ def declare_inputs(t_env: TableEnvironment, settings: Settings, warm: WarmStart 
             from_ms = warm.market_from_ms if contract is Contract.MARKET_EVENT else warm.context_from_ms
         t_env.execute_sql(_source_ddl(settings, table=f"{view}_src", topic=topic, from_ms=from_ms))
         read = _unchained(t_env, source=f"{view}_src", view=f"{view}_read")
-        t_env.execute_sql(_decoded_view(view=f"{view}_decoded", source=read, decoder=decoder, fields=fields))
+        make_view = _decoded_view if contract is Contract.RECOMMEND_REQUEST else _jvm_decoded_view
+        t_env.execute_sql(make_view(view=f"{view}_decoded", source=read, decoder=decoder, fields=fields))
         _idle_from_markers(t_env, source=f"{view}_decoded", view=view, columns=["ts", *fields])
     return [view for view, *_ in inputs]
 

@@ -71,8 +71,10 @@ Decoded = Ok | Rejected
 class _Schema:
     published: dict[str, Any]  # as in the .avsc file, for docs and compatibility checks
     fast: Any  # parsed, logical types stripped: timestamps are epoch millis (int); for encoding
-    read: Any  # ``fast`` with every enum read as its int index (its binary form), so decode can bounds-check it
+    read: Any  # ``fast`` with every enum read as its int index and every boolean as its byte (their binary forms)
     enums: dict[str, tuple[tuple[str, ...], str | None]]  # enum field -> (symbols, default)
+    booleans: tuple[str, ...]  # boolean fields, read as one fixed byte so that decode can check it is 0 or 1
+    ints: tuple[str, ...]  # int fields (plain or nullable), whose values decode checks fit 32 bits
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the canonical form
 
 
@@ -100,8 +102,8 @@ def _current(contract: Contract) -> _Schema:
 def _writers(contract: Contract) -> dict[bytes, _Schema]:
     """Every writer schema a reader accepts: the current one and the frozen history."""
     out = {_current(contract).fingerprint: _current(contract)}
-    for path in sorted((SCHEMA_DIR / "history" / contract.value).glob("*.avsc")):
-        s = _build(load_schema_file(path))
+    for published in frozen_schemas(contract):
+        s = _build(published)
         out.setdefault(s.fingerprint, s)
     return out
 
@@ -109,11 +111,14 @@ def _writers(contract: Contract) -> dict[bytes, _Schema]:
 def _build(published: dict[str, Any]) -> _Schema:
     stripped = _strip_logical_types(copy.deepcopy(published))
     read, enums = _enums_as_ints(stripped)
+    read, booleans = _booleans_as_bytes(read)
     return _Schema(
         published=published,
         fast=fastavro.parse_schema(stripped),
         read=fastavro.parse_schema(read),
         enums=enums,
+        booleans=booleans,
+        ints=tuple(f["name"] for f in stripped["fields"] if "int" in (f["type"] if isinstance(f["type"], list) else [f["type"]])),
         fingerprint=schema_fingerprint(published),
     )
 
@@ -148,6 +153,44 @@ def _enums_as_ints(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tu
     return {**schema, "fields": fields}, enums
 
 
+def _booleans_as_bytes(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The record schema with each top-level plain ``boolean`` field read as a one-byte ``fixed``, and their names.
+
+    Avro writes a boolean as one byte, 0 or 1. fastavro reads any other byte as true, Java Avro as false; reading
+    the byte lets ``decode`` reject it, as the job's JVM decoder does (``pricing.decode.StrictDecoder``). Nested
+    booleans (in the output contracts' sub-records, which only tools decode) are read as fastavro reads them.
+    """
+    fields, names = [], []
+    for field in schema["fields"]:
+        if field["type"] != "boolean":
+            fields.append(field)
+            continue
+        names.append(field["name"])
+        new = {**field, "type": {"type": "fixed", "name": f"boolean_byte_{field['name']}", "size": 1}}
+        if "default" in field:
+            new["default"] = "\u0001" if field["default"] else "\u0000"
+        fields.append(new)
+    return {**schema, "fields": fields}, tuple(names)
+
+
+def _strict_values(record: dict[str, Any], *, writer: _Schema, reader: _Schema) -> str | None:
+    """Booleans from their bytes (0 or 1, else an error) and ints that fit 32 bits (fastavro reads an int's
+    varint as a long; Avro's int is 32 bits, and Java Avro's reader fails on a longer varint)."""
+    for name in reader.booleans:
+        value = record.get(name)
+        if isinstance(value, str):  # the reader's default, for a writer without the field (fastavro keeps it a str)
+            value = value.encode("latin-1")
+        if isinstance(value, (bytes, bytearray)):
+            if value not in (b"\x00", b"\x01"):
+                return f"{name}: a boolean byte of {value[0]}, not 0 or 1"
+            record[name] = value == b"\x01"
+    for name in writer.ints:
+        value = record.get(name)
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            return f"{name}: an int of {value} does not fit 32 bits"
+    return None
+
+
 def _strip_logical_types(node: Any) -> Any:
     if isinstance(node, dict):
         if node.get("logicalType") in {"timestamp-millis", "timestamp-micros", "date", "time-millis"}:
@@ -172,6 +215,11 @@ def current_schema(contract: Contract) -> _Schema:
 
 def published_schema(contract: Contract) -> dict[str, Any]:
     return _current(contract).published
+
+
+def frozen_schemas(contract: Contract) -> list[dict[str, Any]]:
+    """The contract's frozen writer versions (``schemas/history/<contract>/*.avsc``) as published, oldest first."""
+    return [load_schema_file(p) for p in sorted((SCHEMA_DIR / "history" / contract.value).glob("*.avsc"))]
 
 
 def encode(contract: Contract, record: Mapping[str, Any]) -> bytes:
@@ -209,7 +257,7 @@ def decode(contract: Contract, data: bytes | None) -> Decoded:
         return Rejected(ErrorKind.BAD_PAYLOAD, _clip(f"{contract.value}: {type(exc).__name__}: {exc}"))
     if buf.tell() != len(data):
         return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {len(data) - buf.tell()} trailing bytes after the datum")
-    problem = _resolve_enums(record, writer=writer, reader=reader)
+    problem = _resolve_enums(record, writer=writer, reader=reader) or _strict_values(record, writer=writer, reader=reader)
     if problem:
         return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {problem}")
     problem = _constraints(contract).check(record)
@@ -243,7 +291,7 @@ def _clip(message: str, limit: int = 500) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-_ISO_4217 = re.compile(r"^[A-Z]{3}$")
+_ISO_4217 = re.compile(r"[A-Z]{3}")
 
 
 @dataclass(frozen=True)
@@ -288,7 +336,7 @@ class _Rule:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             where = f" for {self.spec['by']} {record[self.spec['by']]}" if "by" in self.spec else ""
             return f"{self.field} {value} is outside [{lo}, {hi}]{where}"
-        if spec.get("unit") == "minor" and not _ISO_4217.match(record.get("currency") or ""):
+        if spec.get("unit") == "minor" and not _ISO_4217.fullmatch(record.get("currency") or ""):
             return f"{self.field} is money and needs an ISO-4217 currency, got {record.get('currency')!r}"
         return None
 

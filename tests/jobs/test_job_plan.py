@@ -25,7 +25,7 @@ def _stream_graph(settings: Settings) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["arrival", "event-time"])
-def test_each_input_is_decoded_by_one_python_operator_between_the_idle_marker_operators(
+def test_each_input_is_decoded_by_one_operator_between_the_idle_marker_operators(
     kafka_settings: Settings, mode: str
 ) -> None:
     """The priced and the dead-letter branch read the same decoded stream (were the decoder split in two,

@@ -213,6 +213,36 @@ def test_every_valid_enum_index_reads_as_its_symbol() -> None:
         assert decoded == Ok(SAMPLES[Contract.PRICE_REQUEST] | {"channel": symbol})
 
 
+def _retyped(contract: Contract, field: str, avro_type: str, value: object) -> bytes:
+    """A sample with ``field`` written as another Avro type (a boolean's byte as an int, an int as a long)."""
+    schema = json.loads(json.dumps(serde.current_schema(contract).fast))
+    for f in schema["fields"]:
+        if f["name"] == field:
+            f["type"] = avro_type
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), SAMPLES[contract] | {field: value})
+    return serde.encode(contract, SAMPLES[contract])[: serde.HEADER_LEN] + buf.getvalue()
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (-1, True), (1, False), (-64, False)])  # zig-zag: bytes 00 01 02 7f
+def test_a_boolean_byte_other_than_0_or_1_is_a_bad_payload(value: int, ok: bool) -> None:
+    """fastavro alone reads any byte but 0 as true, Java Avro any byte but 1 as false; the JVM decoder rejects both."""
+    result = serde.decode(Contract.CATALOGUE_ENTRY, _retyped(Contract.CATALOGUE_ENTRY, "active", "int", value))
+    if ok:
+        assert result == Ok(SAMPLES[Contract.CATALOGUE_ENTRY] | {"active": value == -1})
+    else:
+        assert isinstance(result, Rejected) and result.kind is ErrorKind.BAD_PAYLOAD and "not 0 or 1" in result.message
+
+
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**40])
+def test_an_int_wider_than_32_bits_is_a_bad_payload(value: int) -> None:
+    """fastavro reads an int's varint as a long; Java Avro keeps its low 32 bits (2**32 + 5 would read as 5)."""
+    result = serde.decode(Contract.BEHAVIOUR_EVENT, _retyped(Contract.BEHAVIOUR_EVENT, "quantity", "long", value))
+    assert isinstance(result, Rejected) and result.kind is ErrorKind.BAD_PAYLOAD and "does not fit 32 bits" in result.message
+    edge = serde.decode(Contract.BEHAVIOUR_EVENT, _retyped(Contract.BEHAVIOUR_EVENT, "quantity", "long", 1000))
+    assert edge.ok
+
+
 def test_the_enums_and_money_kinds_come_from_the_schemas() -> None:
     kinds = serde.enum_symbols(Contract.MARKET_EVENT, "kind")
     assert kinds == ("competitor_price", "inventory", "promotion", "list_price", "cost")

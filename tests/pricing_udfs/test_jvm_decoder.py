@@ -1,0 +1,252 @@
+"""The job's JVM decoder (``pricing.decode.ContractDecoder``, Java Avro) against the Python reference decoder
+(``pricing_udfs.serde.decode``, fastavro): both get the same bytes and must agree row for row and kind for kind.
+
+The corpus: every input contract's valid records in every writer version (current and frozen), and hostile
+variants of them: truncation at every byte (so at every header boundary), a bit flip in every byte, wrong and
+foreign fingerprints, trailing bytes, huge and negative lengths, invalid UTF-8, enum indexes and booleans and
+ints out of range, and values that break each contract's rules. Then hypothesis feeds both random bytes, random
+payloads behind a valid header, valid records drawn from the schemas, and random mutations of those.
+
+The JVM side runs as ``pricing.decode.DecodeCli`` on the class path the job uses (``tests/pricing_udfs/jvm_decoder.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pricing.jars import JarsMissingError, flink_jars
+from pricing_udfs import serde
+from pricing_udfs.serde import Contract
+from tests.conftest import JARS_STATE_DIR
+from tests.pricing_udfs import avro_interop
+from tests.pricing_udfs.jvm_decoder import JvmDecoder
+from tests.pricing_udfs.test_serde_properties import records
+
+# The contracts the job reads from Kafka.
+INPUTS = (Contract.PRICE_REQUEST, Contract.MARKET_EVENT, Contract.BEHAVIOUR_EVENT, Contract.CATALOGUE_ENTRY,
+          Contract.RECOMMEND_REQUEST)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def jvm() -> Iterator[JvmDecoder]:
+    try:
+        flink_jars(JARS_STATE_DIR)
+    except JarsMissingError as exc:
+        pytest.fail(f"the JVM decoder is built by `make jars` ({exc})")
+    decoder = JvmDecoder(JARS_STATE_DIR)
+    yield decoder
+    decoder.close()
+
+
+def _columns(contract: Contract) -> list[str]:
+    """The decoded columns: every top-level field but maps (as both decoders' row types have them)."""
+    out = []
+    for field in serde.published_schema(contract)["fields"]:
+        avro = field["type"]
+        avro = next(a for a in avro if a != "null") if isinstance(avro, list) else avro
+        if not (isinstance(avro, dict) and avro.get("type") == "map"):
+            out.append(field["name"])
+    return out
+
+
+def _agree(jvm: JvmDecoder, items: list[tuple[Contract, bytes | None]]) -> dict[str, int]:
+    """Asserts that both decoders agree on every item; returns how many items had each verdict."""
+    verdicts: dict[str, int] = {}
+    for (contract, raw), java in zip(items, jvm.decode(items), strict=True):
+        python = serde.decode(contract, raw)
+        where = f"{contract.value} {raw!r}: python {python}, java {java}"
+        assert java["ok"] == python.ok, where
+        if python.ok:
+            expected = {n: python.record[n] for n in _columns(contract)}
+            assert java["values"] == expected, where
+            verdicts["ok"] = verdicts.get("ok", 0) + 1
+        else:
+            assert java["kind"] == python.kind.value, where
+            assert java["message"], where
+            verdicts[java["kind"]] = verdicts.get(java["kind"], 0) + 1
+    return verdicts
+
+
+def _valid(contract: Contract) -> list[bytes]:
+    """Messages of every writer version (``avro_interop``'s samples: every enum symbol and union branch)."""
+    out = []
+    for path in avro_interop.writer_schemas(contract).values():
+        published = serde.load_schema_file(path)
+        parsed = avro_interop.parse(path)
+        out += [avro_interop.message(published, parsed, r) for r in avro_interop.samples(published)]
+    return out
+
+
+def _header(contract: Contract) -> bytes:
+    return serde.MAGIC + serde.current_schema(contract).fingerprint
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _written(contract: Contract, record: dict[str, Any], retype: dict[str, Any] | None = None) -> bytes:
+    """``record`` written under the current schema, with the fields in ``retype`` written as another Avro type
+    (an enum as its raw int index, a boolean as an int, an int as a long), behind the current header."""
+    schema = copy.deepcopy(serde.current_schema(contract).fast)
+    for field in schema["fields"]:
+        if retype and field["name"] in retype:
+            field["type"] = retype[field["name"]]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return _header(contract) + buf.getvalue()
+
+
+def _record(contract: Contract) -> dict[str, Any]:
+    """A valid record of the current schema."""
+    decoded = serde.decode(contract, _valid(contract)[0])
+    assert decoded.ok
+    return dict(decoded.record)
+
+
+def _hostile(contract: Contract) -> list[bytes | None]:
+    valid = _valid(contract)
+    first = valid[0]
+    out: list[bytes | None] = [None, b"", first[:1], serde.MAGIC]
+    out += [first[:k] for k in range(len(first))]  # truncated at every byte
+    for i in range(len(first)):  # a flipped bit in every byte, low and high
+        for bit in (0x01, 0x80):
+            out.append(first[:i] + bytes([first[i] ^ bit]) + first[i + 1 :])
+    body = first[serde.HEADER_LEN :]
+    out += [serde.MAGIC + bytes(8) + body, serde.MAGIC + b"\xff" * 8 + body, first + b"\x00", first + first]
+    out += [_header(other) + body for other in INPUTS if other is not contract]  # another contract's fingerprint
+    h = _header(contract)
+    for length in (2**31, 2**31 - 1, 2**40, 2**62, -1, -(2**31), 10**9):  # the first field's length (a string)
+        out += [h + _varint(length) + b"abc", h + _varint(length) + body]
+    out += [h + b"\xff" * 11, h + b"\x80" * 10 + b"\x01"]  # a varint longer than any long
+    out += [h + _varint(2) + b"\xff\xfe" + body[1:], h + _varint(3) + b"\xed\xa0\x80" + body[1:]]  # invalid UTF-8
+    out += [h + _varint(2) + b"\xc0\xaf" + body[1:]]  # an overlong encoding of '/'
+    record = _record(contract)
+    for name in serde.current_schema(contract).enums:
+        for index in (-1, 99, 2**31 - 1):
+            out.append(_written(contract, {**record, name: index}, {name: "int"}))
+    for field in serde.published_schema(contract)["fields"]:
+        if field["type"] == "boolean":
+            out += [_written(contract, {**record, field["name"]: v}, {field["name"]: "int"}) for v in (1, -1, 64)]
+        if field["type"] == "int":
+            out += [_written(contract, {**record, field["name"]: v}, {field["name"]: "long"})
+                    for v in (2**31, -(2**31) - 1, 2**40)]  # fmt: skip
+    return out
+
+
+def _rule_breakers(contract: Contract) -> list[bytes]:
+    """Records that are valid Avro but break a value rule of the contract (one at a time), or sit on its edge."""
+    record = _record(contract)
+    out = []
+    for name, rule in serde.field_constraints(contract).items():
+        cases = rule["cases"].values() if "by" in rule else [rule]
+        for case in cases:
+            values: list[Any] = []
+            if "min_length" in case or "max_length" in case:
+                lo, hi = case.get("min_length", 0), case.get("max_length", 300)
+                values += ["", "x" * max(lo - 1, 0), "x" * lo, "x" * hi, "é" * hi, "𝄞" * hi, "x" * (hi + 1), "𝄞" * (hi + 1)]
+            if "min" in case or "max" in case:
+                lo, hi = case.get("min", -(2**40)), case.get("max", 2**40)
+                values += [lo - 1, lo, hi, hi + 1, -(2**62), 2**62]
+            for value in values:
+                if record.get(name) is None and value == "":
+                    continue
+                changed = {**record, name: value}
+                for kind in ([None] if "by" not in rule else list(rule["cases"])):
+                    if kind is not None:
+                        changed = {**changed, rule["by"]: kind}
+                    try:
+                        out.append(_written(contract, changed))
+                    except (ValueError, TypeError, OverflowError):
+                        pass  # not writable with this field's Avro type (an int past 32 bits)
+    if "currency" in record:
+        for currency in ("", "usd", "US", "USDX", "USD\n", "ÜSD", "EUR"):
+            out.append(_written(contract, {**record, "currency": currency}))
+    return out
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+def test_both_decoders_agree_on_every_writer_version(jvm: JvmDecoder, contract: Contract) -> None:
+    valid = _valid(contract)
+    verdicts = _agree(jvm, [(contract, raw) for raw in valid])
+    assert verdicts == {"ok": len(valid)}  # the samples are all valid: a decoder rejecting one fails here
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+def test_both_decoders_agree_on_hostile_bytes(jvm: JvmDecoder, contract: Contract) -> None:
+    verdicts = _agree(jvm, [(contract, raw) for raw in _hostile(contract)])
+    for kind in ("bad_framing", "unknown_schema", "bad_payload"):
+        assert verdicts.get(kind, 0) > 0, verdicts  # the corpus reaches every kind of reject
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+def test_both_decoders_agree_on_the_value_rules(jvm: JvmDecoder, contract: Contract) -> None:
+    breakers = _rule_breakers(contract)
+    verdicts = _agree(jvm, [(contract, raw) for raw in breakers])
+    if serde.field_constraints(contract):
+        assert verdicts.get("invalid_value", 0) > 0 and verdicts.get("ok", 0) > 0, verdicts
+
+
+def test_random_bytes_in_bulk(jvm: JvmDecoder) -> None:
+    """Many random blobs at once, most behind a valid header, some mutated from a valid record."""
+    rng = random.Random(20261205)
+    items: list[tuple[Contract, bytes | None]] = []
+    for contract in INPUTS:
+        valid = _valid(contract)
+        for _ in range(400):
+            base = rng.choice(valid)
+            choice = rng.random()
+            if choice < 0.3:
+                raw = _header(contract) + rng.randbytes(rng.randrange(0, 80))
+            elif choice < 0.4:
+                raw = rng.randbytes(rng.randrange(0, 40))
+            else:
+                raw = bytearray(base)
+                for _ in range(rng.randrange(1, 4)):
+                    i = rng.randrange(serde.HEADER_LEN, len(raw))
+                    raw[i] = rng.randrange(256)
+                raw = bytes(raw[: rng.randrange(serde.HEADER_LEN, len(raw) + 1)]) if rng.random() < 0.3 else bytes(raw)
+            items.append((contract, raw))
+    verdicts = _agree(jvm, items)
+    assert verdicts.get("ok", 0) > 0 and verdicts.get("bad_payload", 0) > 0, verdicts
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_property_random_bytes(jvm: JvmDecoder, contract: Contract, data: bytes) -> None:
+    _agree(jvm, [(contract, data)])
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+@settings(max_examples=100, deadline=None)
+@given(tail=st.binary(max_size=200))
+def test_property_random_payload_behind_a_valid_header(jvm: JvmDecoder, contract: Contract, tail: bytes) -> None:
+    _agree(jvm, [(contract, _header(contract) + tail)])
+
+
+@pytest.mark.parametrize("contract", INPUTS)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_property_valid_records_and_their_mutations(jvm: JvmDecoder, contract: Contract, data: st.DataObject) -> None:
+    raw = serde.encode(contract, data.draw(records(contract)))
+    i = data.draw(st.integers(serde.HEADER_LEN, len(raw) - 1))
+    byte = data.draw(st.integers(0, 255))
+    mutated = raw[:i] + bytes([byte]) + raw[i + 1 :]
+    verdicts = _agree(jvm, [(contract, raw), (contract, mutated), (contract, raw[:i])])
+    assert verdicts.get("ok", 0) >= 1  # the drawn record itself
