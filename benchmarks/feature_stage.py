@@ -92,9 +92,9 @@ def _run(settings, mode: str) -> float:  # noqa: ANN001
     statements = t_env.create_statement_set()
     if mode == "passthrough":
         for view in inputs:
-            t_env.execute_sql(f"CREATE TEMPORARY TABLE sink_{view} (ok BOOLEAN, product_id STRING, event_time BIGINT) "
-                              "WITH ('connector' = 'blackhole')")
-            statements.add_insert_sql(f"INSERT INTO sink_{view} SELECT ok, product_id, event_time FROM {view}")
+            t_env.execute_sql(f"CREATE TEMPORARY TABLE sink_{view} (ok BOOLEAN, event_time BIGINT) "
+                              "WITH ('connector' = 'blackhole')")  # every input has these (recommend requests no product)
+            statements.add_insert_sql(f"INSERT INTO sink_{view} SELECT ok, event_time FROM {view}")
     elif mode == "product-stages":
         declare_feature_views(t_env, requests="requests", market="market", behaviour="behaviour",
                               catalogue="catalogue")
