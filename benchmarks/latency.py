@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-ms", type=int, default=None)
     parser.add_argument("--bundle-size", type=int, default=None)
     parser.add_argument("--bundle-time-ms", type=int, default=None)
-    parser.add_argument("--buffer-timeout-ms", type=int, default=None, help="execution.buffer-timeout.interval")
+    parser.add_argument("--buffer-timeout-ms", type=int, default=None, help="[job] buffer_timeout_ms (execution.buffer-timeout.interval); default: the job's per-mode default")
     parser.add_argument("--out", type=Path, default=None, help="write steps (JSON lines), table (.md), plot (.png) here")
     parser.add_argument("--promote-at", type=float, default=None,
                         help="promote a new TensorFlow model version this many seconds into each load (see the docstring)")
@@ -382,13 +382,6 @@ def main(argv: list[str] | None = None) -> int:
 
         ModelWatcher.poll = inline_poll  # type: ignore[method-assign]
 
-    if args.buffer_timeout_ms is not None:
-        conf = pricing_job._flink_conf
-
-        def with_buffer_timeout(*a, **kw):  # noqa: ANN002, ANN003, ANN202
-            return conf(*a, **kw) | {"execution.buffer-timeout.interval": f"{args.buffer_timeout_ms} ms"}
-
-        pricing_job._flink_conf = with_buffer_timeout
     state = Path(tempfile.mkdtemp(prefix="pricing-latency-"))
     (state / "jars").symlink_to(PROJECT_ROOT / ".pricing" / "jars", target_is_directory=True)
     promoter: Promoter | None = None
@@ -412,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = uuid.uuid4().hex[:6]
                 knobs = {k: v for k, v in {"checkpoint_interval_ms": args.checkpoint_ms,
                                            "python_bundle_size": args.bundle_size,
-                                           "python_bundle_time_ms": args.bundle_time_ms}.items() if v is not None}
+                                           "python_bundle_time_ms": args.bundle_time_ms,
+                                           "buffer_timeout_ms": args.buffer_timeout_ms}.items() if v is not None}
                 settings = load_settings(
                     state_dir=state,
                     kafka={"bootstrap_servers": broker.bootstrap, "topics": {

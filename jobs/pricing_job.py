@@ -78,10 +78,12 @@ from pricing_udfs.scoring import ScoringConfig
 from pricing_udfs.serde import Contract
 
 
-# Arrival mode's Python bundle time. At 5 ms, a job starting on a backlog of requests behind the catch-up gate
-# decoded about 100 requests/s and answered its first request 50-70 s after the start (20 ms: 7 s, as without
-# the gate); the cause lies in PyFlink's bundle handling, not found (README, Latency).
-ARRIVAL_BUNDLE_TIME_MS = 20
+# Arrival mode's Python bundle time and network buffer timeout (README, Latency). With the decoders in the JVM a
+# request crosses into Python once; 5 ms bundles and 2 ms buffers put p50 near 75 ms, p99 near 200 ms at 50 to 300
+# requests/s (1 ms / 2 ms: p99 0.8 s at 300/s; Flink's 100 ms buffers: p50 near 290 ms). (With the Python decoders,
+# 5 ms bundles had stalled a start on a backlog; tests/jobs/test_backlog.py and the warm-start tests pass with 5.)
+ARRIVAL_BUNDLE_TIME_MS = 5
+ARRIVAL_BUFFER_TIMEOUT_MS = 2
 
 
 def create_table_env(settings: Settings, *, jobmanager: str | None = None, start: Start | None = None) -> TableEnvironment:
@@ -146,6 +148,10 @@ def _flink_conf(settings: Settings, *, jobmanager: str | None, start: Start | No
                                                or (ARRIVAL_BUNDLE_TIME_MS if job.serving_mode == "arrival" else 200)),
         "python.fn-execution.arrow.batch.size": str(job.python_bundle_size),
     }
+    buffer_timeout = job.buffer_timeout_ms if job.buffer_timeout_ms is not None else (
+        ARRIVAL_BUFFER_TIMEOUT_MS if job.serving_mode == "arrival" else None)
+    if buffer_timeout is not None:
+        conf["execution.buffer-timeout.interval"] = f"{buffer_timeout} ms"
     # Without a directory Flink keeps checkpoints in JobManager memory, capped at 5 MB:
     # the feature windows outgrow that quickly, so default to a folder in state_dir. They
     # outlive a cancelled or crashed job, so that the next start resumes (pricing.checkpoints).

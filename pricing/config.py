@@ -268,9 +268,15 @@ class JobSettings(_Section):
     python_bundle_size: int = Field(default=1_000, ge=1, description="rows per Python bundle")
     python_bundle_time_ms: int | None = Field(
         default=None, ge=1,
-        description="max ms a bundle waits to fill; every Python stage (decode, price) can hold a row this long at "
-        "low load. None: 20 in arrival mode (200 ms gave a p50 of 0.73 s there; 5 ms stalled a start on a backlog: README, Latency), 200 in event-time "
-        "mode, where the watermark dominates latency",
+        description="max ms a bundle waits to fill; every Python stage (price, recommend) can hold a row this long "
+        "at low load. None: 5 in arrival mode (README, Latency), 200 in event-time mode, where the watermark "
+        "dominates latency",
+    )
+    buffer_timeout_ms: int | None = Field(
+        default=None, ge=0,
+        description="execution.buffer-timeout.interval: the longest a network buffer between two tasks waits to fill "
+        "before it is sent; every exchange on a request's path can hold it this long at low load. None: 2 in arrival "
+        "mode (Flink's 100 ms put p50 near 300 ms: README, Latency), Flink's 100 in event-time mode",
     )
     anchor_lookback_ms: int | None = Field(
         default=None, ge=0, lt=99 * 86_400_000,

@@ -33,6 +33,7 @@ MUST_AGREE = {
     "execution.checkpointing.incremental",
     "restart-strategy.type", "restart-strategy.fixed-delay.attempts", "restart-strategy.fixed-delay.delay",
     "python.fn-execution.bundle.size", "python.fn-execution.bundle.time", "python.fn-execution.arrow.batch.size",
+    "execution.buffer-timeout.interval",
 }
 SECRET_PLACEHOLDER = "from-a-secret"
 
