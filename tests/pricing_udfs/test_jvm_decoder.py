@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from pricing.jars import JarsMissingError, flink_jars
 from pricing_udfs import serde
+from pricing_udfs.avro_columns import varints
 from pricing_udfs.serde import Contract
 from tests.conftest import JARS_STATE_DIR
 from tests.pricing_udfs import avro_interop
@@ -91,13 +92,7 @@ def _header(contract: Contract) -> bytes:
 
 
 def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
+    return varints([n])[0]  # one Avro long: zig-zag varint
 
 
 def _written(contract: Contract, record: dict[str, Any], retype: dict[str, Any] | None = None) -> bytes:
