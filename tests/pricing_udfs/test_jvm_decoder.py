@@ -7,6 +7,10 @@ foreign fingerprints, trailing bytes, huge and negative lengths, invalid UTF-8, 
 ints out of range, and values that break each contract's rules. Then hypothesis feeds both random bytes, random
 payloads behind a valid header, valid records drawn from the schemas, and random mutations of those.
 
+Then the job's whole row (``pricing.decode.DecodeFunction`` against ``pricing_udfs.udfs.decode_batch``): event time
+against the Kafka timestamp, the clock skew, late against the watermark, the bytes kept, their digests and the
+pseudonyms.
+
 The JVM side runs as ``pricing.decode.DecodeCli`` on the class path the job uses (``tests/pricing_udfs/jvm_decoder.py``).
 """
 
@@ -15,16 +19,20 @@ from __future__ import annotations
 import copy
 import io
 import random
+import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 import fastavro
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pricing.jars import JarsMissingError, flink_jars
-from pricing_udfs import serde
+from pricing_udfs import serde, udfs
+from pricing_udfs.privacy import USER_FIELDS, PSEUDONYM_KEY_FILE, Pseudonymiser
 from pricing_udfs.avro_columns import varints
 from pricing_udfs.serde import Contract
 from tests.conftest import JARS_STATE_DIR
@@ -245,3 +253,80 @@ def test_property_valid_records_and_their_mutations(jvm: JvmDecoder, contract: C
     mutated = raw[:i] + bytes([byte]) + raw[i + 1 :]
     verdicts = _agree(jvm, [(contract, raw), (contract, mutated), (contract, raw[:i])])
     assert verdicts.get("ok", 0) >= 1  # the drawn record itself
+
+
+SKEW_MS = 600_000
+
+
+def _timed_items(rng: random.Random) -> list[tuple[Contract, bytes | None, int, int | None, int]]:
+    """(contract, value, Kafka timestamp, watermark, offset): good records on time, with a timestamp that differs
+    from their event time, stamped far ahead of the clock, at or behind the watermark; and hostile bytes."""
+    now = int(time.time() * 1000)
+    items = []
+    offset = 0
+    for contract in (Contract.PRICE_REQUEST, Contract.MARKET_EVENT, Contract.BEHAVIOUR_EVENT, Contract.CATALOGUE_ENTRY):
+        record = _record(contract)
+        for case in range(8):
+            t = now - rng.randrange(1, 3_600_000)
+            raw = serde.encode(contract, {**record, "event_time": t})
+            ts, watermark = t, rng.choice([None, t - 1_000, t + 5_000])
+            if case == 1:
+                ts = t + 1  # the payload's event time differs from the record timestamp
+            if case == 2:
+                raw = serde.encode(contract, {**record, "event_time": now + 3 * SKEW_MS})
+                ts = now + 3 * SKEW_MS  # far ahead of the clock
+            if case == 3:
+                watermark = ts  # at the watermark: late
+            if case == 4:
+                raw = b"\x00" + raw[1:]  # a broken marker: bad_framing
+            if case == 6:
+                raw = rng.choice(_hostile(contract))
+            offset += 1
+            items.append((contract, raw, ts, watermark, -1 if case == 5 else offset))
+    return items
+
+
+def _python_rows(items: list[tuple], *, keep_raw: bool, late: bool, digest: bool,
+                 pseudonymise: Pseudonymiser) -> list[list]:  # fmt: skip
+    rows = []
+    for contract, raw, ts, watermark, offset in items:
+        utc = lambda ms: pd.Timestamp(ms, unit="ms", tz="UTC")  # noqa: E731
+        frame = udfs.decode_batch(
+            contract, pd.Series([raw], dtype=object), topics=pd.Series([f"topic-{contract.value}"]),
+            partitions=pd.Series([0]), offsets=pd.Series([offset]), timestamps=pd.Series([utc(ts)]),
+            watermarks=pd.Series([pd.NaT if watermark is None else utc(watermark)]) if late else None,
+            keep_raw=keep_raw, max_clock_skew_ms=SKEW_MS, pseudonymise=pseudonymise if contract in USER_FIELDS else None,
+            digest=digest,
+        )
+        row = [None if (isinstance(v, float) and pd.isna(v)) else v for v in frame.iloc[0].tolist()]
+        rows.append([v.hex() if isinstance(v, (bytes, bytearray)) else v for v in row])
+    return rows
+
+
+@pytest.mark.parametrize(("keep_raw", "late", "digest"), [(True, True, False), (False, True, True), (False, False, False)])
+def test_the_jobs_rows_agree_with_the_python_decoder(tmp_path: Path, keep_raw: bool, late: bool, digest: bool) -> None:
+    """The whole row the job's decoder emits (status, source, bytes kept or their digest, record time, fields with
+    pseudonyms) equals ``udfs.decode_batch``'s, but for the error message's wording."""
+    try:
+        flink_jars(JARS_STATE_DIR)
+    except JarsMissingError as exc:
+        pytest.fail(f"the JVM decoder is built by `make jars` ({exc})")
+    key = bytes(range(40))
+    (tmp_path / PSEUDONYM_KEY_FILE).write_bytes(key)
+    users = ",".join(f"{c.value}:{f}" for c, f in USER_FIELDS.items())
+    options = {"keep_raw": str(keep_raw).lower(), "skew_ms": str(SKEW_MS), "late": str(late).lower(),
+               "secrets_dir": str(tmp_path), "key_id": "k1", "digest": str(digest).lower(), "users": users}
+    items = _timed_items(random.Random(7))
+    jvm = JvmDecoder(JARS_STATE_DIR, rows=options)
+    try:
+        java = [line["row"] for line in jvm.decode(items)]
+    finally:
+        jvm.close()
+    python = _python_rows(items, keep_raw=keep_raw, late=late, digest=digest, pseudonymise=Pseudonymiser(key, "k1"))
+    kinds: dict[str | None, int] = {}
+    for item, j, p in zip(items, java, python, strict=True):
+        assert j[:2] == p[:2] and j[3:] == p[3:], f"{item}:\njava   {j}\npython {p}"  # [2] is the message
+        assert (j[2] is None) == (p[2] is None)
+        kinds[j[1]] = kinds.get(j[1], 0) + 1
+    expected = {None, "invalid_value", "bad_framing", "bad_payload"} | ({"late"} if late else set())
+    assert expected <= kinds.keys(), kinds  # the items reach every rule
