@@ -459,10 +459,11 @@ def build(t_env: TableEnvironment, settings: Settings, warm: WarmStart | None = 
     topics = settings.kafka.topics
     inputs = declare_inputs(t_env, settings, warm)
     t_env.create_temporary_system_function("price_and_encode", udfs.price_and_encode_udf(scoring_config(settings)))
-    t_env.create_temporary_system_function(
-        "encode_dead_letter", udfs.dead_letter_encoder(max_raw_bytes=settings.job.dead_letter_max_raw_bytes,
-                                                       digest=settings.privacy.dead_letter_payload == "digest")
-    )
+    # In the JVM (deploy/jvm pricing.deadletter), the same bytes as udfs.encode_dead_letters, so that rejected
+    # records never cross into Python (tests/pricing_udfs/test_dead_letter_encoder.py).
+    t_env._j_tenv.createTemporarySystemFunction("encode_dead_letter", get_gateway().jvm.pricing.deadletter.EncodeDeadLetter(
+        json.dumps(serde.published_schema(Contract.DEAD_LETTER)), settings.job.dead_letter_max_raw_bytes,
+        settings.privacy.dead_letter_payload == "digest"))
     t_env.execute_sql(_sink_ddl(settings, table="priced_sink", topic=topics.priced.name, id_suffix="priced"))
     t_env.execute_sql(_sink_ddl(settings, table="dead_letter_sink", topic=topics.dead_letters.name, id_suffix="dlq"))
     job = settings.job

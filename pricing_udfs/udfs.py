@@ -461,29 +461,6 @@ def price_and_encode_udf(config: ScoringConfig, *, spec: FeatureSpec = FEATURE_S
     return udf(_PriceAndEncode(config, spec), result_type=DataTypes.BYTES(), func_type="pandas")
 
 
-class _EncodeDeadLetter(ScalarFunction):
-    def __init__(self, max_raw_bytes: int, digest: bool) -> None:
-        self._max_raw_bytes = max_raw_bytes
-        self._digest = digest
-
-    def eval(
-        self,
-        topic: pd.Series,
-        partition: pd.Series,
-        offset: pd.Series,
-        raw: pd.Series,
-        kind: pd.Series,
-        message: pd.Series,
-        record_time: pd.Series,
-    ) -> pd.Series:
-        return encode_dead_letters(
-            topic, partition, offset, raw, kind, message,
-            # epoch ms (a decoder's record_time) or the rowtime itself (event-time mode)
-            record_time.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(record_time) else _epoch_millis(record_time),
-            max_raw_bytes=self._max_raw_bytes, now_ms=int(time.time() * 1000), digest=self._digest,
-        )
-
-
 def encode_dead_letters(
     topic: Any, partition: Any, offset: Any, raw: Any, kind: Any, message: Any, record_ms: Any,
     *, max_raw_bytes: int, now_ms: int, digest: bool = False,
@@ -521,8 +498,3 @@ def encode_dead_letters(
 
 
 MAX_ERROR_MESSAGE_CHARS = 2_000
-
-
-def dead_letter_encoder(*, max_raw_bytes: int, digest: bool = False) -> Any:
-    """A pandas UDF ``(topic, partition, offset, raw, kind, message, record_time) -> framed DeadLetter``."""
-    return udf(_EncodeDeadLetter(max_raw_bytes, digest), result_type=DataTypes.BYTES(), func_type="pandas")
