@@ -1,15 +1,12 @@
 package pricing.deadletter;
 
-import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
-import java.io.EOFException;
 import java.io.IOException;
-import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
-import java.util.ArrayList;
-import java.util.List;
+
+import pricing.decode.Batches;
 
 /**
  * {@link EncodeDeadLetter} as a process, for the byte-equality test against the Python encoder
@@ -32,51 +29,26 @@ public final class EncodeCli {
         }
         EncodeDeadLetter encoder = new EncodeDeadLetter(Files.readString(Paths.get(args[0])), Integer.parseInt(args[1]),
                 Boolean.parseBoolean(args[2]));
-        DataInputStream in = new DataInputStream(System.in);
-        PrintStream out = new PrintStream(new BufferedOutputStream(System.out, 1 << 16), false, StandardCharsets.UTF_8);
-        while (true) {
-            int count;
-            try {
-                count = in.readInt();
-            } catch (EOFException e) {
-                break;
+        Batches.serve(in -> {
+            String topic = text(in);
+            byte[] raw = Batches.bytes(in);
+            String kind = text(in);
+            String message = text(in);
+            int partition = in.readInt();
+            long offset = in.readLong();
+            long recordMs = in.readLong();
+            long nowMs = in.readLong();
+            byte[] framed = encoder.encode(topic, partition, offset, raw, kind, message, recordMs, nowMs);
+            StringBuilder hex = new StringBuilder();
+            for (byte b : framed) {
+                hex.append(String.format("%02x", b & 0xff));
             }
-            List<String> lines = new ArrayList<>(count);
-            for (int i = 0; i < count; i++) {
-                String topic = text(in);
-                byte[] raw = bytes(in);
-                String kind = text(in);
-                String message = text(in);
-                int partition = in.readInt();
-                long offset = in.readLong();
-                long recordMs = in.readLong();
-                long nowMs = in.readLong();
-                byte[] framed = encoder.encode(topic, partition, offset, raw, kind, message, recordMs, nowMs);
-                StringBuilder hex = new StringBuilder();
-                for (byte b : framed) {
-                    hex.append(String.format("%02x", b & 0xff));
-                }
-                lines.add(hex.toString());
-            }
-            for (String line : lines) {
-                out.println(line);
-            }
-            out.flush();
-        }
-    }
-
-    private static byte[] bytes(DataInputStream in) throws IOException {
-        int length = in.readInt();
-        if (length < 0) {
-            return null;
-        }
-        byte[] out = new byte[length];
-        in.readFully(out);
-        return out;
+            return hex.toString();
+        });
     }
 
     private static String text(DataInputStream in) throws IOException {
-        byte[] raw = bytes(in);
+        byte[] raw = Batches.bytes(in);
         return raw == null ? null : new String(raw, StandardCharsets.UTF_8);
     }
 }

@@ -1,10 +1,6 @@
 package pricing.decode;
 
-import java.io.BufferedOutputStream;
-import java.io.DataInputStream;
-import java.io.EOFException;
 import java.io.IOException;
-import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -60,53 +56,31 @@ public final class DecodeCli {
         Map<String, DecodeFunction> functions = new HashMap<>();
         List<Row> collected = new ArrayList<>();
         Map<String, ContractDecoder> decoders = new HashMap<>();
-        DataInputStream in = new DataInputStream(System.in);
-        PrintStream out = new PrintStream(new BufferedOutputStream(System.out, 1 << 16), false, StandardCharsets.UTF_8);
-        while (true) {
-            int count;
-            try {
-                count = in.readInt();
-            } catch (EOFException e) {
-                break;
-            }
-            List<String> lines = new ArrayList<>(count);
-            for (int i = 0; i < count; i++) {
-                byte[] name = new byte[in.readUnsignedByte()];
-                in.readFully(name);
-                String contract = new String(name, StandardCharsets.US_ASCII);
-                int length = in.readInt();
-                byte[] value = null;
-                if (length >= 0) {
-                    value = new byte[length];
-                    in.readFully(value);
+        Batches.serve(in -> {
+            byte[] name = new byte[in.readUnsignedByte()];
+            in.readFully(name);
+            String contract = new String(name, StandardCharsets.US_ASCII);
+            byte[] value = Batches.bytes(in);
+            if (rowMode) {
+                long ts = in.readLong();
+                long watermark = in.readLong();
+                long offset = in.readLong();
+                DecodeFunction function = functions.computeIfAbsent(contract, c -> open(schemas, c, rows, collected));
+                collected.clear();
+                function.eval(value, "topic-" + contract, 0, offset, Instant.ofEpochMilli(ts),
+                        watermark == Long.MIN_VALUE ? null : Instant.ofEpochMilli(watermark));
+                Object[] fields = new Object[collected.get(0).getArity()];
+                for (int f = 0; f < fields.length; f++) {
+                    Object v = collected.get(0).getField(f);
+                    fields[f] = v instanceof byte[] ? ContractDecoder.hex((byte[]) v, 0, ((byte[]) v).length) : v;
                 }
-                if (rowMode) {
-                    long ts = in.readLong();
-                    long watermark = in.readLong();
-                    long offset = in.readLong();
-                    DecodeFunction function = functions.computeIfAbsent(contract, c -> open(schemas, c, rows, collected));
-                    collected.clear();
-                    function.eval(value, "topic-" + contract, 0, offset, Instant.ofEpochMilli(ts),
-                            watermark == Long.MIN_VALUE ? null : Instant.ofEpochMilli(watermark));
-                    Map<String, Object> line = new LinkedHashMap<>();
-                    Object[] fields = new Object[collected.get(0).getArity()];
-                    for (int f = 0; f < fields.length; f++) {
-                        Object v = collected.get(0).getField(f);
-                        fields[f] = v instanceof byte[] ? ContractDecoder.hex((byte[]) v, 0, ((byte[]) v).length) : v;
-                    }
-                    line.put("row", fields);
-                    lines.add(json(line));
-                    continue;
-                }
-                ContractDecoder decoder = decoders.computeIfAbsent(contract, c -> load(schemas, c));
-                lines.add(json(describe(decoder, decoder.decode(value))));
+                Map<String, Object> line = new LinkedHashMap<>();
+                line.put("row", fields);
+                return json(line);
             }
-            for (String line : lines) {
-                out.println(line);
-            }
-            out.flush();
-        }
-        out.flush();
+            ContractDecoder decoder = decoders.computeIfAbsent(contract, c -> load(schemas, c));
+            return json(describe(decoder, decoder.decode(value)));
+        });
     }
 
     private static Map<String, Object> describe(ContractDecoder decoder, ContractDecoder.Result result) {
