@@ -258,11 +258,11 @@ public final class ContractDecoder implements Serializable {
             Object[] out = column.avroType.equals("string") || column.avroType.equals("enum")
                     ? new String[items.size()] : newArray(column.avroType, items.size());
             for (int i = 0; i < out.length; i++) {
-                out[i] = scalar(column.avroType, items.get(i));
+                out[i] = scalar(items.get(i));
             }
             return out;
         }
-        return scalar(column.avroType, value);
+        return scalar(value);
     }
 
     private static Object[] newArray(String avroType, int n) {
@@ -274,7 +274,7 @@ public final class ContractDecoder implements Serializable {
         }
     }
 
-    private Object scalar(String avroType, Object value) throws CharacterCodingException {
+    private Object scalar(Object value) throws CharacterCodingException {
         if (value == null) {
             return null;
         }

@@ -155,8 +155,8 @@ public final class DecodeFunction extends TableFunction<Row> {
         String message = result.message;
         if (result.ok) {
             long eventTime = (Long) result.values[eventTimeColumn];
-            if (maxClockSkewMs >= 0 && tsMs > System.currentTimeMillis() + maxClockSkewMs) {
-                long horizon = System.currentTimeMillis() + maxClockSkewMs;
+            long horizon = maxClockSkewMs >= 0 ? System.currentTimeMillis() + maxClockSkewMs : Long.MAX_VALUE;
+            if (tsMs > horizon) {
                 kind = ContractDecoder.INVALID_VALUE;
                 message = decoder.contract() + ": event_time " + tsMs + " is " + (tsMs - horizon + maxClockSkewMs)
                         + " ms ahead of the engine's clock, more than max_clock_skew_ms (" + maxClockSkewMs + ")";

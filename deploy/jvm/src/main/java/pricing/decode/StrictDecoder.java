@@ -16,6 +16,7 @@ import org.apache.avro.util.Utf8;
  */
 final class StrictDecoder extends Decoder {
     private BinaryDecoder in;
+    private final byte[] one = new byte[1];
 
     StrictDecoder on(BinaryDecoder decoder) {
         in = decoder;
@@ -37,7 +38,6 @@ final class StrictDecoder extends Decoder {
 
     @Override
     public boolean readBoolean() throws IOException {
-        byte[] one = new byte[1];
         in.readFixed(one);
         if (one[0] != 0 && one[0] != 1) {
             throw new AvroTypeException("a boolean byte of " + (one[0] & 0xff) + ", not 0 or 1");
