@@ -191,6 +191,75 @@ def _strict_values(record: dict[str, Any], *, writer: _Schema, reader: _Schema) 
     return None
 
 
+def _union_problem(schema: Any, data: bytes) -> str | None:
+    """A union branch index outside the union, else None: one walk over the datum that fastavro has just read.
+
+    fastavro indexes a union's branches with whatever it reads, so a negative index silently picks a branch from the
+    end (-1: the last), where Java Avro's reader fails; this walk finds such indexes. It runs only on bytes that
+    fastavro read in full, so every length in them is in range.
+    """
+    named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
+    pos = HEADER_LEN
+
+    def varint() -> int:
+        nonlocal pos
+        shift = value = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                return (value >> 1) ^ -(value & 1)
+            shift += 7
+
+    def skip(t: Any) -> str | None:  # noqa: C901, PLR0911, PLR0912 - one branch per Avro type
+        nonlocal pos
+        if isinstance(t, list):
+            index = varint()
+            if not 0 <= index < len(t):
+                return f"union branch index {index} is outside its {len(t)} branches"
+            return skip(t[index])
+        if isinstance(t, str):
+            if t in named:
+                return skip(named[t])
+            if t in ("int", "long", "enum"):
+                varint()
+            elif t in ("bytes", "string"):
+                length = varint()  # read before pos is (``pos += varint()`` would add to the old pos)
+                pos += length
+            else:
+                pos += {"null": 0, "boolean": 1, "float": 4, "double": 8}[t]
+            return None
+        kind = t["type"]
+        if kind == "record":
+            for field in t["fields"]:
+                problem = skip(field["type"])
+                if problem:
+                    return problem
+        elif kind == "fixed":
+            pos += t["size"]
+        elif kind in ("array", "map"):
+            while (count := varint()) != 0:
+                if count < 0:
+                    count = -count
+                    varint()  # the block's size in bytes
+                for _ in range(count):
+                    if kind == "map":
+                        length = varint()  # the key
+                        pos += length
+                    problem = skip(t["items"] if kind == "array" else t["values"])
+                    if problem:
+                        return problem
+        else:  # enum, or a primitive written as {"type": ...}
+            return skip("enum" if kind == "enum" else kind)
+        return None
+
+    try:
+        return skip(schema)
+    except (IndexError, KeyError):
+        return "the datum does not follow its writer schema"
+
+
 def _strip_logical_types(node: Any) -> Any:
     if isinstance(node, dict):
         if node.get("logicalType") in {"timestamp-millis", "timestamp-micros", "date", "time-millis"}:
@@ -257,7 +326,8 @@ def decode(contract: Contract, data: bytes | None) -> Decoded:
         return Rejected(ErrorKind.BAD_PAYLOAD, _clip(f"{contract.value}: {type(exc).__name__}: {exc}"))
     if buf.tell() != len(data):
         return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {len(data) - buf.tell()} trailing bytes after the datum")
-    problem = _resolve_enums(record, writer=writer, reader=reader) or _strict_values(record, writer=writer, reader=reader)
+    problem = (_union_problem(writer.fast, data) or _resolve_enums(record, writer=writer, reader=reader)
+               or _strict_values(record, writer=writer, reader=reader))
     if problem:
         return Rejected(ErrorKind.BAD_PAYLOAD, f"{contract.value}: {problem}")
     problem = _constraints(contract).check(record)

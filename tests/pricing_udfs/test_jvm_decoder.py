@@ -132,6 +132,7 @@ def _hostile(contract: Contract) -> list[bytes | None]:
             out.append(first[:i] + bytes([first[i] ^ bit]) + first[i + 1 :])
     body = first[serde.HEADER_LEN :]
     out += [serde.MAGIC + bytes(8) + body, serde.MAGIC + b"\xff" * 8 + body, first + b"\x00", first + first]
+    out += [first[:-1] + b"\x01\x00", first[:-1] + b"\x03\x00"]  # a last union's index -1 or -2 (if it ends in one)
     out += [_header(other) + body for other in INPUTS if other is not contract]  # another contract's fingerprint
     h = _header(contract)
     for length in (2**31, 2**31 - 1, 2**40, 2**62, -1, -(2**31), 10**9):  # the first field's length (a string)

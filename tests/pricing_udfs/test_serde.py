@@ -243,6 +243,16 @@ def test_an_int_wider_than_32_bits_is_a_bad_payload(value: int) -> None:
     assert edge.ok
 
 
+def test_a_negative_union_index_is_a_bad_payload() -> None:
+    """fastavro alone reads union index -1 as the last branch (here: the string of request_id); Java's reader fails.
+    Found by the differential test's hypothesis run."""
+    raw = serde.encode(Contract.BEHAVIOUR_EVENT, SAMPLES[Contract.BEHAVIOUR_EVENT] | {"request_id": None})
+    assert raw.endswith(b"\x00")  # request_id is the last field: branch 0, null
+    result = serde.decode(Contract.BEHAVIOUR_EVENT, raw[:-1] + b"\x01\x00")  # branch -1, then an empty string
+    assert isinstance(result, Rejected) and result.kind is ErrorKind.BAD_PAYLOAD
+    assert "union branch index -1" in result.message
+
+
 def test_the_enums_and_money_kinds_come_from_the_schemas() -> None:
     kinds = serde.enum_symbols(Contract.MARKET_EVENT, "kind")
     assert kinds == ("competitor_price", "inventory", "promotion", "list_price", "cost")
