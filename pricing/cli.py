@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_job_run)
 
+    archive = sub.add_parser("archive", help="the archive job: every topic to files, exactly once").add_subparsers(
+        metavar="ACTION")
+    arun = archive.add_parser(
+        "run", help="run it (local MiniCluster unless --jobmanager); files under [archive] path, by topic, date, hour")
+    arun.add_argument("--bounded", action="store_true", help="stop after the offsets that are latest now")
+    arun.add_argument("--jobmanager", default=None, metavar="HOST:PORT", help="submit to a remote cluster's REST endpoint")
+    arun.add_argument("--fresh", action="store_true",
+                      help="start from the topics' earliest records instead of the archive's latest checkpoint")
+    arun.set_defaults(func=_archive_run)
+
     schemas = sub.add_parser("schemas", help="the Avro contracts").add_subparsers(metavar="ACTION")
     schemas.add_parser("check", help="check every schema against its frozen versions").set_defaults(func=_schemas_check)
     freeze = schemas.add_parser("freeze", help="freeze the current schemas as new versions (after a release)")
@@ -201,6 +211,28 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
     for name, state in create_topics(settings.kafka).items():
         print(f"{name}: {state}")
+    return 0
+
+
+def _archive_run(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.archive import run
+
+    job = settings.job.model_copy(update={"bounded": args.bounded or settings.job.bounded,
+                                          **({"start": "fresh"} if args.fresh else {})})  # fmt: skip
+    settings = settings.model_copy(update={"job": job})
+    print(f"archiving to {settings.archive.root(settings.state_dir)} from {settings.kafka.bootstrap_servers} ("
+          + ("bounded" if job.bounded else f"submitted to {args.jobmanager}" if args.jobmanager
+             else "unbounded: Ctrl-C to stop") + ")", file=sys.stderr)  # fmt: skip
+    if args.jobmanager and not job.bounded:  # like `pricing job run`: never a second copy on the cluster
+        from pricing.cluster import running_job
+
+        rest_url = args.jobmanager if "://" in args.jobmanager else f"http://{args.jobmanager}"
+        already = running_job(rest_url, f"{job.name}-archive")
+        if already is not None:
+            print(f"job {already['jid']} runs on {args.jobmanager} already ({job.name}-archive, {already['state']}): "
+                  "not submitted again; cancel it first to replace it")  # fmt: skip
+            return 0
+    run(settings, jobmanager=args.jobmanager, wait=not args.jobmanager)
     return 0
 
 

@@ -416,6 +416,31 @@ class RecommendSettings(_Section):
                                  user_ttl_ms=self.lookback_ms)  # fmt: skip
 
 
+class LearnSettings(_Section):
+    """``[learn]``: ``pricing learn``, the learning loop's training and its promotion gate (``pricing.learn``)."""
+
+    holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="the newest share of the logged rows, never trained on, that the gate "
+        "judges both models on")
+    min_rows: int = Field(default=500, ge=10, description="fewer labelled rows in the range: no challenger is trained")
+    min_holdout_rows: int = Field(
+        default=100, ge=2, description="fewer holdout rows with a propensity (and a list price and cost): no verdict")
+    log_loss_tolerance: float = Field(
+        default=0.005, ge=0, le=1, description="the challenger's holdout log-loss may exceed the champion's by this "
+        "much (nats) and still be promoted")
+    max_calibration_error: float = Field(
+        default=0.1, gt=0, le=1, description="without a champion: the challenger's holdout calibration error "
+        "(ECE, 10 bins) must not exceed this")
+    min_effective_rows: float = Field(
+        default=20.0, ge=1, description="each policy's off-policy estimates must rest on at least this many "
+        "logs (Kish's effective sample size of the weights)")
+    kernel_bandwidth: float = Field(
+        default=0.02, ge=0, lt=1, description="a logged price within this relative distance of the policy's price "
+        "(|a - b| / list price) counts, by a triangular kernel; 0: exact matches only")
+    epochs: int = Field(default=20, ge=1, le=1_000, description="at most this many epochs per challenger")
+    seed: int = Field(default=0, ge=0, description="the challenger's training seed")
+
+
 class SecretsSettings(_Section):
     """Where the job's clients read secrets at run time: one file each (``kafka.password``, ``kafka.ca.password``,
     ``kafka.keystore.password``, ``pseudonym.key``), exactly the value, no newline."""
@@ -447,6 +472,32 @@ class PrivacySettings(_Section):
         return v
 
 
+class ArchiveSettings(_Section):
+    """The archive job (``jobs/archive.py``, ``pricing archive run``): every topic to files, exactly once."""
+
+    path: str | None = Field(
+        default=None, description="where the files go: a folder or a URI Flink can write (file://, s3://); None: "
+        "<state_dir>/archive. Layout: <path>/<topic>/dt=YYYY-MM-DD/hour=HH/ (pricing.archive_layout)")
+    topics: list[Literal["behaviour", "market", "requests", "priced", "dead_letters", "recommend_requests",
+                         "recommendations", "catalogue"]] | None = Field(
+        default=None, description="which of [kafka.topics] to archive (their keys there); None: all of them")
+    consumer_group: str = Field(
+        default="pricing-archive", min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+        description="the archive's own consumer group; it also names its checkpoints, apart from the pricing job's")
+    checkpoint_interval_ms: int = Field(
+        default=60_000, ge=100, description="files become visible at each checkpoint, one per partition and hour "
+        "per writer: longer means fewer, larger files and later visibility")
+    codec: Literal["deflate", "null"] = Field(default="deflate", description="the Avro container files' codec")
+    max_file_bytes: int = Field(default=128 << 20, ge=1 << 20, description="a file rolls at this size, or at the "
+                                "next checkpoint, whichever comes first")
+
+    def root(self, state_dir: Path) -> str:
+        """The archive's location as Flink wants it: a URI (local folders become file: URIs)."""
+        if self.path is None:
+            return (state_dir / "archive").resolve().as_uri()
+        return self.path if "://" in self.path else Path(self.path).resolve().as_uri()
+
+
 # The secret settings that [secrets] dir fills when they are unset: (section, field) -> file name.
 _SECRET_FIELDS = {**{("kafka", name): file for name, file in SECRET_FILES.items()},
                   ("privacy", "pseudonym_key"): PSEUDONYM_KEY_FILE}
@@ -467,6 +518,8 @@ class Settings(BaseSettings):
     recommend: RecommendSettings = RecommendSettings()
     secrets: SecretsSettings = SecretsSettings()
     privacy: PrivacySettings = PrivacySettings()
+    learn: LearnSettings = LearnSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
     @model_validator(mode="before")
     @classmethod

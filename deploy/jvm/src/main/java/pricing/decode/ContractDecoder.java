@@ -76,20 +76,23 @@ public final class ContractDecoder implements Serializable {
         public final String message;
         /** The decoded columns (see {@link #columns()}), Java values as Flink's default conversion classes want them. */
         public final Object[] values;
+        /** The record resolved to the current schema (what the archive writes); null when rejected. */
+        public final GenericRecord record;
 
-        private Result(boolean ok, String kind, String message, Object[] values) {
+        private Result(boolean ok, String kind, String message, Object[] values, GenericRecord record) {
             this.ok = ok;
             this.kind = kind;
             this.message = message;
             this.values = values;
+            this.record = record;
         }
 
-        static Result ok(Object[] values) {
-            return new Result(true, null, null, values);
+        static Result ok(Object[] values, GenericRecord record) {
+            return new Result(true, null, null, values, record);
         }
 
         static Result rejected(String kind, String message) {
-            return new Result(false, kind, clip(message), null);
+            return new Result(false, kind, clip(message), null, null);
         }
     }
 
@@ -146,10 +149,10 @@ public final class ContractDecoder implements Serializable {
         List<Rule> found = new ArrayList<>();
         for (Schema.Field field : reader.getFields()) {
             Schema type = nonNull(field.schema());
-            if (type.getType() == Schema.Type.ARRAY) {
+            if (type.getType() == Schema.Type.ARRAY && !nested(nonNull(type.getElementType()))) {
                 cols.add(new Column(field.name(), primitive(nonNull(type.getElementType()), field.name()), true));
                 pos.add(field.pos());
-            } else if (type.getType() != Schema.Type.MAP) {  // free-form attributes: read and checked, not a column
+            } else if (!nested(type)) {  // maps (free-form attributes), records: read and checked, not columns
                 cols.add(new Column(field.name(), primitive(type, field.name()), false));
                 pos.add(field.pos());
             }
@@ -194,9 +197,14 @@ public final class ContractDecoder implements Serializable {
         throw new IllegalArgumentException("a union of null alone: " + schema);
     }
 
+    private static boolean nested(Schema type) {
+        return type.getType() == Schema.Type.MAP || type.getType() == Schema.Type.RECORD
+                || type.getType() == Schema.Type.ARRAY;
+    }
+
     private static String primitive(Schema type, String field) {
         switch (type.getType()) {
-            case STRING: case LONG: case INT: case BOOLEAN: case DOUBLE: case ENUM:
+            case STRING: case LONG: case INT: case BOOLEAN: case DOUBLE: case ENUM: case BYTES:
                 return type.getType().getName();
             default:
                 throw new IllegalArgumentException(field + ": no column type for Avro " + type);
@@ -246,7 +254,7 @@ public final class ContractDecoder implements Serializable {
                 return Result.rejected(INVALID_VALUE, contract + ": " + problem);
             }
         }
-        return Result.ok(values);
+        return Result.ok(values, record);
     }
 
     private Object column(Column column, Object value) throws CharacterCodingException {
@@ -283,6 +291,12 @@ public final class ContractDecoder implements Serializable {
         }
         if (value instanceof GenericData.EnumSymbol || value instanceof CharSequence) {
             return value.toString();
+        }
+        if (value instanceof ByteBuffer) {  // bytes (dead letters' raw record): byte[], Flink's BYTES
+            ByteBuffer buffer = ((ByteBuffer) value).duplicate();
+            byte[] out = new byte[buffer.remaining()];
+            buffer.get(out);
+            return out;
         }
         return value;  // Long, Integer, Boolean, Double: Flink's default conversion classes already
     }
