@@ -6,7 +6,10 @@ default; the same transforms run on Flink or Dataflow).
 **Backfill from event history** (``build_backfill`` / ``run_backfill``): a folder with
 ``behaviour_events.avro``, ``market_events.avro``, ``price_requests.avro`` and ``catalogue.avro``, Avro
 container files in the topics' format and in arrival order (what ``pricing simulate
-history`` writes, or archived topics)::
+history`` writes), or the archive (``jobs/archive.py``; :func:`archive_files` picks each topic's files for a time
+range, in the layout ``pricing.archive_layout`` describes; a topic's files are read as one sequence, hour by hour,
+so the late rule sees an event that arrived in a later hour before the ones that arrived earlier in its own hour
+and may call fewer events late than the job did)::
 
     read each topic in file order: value rules, late rule (not for the catalogue)
       -> by product (bucket): latest values, 5 min / 15 min / 1 h windows, velocity,
@@ -79,7 +82,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -94,6 +97,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pricing import archive_layout
+from pricing.archive_layout import TimeRange
 from pricing.config import JobSettings
 from pricing.sim.history import CATALOGUE_FILE
 from pricing.sim.history import FILES as HISTORY_FILES
@@ -155,6 +160,10 @@ class TrainingSetOptions(PipelineOptions):
                             help="the folder of the pseudonym key (pricing_udfs.privacy): raw user ids are replaced "
                                  "as the job replaces them; unset: user ids are kept as read")  # fmt: skip
         parser.add_argument("--pseudonym_key_id", default="k1", help="the key's id ([privacy] pseudonym_key_id)")
+        parser.add_argument("--since_ms", type=int, default=None,
+                            help="rows only for requests (priced events) at or after this event time (epoch ms)")
+        parser.add_argument("--until_ms", type=int, default=None,
+                            help="rows only for requests (priced events) before this event time (epoch ms)")
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,7 @@ class _Opts:
     show_progress: bool
     t0: float
     privacy: PrivacyConfig | None = None  # user ids of raw inputs become the job's pseudonyms
+    rows_range: TimeRange = TimeRange()  # rows only for requests in this event-time range (context from anywhere)
 
     @classmethod
     def of(cls, options: PipelineOptions) -> "_Opts":
@@ -180,7 +190,16 @@ class _Opts:
         privacy = (PrivacyConfig(secrets_dir=o.pseudonym_secrets_dir, key_id=o.pseudonym_key_id)
                    if o.pseudonym_secrets_dir else None)  # fmt: skip
         return cls(o.allowance_ms, o.attribution_window_ms, o.dedupe_window_ms, o.buckets, o.show_progress,
-                   time.time(), privacy)  # fmt: skip
+                   time.time(), privacy, TimeRange(o.since_ms, o.until_ms))  # fmt: skip
+
+    def in_range(self, event_time: np.ndarray) -> np.ndarray:
+        r = self.rows_range
+        keep = np.ones(len(event_time), dtype=bool)
+        if r.since_ms is not None:
+            keep &= event_time >= r.since_ms
+        if r.until_ms is not None:
+            keep &= event_time < r.until_ms
+        return keep
 
     def pseudonymise(self, contract: Contract, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the user ids of a raw input replaced by the job's pseudonyms (no privacy: as it is)."""
@@ -213,6 +232,16 @@ def read_events(path: Path, contract: Contract) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(serde.read_container(Path(path), contract), columns=fields)
     if "event_time" in frame:
         frame["event_time"] = frame["event_time"].astype(np.int64)
+    frame["seq"] = np.arange(len(frame), dtype=np.int64)
+    return frame
+
+
+def read_topic(paths: Sequence[Path], contract: Contract) -> pd.DataFrame:
+    """Several container files of one topic, in the order given, as one frame (``seq`` runs on across them)."""
+    frames = [read_events(p, contract) for p in paths]
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(frames, ignore_index=True)
     frame["seq"] = np.arange(len(frame), dtype=np.int64)
     return frame
 
@@ -759,9 +788,9 @@ class _ReadTopic(beam.DoFn):
     def __init__(self, opts: _Opts) -> None:
         self._opts = opts
 
-    def process(self, element: tuple[str, str]) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
-        contract, path = Contract(element[0]), Path(element[1])
-        frame = self._opts.pseudonymise(contract, read_events(path, contract))
+    def process(self, element: tuple[str, list[str]]) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
+        contract, paths = Contract(element[0]), [Path(p) for p in element[1]]
+        frame = self._opts.pseudonymise(contract, read_topic(paths, contract))
         invalid = invalid_mask(contract, frame)
         late = late_mask(frame["event_time"].to_numpy(), self._opts.allowance_ms) & ~invalid
         if contract is Contract.CATALOGUE_ENTRY:  # stamped at the history's start and read first: never late
@@ -770,11 +799,16 @@ class _ReadTopic(beam.DoFn):
         _counter(f"{name}_read").inc(len(frame))
         _counter(f"{name}_invalid").inc(int(invalid.sum()))
         _counter(f"{name}_late").inc(int(late.sum()))
-        self._opts.say(f"read {path.name}: {len(frame):,} records, {int(invalid.sum()):,} invalid, "
+        where = paths[0].name if len(paths) == 1 else f"{contract.value} ({len(paths)} files)"
+        self._opts.say(f"read {where}: {len(frame):,} records, {int(invalid.sum()):,} invalid, "
                        f"{int(late.sum()):,} late (allowance {self._opts.allowance_ms} ms)")  # fmt: skip
         if contract is Contract.BEHAVIOUR_EVENT:
             frame["late"] = late  # left out of the features, kept for offers and labels
             frame = frame[~invalid]
+        elif contract is Contract.PRICE_REQUEST:  # the rows asked for; the late rule saw every request before
+            outside = ~self._opts.in_range(frame["event_time"].to_numpy())
+            _counter("price_request_outside_range").inc(int((outside & ~invalid & ~late).sum()))
+            frame = frame[~invalid & ~late & ~outside]
         else:
             frame = frame[~invalid & ~late]
         buckets = _bucket(frame["product_id"], self._opts.buckets)
@@ -910,18 +944,52 @@ class _Assemble(beam.DoFn):
         yield table
 
 
-def build_backfill(pipeline: beam.Pipeline, history_dir: Path | str, out_dir: Path | str,
-                   options: PipelineOptions | None = None) -> Any:  # fmt: skip
-    """Add the backfill to ``pipeline``: history files in, Parquet parts (SCHEMA) under ``out_dir`` out."""
-    opts = _Opts.of(options or pipeline.options)
+BACKFILL_INPUTS = (Contract.BEHAVIOUR_EVENT, Contract.MARKET_EVENT, Contract.PRICE_REQUEST, Contract.CATALOGUE_ENTRY)
+
+
+def history_files(history_dir: Path | str) -> dict[Contract, list[Path]]:
+    """The files of a history folder (``pricing simulate history``): one per topic, fixed names."""
     history_dir = Path(history_dir)
-    files = [(c.value, str(history_dir / name)) for c, name in HISTORY_FILES.items()]
-    files.append((Contract.CATALOGUE_ENTRY.value, str(history_dir / CATALOGUE_FILE)))
-    for _, path in files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: a history folder holds {', '.join(HISTORY_FILES.values())} and "
+    files = {c: [history_dir / name] for c, name in HISTORY_FILES.items()}
+    files[Contract.CATALOGUE_ENTRY] = [history_dir / CATALOGUE_FILE]
+    for paths in files.values():
+        if not paths[0].is_file():
+            raise FileNotFoundError(f"{paths[0]}: a history folder holds {', '.join(HISTORY_FILES.values())} and "
                                     f"{CATALOGUE_FILE} (histories written before features/4 lack the catalogue: "
                                     "write them again with `pricing simulate history`)")
+    return files
+
+
+def archive_files(root: Path | str, topics: Mapping[Contract, str], time_range: TimeRange, *,
+                  attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> dict[Contract, list[Path]]:  # fmt: skip
+    """The archived files (``pricing.archive_layout``) a backfill of the requests in ``time_range`` reads: the
+    requests' hours; behaviour from the longest window (24 h) before them to the attribution window after; the
+    market and catalogue topics from their start (list prices, costs and categories stay in force until replaced).
+    ``topics`` names each contract's topic. A topic with no file in its range is a clear error."""
+    since, until = time_range.since_ms, time_range.until_ms
+    ranges = {
+        Contract.PRICE_REQUEST: time_range,
+        Contract.BEHAVIOUR_EVENT: TimeRange(None if since is None else since - _DAY_MS,
+                                            None if until is None else until + attribution_window_ms),
+        Contract.MARKET_EVENT: TimeRange(None, until),
+        Contract.CATALOGUE_ENTRY: TimeRange(None, until),
+    }  # fmt: skip
+    out: dict[Contract, list[Path]] = {}
+    for contract in BACKFILL_INPUTS:
+        out[contract] = archive_layout.files(root, topics[contract], ranges[contract])
+        if not out[contract]:
+            raise FileNotFoundError(f"{root}: no archived files of topic {topics[contract]} for {ranges[contract]} "
+                                    "(is the archive job running, and has it reached a checkpoint?)")
+    return out
+
+
+def build_backfill(pipeline: beam.Pipeline, history: Path | str | Mapping[Contract, Sequence[Path | str]],
+                   out_dir: Path | str, options: PipelineOptions | None = None) -> Any:  # fmt: skip
+    """Add the backfill to ``pipeline``: history files in (a history folder, or each contract's files in arrival
+    order, e.g. :func:`archive_files`), Parquet parts (SCHEMA) under ``out_dir`` out."""
+    opts = _Opts.of(options or pipeline.options)
+    inputs = history_files(history) if isinstance(history, (str, Path)) else history
+    files = [(c.value, [str(p) for p in inputs[c]]) for c in BACKFILL_INPUTS]
     chunks = pipeline | "HistoryFiles" >> beam.Create(files) | "ReadTopic" >> beam.ParDo(_ReadTopic(opts))
     staged = (
         chunks
@@ -975,6 +1043,9 @@ class _ReadServing(beam.DoFn):
         else:
             frame = frame.rename(columns={"request_time": "event_time"})
             frame["event_time"] = frame["event_time"].astype(np.int64)
+            inside = self._opts.in_range(frame["event_time"].to_numpy())
+            _counter("priced_outside_range").inc(int((~inside).sum()))
+            frame = frame[inside].reset_index(drop=True)
             name = "priced"
         _counter(f"{name}_read").inc(len(frame))
         self._opts.say(f"read {Path(path).name}: {len(frame):,} {name}")
@@ -1010,6 +1081,21 @@ class _LabelServed(beam.DoFn):
         _counter("positive").inc(int(priced["label"].sum()))
         self._opts.say(f"serving rows, bucket {bucket}: {table.num_rows:,}")
         yield table
+
+
+def serving_archive_files(root: Path | str, priced_topic: str, behaviour_topic: str, time_range: TimeRange, *,
+                          attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> tuple[list[Path], list[Path]]:  # fmt: skip
+    """The archived priced events of ``time_range``'s hours and the behaviour that may answer them (to the
+    attribution window after); a clear error when either is missing."""
+    priced = archive_layout.files(root, priced_topic, time_range)
+    until = time_range.until_ms
+    behaviour = archive_layout.files(root, behaviour_topic, TimeRange(
+        time_range.since_ms, None if until is None else until + attribution_window_ms))
+    for topic, found in ((priced_topic, priced), (behaviour_topic, behaviour)):
+        if not found:
+            raise FileNotFoundError(f"{root}: no archived files of topic {topic} for {time_range} (is the archive "
+                                    "job running, and has it reached a checkpoint?)")  # fmt: skip
+    return priced, behaviour
 
 
 def build_from_serving_logs(pipeline: beam.Pipeline, priced: Iterable[Path | str], behaviour: Iterable[Path | str],
@@ -1143,7 +1229,7 @@ def _counters(result: Any) -> dict[str, int]:
 
 
 def run_backfill(
-    history_dir: Path | str,
+    history_dir: Path | str | Mapping[Contract, Sequence[Path | str]],
     out_dir: Path | str,
     *,
     allowance_ms: int | None = None,
@@ -1155,8 +1241,10 @@ def run_backfill(
     overwrite: bool = False,
     pipeline_args: Sequence[str] = (),
     privacy: PrivacyConfig | None = None,
+    rows_range: TimeRange = TimeRange(),
 ) -> Summary:
-    """Backfill a training set from a history folder into ``out_dir`` (Parquet parts plus ``_summary.json``).
+    """Backfill a training set from a history folder (or each contract's files, e.g. :func:`archive_files`) into
+    ``out_dir`` (Parquet parts plus ``_summary.json``); rows only for the requests in ``rows_range``.
 
     ``allowance_ms`` and ``dedupe_window_ms`` default to the job's settings (``JobSettings``). With ``privacy``
     the history's user ids become the job's pseudonyms (``pricing_udfs.privacy``) as they are read.
@@ -1165,7 +1253,7 @@ def run_backfill(
     options = _pipeline_options(runner, {
         "allowance_ms": allowance_ms, "attribution_window_ms": attribution_window_ms,
         "dedupe_window_ms": dedupe_window_ms, "buckets": buckets, "show_progress": show_progress,
-        **_privacy_options(privacy),
+        "since_ms": rows_range.since_ms, "until_ms": rows_range.until_ms, **_privacy_options(privacy),
     }, pipeline_args)  # fmt: skip
     return _run("backfill", out, options, lambda p: build_backfill(p, history_dir, out, options))
 
@@ -1182,15 +1270,17 @@ def run_from_serving_logs(
     overwrite: bool = False,
     pipeline_args: Sequence[str] = (),
     privacy: PrivacyConfig | None = None,
+    rows_range: TimeRange = TimeRange(),
 ) -> Summary:
     """A training set from serving logs: ``priced`` and ``behaviour`` are Avro container files (or folders of
-    ``*.avro``) of PricedEvent and BehaviourEvent records. With ``privacy`` the purchases' raw user ids become the
-    pseudonyms the priced events carry (``pricing_udfs.privacy``)."""
+    ``*.avro``) of PricedEvent and BehaviourEvent records (:func:`serving_archive_files` finds them in the archive);
+    rows only for priced events whose request time is in ``rows_range``. With ``privacy`` the purchases' raw user ids
+    become the pseudonyms the priced events carry (``pricing_udfs.privacy``)."""
     out = _prepare(out_dir, overwrite)
     priced, behaviour = list(priced), list(behaviour)
     options = _pipeline_options(runner, {
         "attribution_window_ms": attribution_window_ms, "buckets": buckets, "show_progress": show_progress,
-        **_privacy_options(privacy),
+        "since_ms": rows_range.since_ms, "until_ms": rows_range.until_ms, **_privacy_options(privacy),
     }, pipeline_args)  # fmt: skip
     return _run("serving logs", out, options, lambda p: build_from_serving_logs(p, priced, behaviour, out, options))
 

@@ -94,6 +94,13 @@ class TimeRange:
             return cls(end - parse_duration_ms(last), end)
         return cls(parse_time_ms(since) if since is not None else None, until_ms)
 
+    def __str__(self) -> str:
+        def iso(ms: int | None) -> str:
+            return "open" if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).isoformat(
+                timespec="seconds").replace("+00:00", "Z")
+
+        return f"[{iso(self.since_ms)}, {iso(self.until_ms)})"
+
     def overlaps_hour(self, hour_start_ms: int) -> bool:
         return ((self.since_ms is None or hour_start_ms + HOUR_MS > self.since_ms)
                 and (self.until_ms is None or hour_start_ms < self.until_ms))  # fmt: skip

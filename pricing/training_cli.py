@@ -24,7 +24,11 @@ def register(sub: Any) -> None:
         description="For every price request, the feature vector the job would have served, the offered price "
         "and whether the user bought within the attribution window; Parquet (pricing.training_rows).",
     )
-    backfill.add_argument("--history", type=Path, required=True, help="folder with the three topics' Avro files")
+    source = backfill.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", type=Path, help="a history folder (`pricing simulate history --out`)")
+    source.add_argument("--archive", type=Path, help="the archive (`pricing archive run`; [archive] path): the "
+                        "requests of --since/--until/--last, with the context and purchases around them")
+    _range(backfill)
     _common(backfill)
     backfill.set_defaults(func=_backfill)
 
@@ -32,8 +36,10 @@ def register(sub: Any) -> None:
         "training-set",
         help="training set from serving logs: priced events joined with the purchases that answer them",
     )
-    serving.add_argument("--priced", type=Path, nargs="+", required=True, help="PricedEvent Avro files or folders")
-    serving.add_argument("--behaviour", type=Path, nargs="+", required=True, help="BehaviourEvent Avro files or folders")
+    serving.add_argument("--priced", type=Path, nargs="+", help="PricedEvent Avro files or folders")
+    serving.add_argument("--behaviour", type=Path, nargs="+", help="BehaviourEvent Avro files or folders")
+    serving.add_argument("--archive", type=Path, help="read both from the archive instead (`pricing archive run`)")
+    _range(serving)
     _common(serving)
     serving.set_defaults(func=_serving)
 
@@ -68,6 +74,22 @@ def register(sub: Any) -> None:
     train.set_defaults(func=_train)
 
 
+def _range(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("time range (event time of the requests; UTC)")
+    group.add_argument("--since", default=None, metavar="TIME", help="ISO-8601 (2026-12-05T10:00Z) or epoch ms")
+    group.add_argument("--until", default=None, metavar="TIME", help="exclusive; ISO-8601 or epoch ms")
+    group.add_argument("--last", default=None, metavar="DURATION", help="this much before --until (or now): 6h, 7d")
+
+
+def _time_range(args: argparse.Namespace, command: str) -> Any:
+    from pricing.archive_layout import TimeRange
+
+    try:
+        return TimeRange.of(args.since, args.until, args.last)
+    except ValueError as exc:
+        raise SystemExit(f"pricing {command}: {exc}") from None
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
     parser.add_argument("--attribution-window-min", type=float, default=30.0, metavar="MIN",
@@ -77,13 +99,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.training_set import run_backfill
+    from jobs.training_set import archive_files, run_backfill
     from pricing.config import prepare_pseudonym_key
+    from pricing_udfs.serde import Contract
 
+    time_range = _time_range(args, "backfill")
+    attribution_ms = int(args.attribution_window_min * _MINUTE_MS)
+    if args.archive is not None:
+        topics = settings.kafka.topics
+        names = {Contract.BEHAVIOUR_EVENT: topics.behaviour.name, Contract.MARKET_EVENT: topics.market.name,
+                 Contract.PRICE_REQUEST: topics.requests.name, Contract.CATALOGUE_ENTRY: topics.catalogue.name}
+        try:
+            history: Any = archive_files(args.archive, names, time_range, attribution_window_ms=attribution_ms)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"pricing backfill: {exc}") from None
+    else:
+        history = args.history
     summary = run_backfill(
-        args.history, args.out, allowance_ms=settings.job.watermark_out_of_orderness_ms,
-        attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
-        dedupe_window_ms=settings.job.dedupe_window_ms, runner=args.runner, overwrite=args.overwrite,
+        history, args.out, allowance_ms=settings.job.watermark_out_of_orderness_ms,
+        attribution_window_ms=attribution_ms, dedupe_window_ms=settings.job.dedupe_window_ms, runner=args.runner,
+        overwrite=args.overwrite, rows_range=time_range,
         privacy=prepare_pseudonym_key(settings),  # the history's shoppers as the job knows them
     )
     print(summary.text())
@@ -91,12 +126,27 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serving(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.training_set import run_from_serving_logs
+    from jobs.training_set import run_from_serving_logs, serving_archive_files
     from pricing.config import prepare_pseudonym_key
 
+    time_range = _time_range(args, "training-set")
+    attribution_ms = int(args.attribution_window_min * _MINUTE_MS)
+    if args.archive is not None:
+        if args.priced or args.behaviour:
+            raise SystemExit("pricing training-set: give --archive, or --priced and --behaviour, not both")
+        topics = settings.kafka.topics
+        try:
+            priced, behaviour = serving_archive_files(args.archive, topics.priced.name, topics.behaviour.name,
+                                                      time_range, attribution_window_ms=attribution_ms)  # fmt: skip
+        except FileNotFoundError as exc:
+            raise SystemExit(f"pricing training-set: {exc}") from None
+    elif args.priced and args.behaviour:
+        priced, behaviour = args.priced, args.behaviour
+    else:
+        raise SystemExit("pricing training-set: give --archive DIR, or --priced and --behaviour")
     summary = run_from_serving_logs(
-        args.priced, args.behaviour, args.out, attribution_window_ms=int(args.attribution_window_min * _MINUTE_MS),
-        runner=args.runner, overwrite=args.overwrite, privacy=prepare_pseudonym_key(settings),
+        priced, behaviour, args.out, attribution_window_ms=attribution_ms, runner=args.runner,
+        overwrite=args.overwrite, privacy=prepare_pseudonym_key(settings), rows_range=time_range,
     )
     print(summary.text(), file=sys.stdout)
     return 0 if summary.rows else 1

@@ -4,6 +4,7 @@ labels on a hand-built log with known answers, the serving-logs path, and the ru
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import training_set as ts
+from pricing import archive_layout
 from pricing.sim.history import CATALOGUE_FILE, generate_history
 from pricing.sim.market import build_market, catalogue_entries
 from pricing.sim.scenario import get_scenario
@@ -272,6 +274,60 @@ def test_the_allowance_is_an_option_and_labels_do_not_depend_on_it(day: tuple, t
     a, b = read_rows(small.out_dir).set_index("request_id"), read_rows(tmp_path).set_index("request_id")
     assert set(a.index) == set(b.index)
     assert (a["label"] == b.loc[a.index, "label"]).all()  # late purchases still label their offers
+
+
+# ---------------------------------------------------------------------------------------------
+# From the archive (pricing.archive_layout)
+# ---------------------------------------------------------------------------------------------
+
+ARCHIVE_TOPICS = {Contract.BEHAVIOUR_EVENT: "b", Contract.MARKET_EVENT: "m", Contract.PRICE_REQUEST: "r",
+                  Contract.CATALOGUE_ENTRY: "c"}  # fmt: skip
+
+
+def write_archive(root: Path, frames: dict[Contract, pd.DataFrame]) -> Path:
+    """The frames as the archive job lays them out: by the hour of their event time, within an hour in arrival
+    order, split over two files per hour whose modification times say which was committed first."""
+    for contract, frame in frames.items():
+        fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
+        frame = frame.sort_values("arrival_time", kind="stable")
+        for hour, part in frame.groupby(frame["event_time"] // HOUR, sort=True):
+            folder = archive_layout.partition_path(root, ARCHIVE_TOPICS[contract], int(hour) * HOUR)
+            folder.mkdir(parents=True, exist_ok=True)
+            records = [{k: _clean(v) for k, v in rec.items()} for rec in part.reindex(columns=fields).to_dict("records")]
+            half = len(records) // 2
+            for i, (name, chunk) in enumerate((("part-z", records[:half]), ("part-a", records[half:]))):
+                serde.write_container(folder / name, contract, chunk)
+                os.utime(folder / name, ns=(1_000_000_000 * (i + 1),) * 2)  # z was committed before a
+            (folder / ".part-b.inprogress").write_bytes(b"not yet committed")  # readers must skip it
+    return root
+
+
+def test_a_backfill_from_the_archive_equals_one_from_the_history_folder(day: tuple, tmp_path: Path) -> None:
+    frames, folder, _ = day
+    root = write_archive(tmp_path / "archive", frames)
+    # A day's allowance: nothing is late in either, so the order of hours in the archive cannot matter.
+    allowance = 24 * HOUR
+    whole = ts.run_backfill(folder, tmp_path / "history-out", allowance_ms=allowance, buckets=2, show_progress=False)
+    files = ts.archive_files(root, ARCHIVE_TOPICS, archive_layout.TimeRange())
+    archived = ts.run_backfill(files, tmp_path / "archive-out", allowance_ms=allowance, buckets=2,
+                               show_progress=False)  # fmt: skip
+    a, b = read_rows(whole.out_dir).set_index("request_id"), read_rows(archived.out_dir).set_index("request_id")
+    assert len(a) > 100 and set(a.index) == set(b.index)
+    assert worst_relative(vectors(b.reset_index()), vectors(a.reset_index()).loc[b.index])[2] == 0
+    assert (a["label"] == b.loc[a.index, "label"]).all() and (a["price_minor"] == b.loc[a.index, "price_minor"]).all()
+    # A range: rows for its requests only, each with the vector the whole backfill gave it (the context before
+    # the range, 24 h of behaviour and the market from its start, is read too).
+    times = np.sort(a["event_time"].to_numpy())
+    window = archive_layout.TimeRange(int(times[len(times) // 3]), int(times[2 * len(times) // 3]))
+    part = ts.run_backfill(ts.archive_files(root, ARCHIVE_TOPICS, window), tmp_path / "range-out",
+                           allowance_ms=allowance, buckets=2, show_progress=False, rows_range=window)  # fmt: skip
+    c = read_rows(part.out_dir).set_index("request_id")
+    inside = a[(a["event_time"] >= window.since_ms) & (a["event_time"] < window.until_ms)]
+    assert len(c) > 10 and set(c.index) == set(inside.index)
+    assert worst_relative(vectors(c.reset_index()), vectors(inside.reset_index()).loc[c.index])[2] == 0
+    assert part.counts["price_request_outside_range"] > 0
+    with pytest.raises(FileNotFoundError, match="no archived files of topic b"):
+        ts.archive_files(root, ARCHIVE_TOPICS, archive_layout.TimeRange(0, HOUR))
 
 
 # ---------------------------------------------------------------------------------------------
