@@ -226,17 +226,20 @@ def _pseudonymiser(privacy: PrivacyConfig) -> Pseudonymiser:
 # --------------------------------------------------------------------------------------------
 
 
-def read_events(path: Path, contract: Contract) -> pd.DataFrame:
-    """A container file as a DataFrame with the contract's fields and ``seq`` (file, i.e. arrival, order)."""
+def read_events(path: Path | str, contract: Contract) -> pd.DataFrame:
+    """A container file (a path, or a URI of the archive's object store) as a DataFrame with the contract's fields
+    and ``seq`` (file, i.e. arrival, order)."""
     fields = [f["name"] for f in serde.published_schema(contract)["fields"]]
-    frame = pd.DataFrame.from_records(serde.read_container(Path(path), contract), columns=fields)
+    with archive_layout.open_file(path) as f:
+        records = serde.read_container(f, contract)
+    frame = pd.DataFrame.from_records(records, columns=fields)
     if "event_time" in frame:
         frame["event_time"] = frame["event_time"].astype(np.int64)
     frame["seq"] = np.arange(len(frame), dtype=np.int64)
     return frame
 
 
-def read_topic(paths: Sequence[Path], contract: Contract) -> pd.DataFrame:
+def read_topic(paths: Sequence[Path | str], contract: Contract) -> pd.DataFrame:
     """Several container files of one topic, in the order given, as one frame (``seq`` runs on across them)."""
     frames = [read_events(p, contract) for p in paths]
     if len(frames) == 1:
@@ -789,7 +792,7 @@ class _ReadTopic(beam.DoFn):
         self._opts = opts
 
     def process(self, element: tuple[str, list[str]]) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
-        contract, paths = Contract(element[0]), [Path(p) for p in element[1]]
+        contract, paths = Contract(element[0]), list(element[1])  # local paths or object-store URIs
         frame = self._opts.pseudonymise(contract, read_topic(paths, contract))
         invalid = invalid_mask(contract, frame)
         late = late_mask(frame["event_time"].to_numpy(), self._opts.allowance_ms) & ~invalid
@@ -799,7 +802,7 @@ class _ReadTopic(beam.DoFn):
         _counter(f"{name}_read").inc(len(frame))
         _counter(f"{name}_invalid").inc(int(invalid.sum()))
         _counter(f"{name}_late").inc(int(late.sum()))
-        where = paths[0].name if len(paths) == 1 else f"{contract.value} ({len(paths)} files)"
+        where = Path(str(paths[0])).name if len(paths) == 1 else f"{contract.value} ({len(paths)} files)"
         self._opts.say(f"read {where}: {len(frame):,} records, {int(invalid.sum()):,} invalid, "
                        f"{int(late.sum()):,} late (allowance {self._opts.allowance_ms} ms)")  # fmt: skip
         if contract is Contract.BEHAVIOUR_EVENT:
@@ -961,7 +964,7 @@ def history_files(history_dir: Path | str) -> dict[Contract, list[Path]]:
 
 
 def archive_files(root: Path | str, topics: Mapping[Contract, str], time_range: TimeRange, *,
-                  attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> dict[Contract, list[Path]]:  # fmt: skip
+                  attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> dict[Contract, list[str]]:  # fmt: skip
     """The archived files (``pricing.archive_layout``) a backfill of the requests in ``time_range`` reads: the
     requests' hours; behaviour from the longest window (24 h) before them to the attribution window after; the
     market and catalogue topics from their start (list prices, costs and categories stay in force until replaced).
@@ -974,7 +977,7 @@ def archive_files(root: Path | str, topics: Mapping[Contract, str], time_range: 
         Contract.MARKET_EVENT: TimeRange(None, until),
         Contract.CATALOGUE_ENTRY: TimeRange(None, until),
     }  # fmt: skip
-    out: dict[Contract, list[Path]] = {}
+    out: dict[Contract, list[str]] = {}
     for contract in BACKFILL_INPUTS:
         out[contract] = archive_layout.files(root, topics[contract], ranges[contract])
         if not out[contract]:
@@ -1018,7 +1021,11 @@ def _write(out_dir: Path | str) -> beam.PTransform:
 
 def _avro_files(paths: Iterable[Path | str]) -> list[str]:
     out: list[str] = []
-    for p in map(Path, paths):
+    for p in paths:
+        if "://" in str(p):  # an object-store file the archive listed (pricing.archive_layout)
+            out.append(str(p))
+            continue
+        p = Path(p)
         if p.is_dir():
             out += [str(f) for f in sorted(p.glob("*.avro"))]
         elif p.is_file():
@@ -1035,7 +1042,7 @@ class _ReadServing(beam.DoFn):
         self._opts, self._contract = opts, contract
 
     def process(self, path: str) -> Iterator[tuple[int, tuple[str, pd.DataFrame]]]:
-        frame = read_events(Path(path), self._contract)
+        frame = read_events(path, self._contract)
         if self._contract is Contract.BEHAVIOUR_EVENT:  # raw shoppers; the priced events hold pseudonyms already
             frame = frame[~invalid_mask(self._contract, frame) & (frame["type"] == "purchase").to_numpy()]
             frame = self._opts.pseudonymise(self._contract, frame.reset_index(drop=True))
@@ -1084,7 +1091,7 @@ class _LabelServed(beam.DoFn):
 
 
 def serving_archive_files(root: Path | str, priced_topic: str, behaviour_topic: str, time_range: TimeRange, *,
-                          attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> tuple[list[Path], list[Path]]:  # fmt: skip
+                          attribution_window_ms: int = DEFAULT_ATTRIBUTION_WINDOW_MS) -> tuple[list[str], list[str]]:  # fmt: skip
     """The archived priced events of ``time_range``'s hours and the behaviour that may answer them (to the
     attribution window after); a clear error when either is missing."""
     priced = archive_layout.files(root, priced_topic, time_range)

@@ -3,11 +3,12 @@
 One small module both sides import: the archive job writes this layout, ``pricing backfill``, ``pricing
 training-set`` and ``pricing learn`` read it. The layout::
 
-    <root>/<topic name>/dt=YYYY-MM-DD/hour=HH/<file>.avro
+    <root>/<topic name>/dt=YYYY-MM-DD/hour=HH/part-<run id>-<writer>-<n>
 
-* ``dt`` and ``hour`` are the record's Kafka timestamp in UTC. The engine's producers stamp a record with its event
-  time (``request_time`` for a priced event), so a partition holds one hour of event time; a late event lands in the
-  hour it happened, not the hour it arrived.
+* ``dt`` and ``hour`` are the record's Kafka timestamp in UTC. Producers of the input topics stamp a record with its
+  event time, so a partition holds one hour of event time and a late event lands in the hour it happened, not the
+  hour it arrived. The engine's own outputs (priced events, recommendations, dead letters) carry the time Flink
+  wrote them, a few milliseconds to a checkpoint interval after the request.
 * Each file is an Avro object container file whose schema is the topic's contract as published now
   (``schemas/<contract>.avsc``): records written by an older producer are resolved to it before they are archived.
   Only records that decode and pass the contract's rules are archived (the job dead-letters the others, and the
@@ -16,15 +17,17 @@ training-set`` and ``pricing learn`` read it. The layout::
   at the checkpoint that commits it) or a marker. Readers skip them, so they only ever see committed records.
 * Within a file, records are in the order they were read from one Kafka partition. Across files of one hour there
   is no order; :func:`files` sorts them by modification time (the order the archive committed them), then name.
+* The root is a local folder or any URI pyarrow's filesystems open (``s3://bucket/prefix`` on Kubernetes, where the
+  archive job writes to object storage): :func:`files` lists and :func:`open_file` opens through ``pyarrow.fs``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 HOUR_MS = 3_600_000
 PARTITION_KEYS = ("dt", "hour")
@@ -109,36 +112,70 @@ class TimeRange:
         return (self.since_ms is None or t_ms >= self.since_ms) and (self.until_ms is None or t_ms < self.until_ms)
 
 
-def _hours(topic_dir: Path) -> Iterator[tuple[int, Path]]:
-    for day_dir in topic_dir.iterdir() if topic_dir.is_dir() else ():
-        day = _PARTITION[0].match(day_dir.name)
-        if not day or not day_dir.is_dir():
-            continue
-        for hour_dir in day_dir.iterdir():
-            hour = _PARTITION[1].match(hour_dir.name)
-            if hour and hour_dir.is_dir():
-                start = dt.datetime.fromisoformat(day.group(1)).replace(hour=int(hour.group(1)),
-                                                                        tzinfo=dt.timezone.utc)  # fmt: skip
-                yield int(start.timestamp() * 1000), hour_dir
+def _filesystem(root: Path | str) -> tuple[Any, str, str]:
+    """``(pyarrow filesystem, path inside it, prefix that turns such a path back into what readers open)``: a local
+    folder or ``file:`` URI gives plain paths; ``s3://`` (and whatever else pyarrow knows) gives URIs again."""
+    import pyarrow.fs as pafs
+
+    text = str(root)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), str(Path(text).resolve()), ""
+    fs, path = pafs.FileSystem.from_uri(text)
+    scheme = text.split("://", 1)[0]
+    return fs, path.rstrip("/"), "" if scheme == "file" else f"{scheme}://"
 
 
-def is_data_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith((".", "_"))
+def _hour_start(day: str, hour: str) -> int:
+    start = dt.datetime.fromisoformat(day).replace(hour=int(hour), tzinfo=dt.timezone.utc)
+    return int(start.timestamp() * 1000)
 
 
-def files(root: Path | str, topic: str, time_range: TimeRange = TimeRange()) -> list[Path]:
+def is_data_file(path: Path | str) -> bool:
+    """A committed data file by its name (``.`` and ``_`` prefixes are in-progress files and markers)."""
+    return not Path(str(path)).name.startswith((".", "_"))
+
+
+def files(root: Path | str, topic: str, time_range: TimeRange = TimeRange()) -> list[str]:
     """The committed files of ``topic`` whose hour overlaps ``time_range``: hours in time order, within an hour by
-    commit time, then name. Records near the range's edges may fall outside it: filter them by their time field."""
-    out: list[Path] = []
-    for start, hour_dir in sorted(_hours(Path(root) / topic)):
-        if time_range.overlaps_hour(start):
-            found = [p for p in hour_dir.iterdir() if is_data_file(p)]
-            out += sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return out
+    commit time, then name. ``root`` is a folder or a URI (``s3://bucket/prefix``); the result holds local paths for
+    a local archive, URIs otherwise (open them with :func:`open_file`). Records near the range's edges may fall
+    outside it: filter them by their time field."""
+    import pyarrow.fs as pafs
+
+    fs, base, prefix = _filesystem(root)
+    topic_dir = f"{base}/{topic}"
+    if fs.get_file_info(topic_dir).type != pafs.FileType.Directory:
+        return []
+    found: dict[int, list[tuple[int, str]]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(topic_dir, recursive=True)):
+        if info.type != pafs.FileType.File or not is_data_file(info.path):
+            continue
+        parts = info.path[len(topic_dir) + 1:].split("/")
+        if len(parts) != 3:
+            continue
+        day, hour = _PARTITION[0].match(parts[0]), _PARTITION[1].match(parts[1])
+        if day and hour:
+            start = _hour_start(day.group(1), hour.group(1))
+            if time_range.overlaps_hour(start):
+                found.setdefault(start, []).append((info.mtime_ns or 0, info.path))
+    return [prefix + path for start in sorted(found) for _, path in sorted(found[start])]
+
+
+def open_file(path: Path | str) -> BinaryIO:
+    """A file :func:`files` listed, open for reading (local path or URI)."""
+    text = str(path)
+    if "://" not in text:
+        return open(text, "rb")  # noqa: SIM115 - the caller closes it
+    fs, inner, _ = _filesystem(text)
+    return fs.open_input_file(inner)
 
 
 def topics(root: Path | str) -> list[str]:
-    """The topics an archive holds (folders with at least one partition)."""
-    root = Path(root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(True for _ in _hours(p))) if root.is_dir() \
-        else []
+    """The topics an archive holds (folders with at least one committed file in a partition)."""
+    import pyarrow.fs as pafs
+
+    fs, base, _ = _filesystem(root)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(base)) if i.type == pafs.FileType.Directory]
+    return sorted(n for n in names if files(root, n))

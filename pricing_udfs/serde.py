@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -446,8 +446,11 @@ def money_kinds() -> frozenset[str]:
     return frozenset(kind for kind, rule in cases.items() if rule.get("unit") == "minor")
 
 
-def read_container(path: Path, contract: Contract) -> list[dict[str, Any]]:
-    """Read an Avro object container file written with one of the contract's schemas."""
+def read_container(path: Path | BinaryIO, contract: Contract) -> list[dict[str, Any]]:
+    """Read an Avro object container file (a path, or a binary file open for reading) written with one of the
+    contract's schemas."""
+    if not isinstance(path, Path):
+        return list(fastavro.reader(path, reader_schema=_current(contract).fast))
     with path.open("rb") as f:
         return list(fastavro.reader(f, reader_schema=_current(contract).fast))
 

@@ -154,7 +154,7 @@ def _archived(root: Path, settings: Settings) -> dict[str, list[tuple[Any, int, 
         if contract not in KEY_FIELD:
             continue
         rows = out.setdefault(topic, [])
-        for path in archive_layout.files(root, topic):
+        for path in map(Path, archive_layout.files(root, topic)):
             with path.open("rb") as f:
                 for rec in fastavro.reader(f):
                     t = rec[TIME_FIELD[contract]]  # timestamp-millis: fastavro gives an aware datetime
@@ -225,8 +225,7 @@ def test_the_archive_holds_every_good_record_exactly_once_after_a_kill_9_and_a_p
     some_new = next(k for k in priced if k.startswith("q"))
     assert priced[some_new]["features"] == [1.0, 2.5] and priced[some_new]["propensity"] == 0.05
     # The files declare the current contract (readers need no other schema).
-    path = archive_layout.files(root, settings.kafka.topics.priced.name)[0]
-    with path.open("rb") as f:
+    with archive_layout.open_file(archive_layout.files(root, settings.kafka.topics.priced.name)[0]) as f:
         declared = fastavro.reader(f).writer_schema
     assert [f["name"] for f in declared["fields"]] == [f["name"] for f in serde.published_schema(Contract.PRICED_EVENT)["fields"]]
     # The bad bytes (every 17th batch record on the behaviour topic) were left out without failing the job: had the
