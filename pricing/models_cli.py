@@ -39,9 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _registry_arg(ls)
     ls.set_defaults(func=_guarded(_list))
 
-    show = sub.add_parser("show", help="one version's manifest: metrics, training window, parent")
+    show = sub.add_parser("show", help="one version's manifest (metrics, training window, parent) and the latest "
+                          "gate decision about it")
     show.add_argument("version", metavar="VERSION", help="a version id, or 'latest'")
-    show.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    show.add_argument("--json", action="store_true",
+                      help="print the manifest as JSON (with 'gate': the latest gate decision, when one was recorded)")
     _registry_arg(show)
     show.set_defaults(func=_guarded(_show))
 
@@ -101,11 +103,50 @@ def _list(args: argparse.Namespace, registry: Registry) -> int:
 
 def _show(args: argparse.Namespace, registry: Registry) -> int:
     manifest = registry.manifest(args.version)
+    gates = registry.evaluations(manifest.version)
     if args.json:
-        sys.stdout.write(manifest.to_json())
+        shown = manifest.to_dict()
+        if gates:
+            shown["gate"] = {"at": gates[-1]["at"], **gates[-1]["decision"]}
+        sys.stdout.write(json.dumps(shown, indent=2, sort_keys=True, allow_nan=False) + "\n")
         return 0
     print(_describe(manifest, registry))
+    if gates:
+        print("\n".join(describe_gate(gates[-1]["decision"], at=gates[-1]["at"], earlier=len(gates) - 1)))
     return 0
+
+
+def describe_gate(decision: dict, *, at: str | None = None, earlier: int = 0) -> list[str]:
+    """A recorded gate decision (``pricing.learn.gate.GateDecision.to_dict()``) as text lines: the verdict, why,
+    and each policy's off-policy values (95 % intervals), effective rows, log-loss and calibration error."""
+    champion = decision.get("champion") or None
+    holdout = decision.get("holdout", {})
+    verdict = "promoted" if decision.get("promote") else "refused"
+    against = f"against {champion['version']}" if champion else "with no champion"
+    when = f" at {at}" if at else ""
+    more = f"; {earlier} earlier decision(s) in history.jsonl" if earlier else ""
+    out = [f"gate:            {verdict}{when} {against}, on {holdout.get('rows_used', 0):,} holdout rows{more}"]
+    out += [f"  - {reason}" for reason in decision.get("reasons", [])]
+
+    def interval(e: dict | None) -> str:
+        if not e or e.get("value") is None:
+            return "-"
+        lo, hi = e.get("low"), e.get("high")
+        return f"{e['value']:.2f} [{'-inf' if lo is None else f'{lo:.2f}'}, {'inf' if hi is None else f'{hi:.2f}'}]"
+
+    def number(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    out.append(f"  {'policy':<11} {'SNIPS (95%)':<26} {'DR (95%)':<26} {'ESS':>7} {'log-loss':>9} {'ECE':>7}")
+    for role, fig in (("challenger", decision.get("challenger")), ("champion", champion)):
+        if fig:
+            ess = (fig.get("snips") or {}).get("effective_n")
+            out.append(f"  {role:<11} {interval(fig.get('snips')):<26} {interval(fig.get('dr')):<26} "
+                       f"{number(ess, '7.1f'):>7} {number(fig.get('log_loss'), '9.4f'):>9} "
+                       f"{number(fig.get('calibration_error'), '7.4f'):>7}")
+    if holdout.get("logged_value") is not None:
+        out.append(f"  {'logged':<11} {holdout['logged_value']:.2f} (mean profit per request served, minor units)")
+    return out
 
 
 def _describe(m: Manifest, registry: Registry) -> str:

@@ -11,7 +11,7 @@ Layout::
       versions/<version>/model/          the model files (a TensorFlow SavedModel; opaque here)
       versions/<version>/manifest.json   a Manifest, as JSON (version 2 adds the model's TrustRegion)
       latest                             the promoted version's id and a newline
-      history.jsonl                      one JSON line per promotion or rollback
+      history.jsonl                      one JSON line per promotion, rollback or gate decision
       .incoming/                         publishes in progress (or left by a crashed one)
       .lock                              writers' advisory lock (flock)
 
@@ -34,6 +34,10 @@ Guarantees:
   any point, ``latest`` names either the old or the new version, never a mix or nothing.
   The promotion is appended to ``history.jsonl`` afterwards; a crash in between loses
   only that history line, which the next promote or rollback takes into account.
+- **Gate decisions.** :meth:`Registry.record_evaluation` appends what the promotion gate
+  (``pricing learn``) decided about a version, promoted or not, with its figures, as an
+  ``evaluate`` line of ``history.jsonl`` (under the lock, one ``write`` plus ``fsync``);
+  :meth:`Registry.evaluations` reads them back. They never move ``latest`` and rollback ignores them.
 - **Concurrent readers** need no lock: they see a version folder either complete or not
   at all, and ``latest`` either before or after a promotion. Writers (publish, promote,
   rollback) serialise on an advisory ``flock`` of ``<root>/.lock``, which the kernel
@@ -436,14 +440,36 @@ class Registry:
                 self._set_latest(version, action="promote")
         return manifest
 
-    def promote(self, version: str) -> PointerChange:
-        """Make ``version`` the one ``latest`` names (atomically); no-op if it already is."""
+    def promote(self, version: str, *, evidence: Mapping[str, Any] | None = None) -> PointerChange:
+        """Make ``version`` the one ``latest`` names (atomically); no-op if it already is.
+
+        ``evidence`` (JSON values): why it was promoted, kept in the promotion's history line (``pricing learn``
+        puts its gate's verdict there; the full figures are in the version's ``evaluate`` line)."""
+        evidence = None if evidence is None else _json_mapping(evidence, "evidence")
         with self._lock():
             name = self.resolve(version).name
             previous = self.latest_version()
             if previous == name:
                 return PointerChange(previous=previous, latest=name)
-            return self._set_latest(name, action="promote")
+            return self._set_latest(name, action="promote", evidence=evidence)
+
+    def record_evaluation(self, version: str, decision: Mapping[str, Any]) -> dict[str, Any]:
+        """Append a gate decision about ``version`` (promoted or not) to ``history.jsonl``; returns the line.
+
+        ``decision`` holds JSON values only (finite numbers: no NaN); it is stored as given under ``decision``.
+        The version must exist. The line is written whole with one ``write`` and fsynced, under the writers' lock,
+        like a promotion's; it does not change ``latest``, and rollback does not count it as a promotion.
+        """
+        decision = _json_mapping(decision, "decision")
+        with self._lock():
+            name = self.resolve(version).name
+            return self._append_history({"action": "evaluate", "version": name, "decision": decision})
+
+    def evaluations(self, version: str | None = None) -> list[dict[str, Any]]:
+        """The recorded gate decisions (``evaluate`` lines: ``at``, ``version``, ``decision``), oldest first;
+        only ``version``'s when given (an id, not ``latest``)."""
+        return [e for e in self.history()
+                if e.get("action") == "evaluate" and (version is None or e["version"] == version)]  # fmt: skip
 
     def rollback(self) -> PointerChange:
         """Make ``latest`` name the version promoted before the current one again."""
@@ -465,7 +491,8 @@ class Registry:
             return self._set_latest(target, action="rollback")
 
     def history(self) -> list[dict[str, Any]]:
-        """The recorded promotions and rollbacks, oldest first (a torn last line is skipped)."""
+        """The recorded promotions, rollbacks and gate decisions (``action``: ``promote``, ``rollback``,
+        ``evaluate``), oldest first (a torn last line is skipped)."""
         try:
             lines = self.history_file.read_text(encoding="utf-8").split("\n")
         except FileNotFoundError:
@@ -522,6 +549,8 @@ class Registry:
         """Replay the history into the stack of promoted versions; its top is ``current``."""
         stack: list[str] = []
         for event in self.history():
+            if event.get("action") not in ("promote", "rollback"):
+                continue  # a gate decision (evaluate) moves nothing
             version = event["version"]
             if event.get("action") == "rollback" and version in stack:
                 del stack[len(stack) - stack[::-1].index(version):]
@@ -531,7 +560,7 @@ class Registry:
             stack.append(current)  # promoted, then a crash before its history line
         return stack
 
-    def _set_latest(self, version: str, *, action: str) -> PointerChange:
+    def _set_latest(self, version: str, *, action: str, evidence: dict[str, Any] | None = None) -> PointerChange:
         previous = self.latest_version()
         recorded = self._promotion_stack(None)
         if previous is not None and (not recorded or recorded[-1] != previous):
@@ -539,12 +568,15 @@ class Registry:
             # so that a later rollback can return to it.
             self._append_history({"action": "promote", "version": previous, "previous": None, "recovered": True})
         _atomic_write(self.latest_file, (version + "\n").encode("utf-8"))
-        self._append_history({"action": action, "version": version, "previous": previous})
+        event: dict[str, Any] = {"action": action, "version": version, "previous": previous}
+        if evidence is not None:
+            event["evidence"] = evidence
+        self._append_history(event)
         return PointerChange(previous=previous, latest=version)
 
-    def _append_history(self, event: dict[str, Any]) -> None:
+    def _append_history(self, event: dict[str, Any]) -> dict[str, Any]:
         event = {"at": _iso(self._clock()), **event}
-        line = json.dumps(event, sort_keys=True) + "\n"
+        line = json.dumps(event, sort_keys=True, allow_nan=False) + "\n"
         fd = os.open(self.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -557,6 +589,7 @@ class Registry:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return event
 
     def _clean_incoming(self) -> None:
         """Remove what crashed writers left (we hold the lock, so no other writer is active)."""
@@ -700,6 +733,16 @@ def _numbers(values: Any, name: str) -> tuple[float, ...]:
             raise RegistryError(f"{name} holds {number}; the manifest holds finite numbers only")
         out.append(number)
     return tuple(out)
+
+
+def _json_mapping(value: Any, name: str) -> dict[str, Any]:
+    """``value`` as a dict of JSON values (finite numbers only); RegistryError otherwise."""
+    if not isinstance(value, Mapping):
+        raise RegistryError(f"{name} must be a mapping, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"{name} must hold JSON values only (finite numbers): {exc}") from None
 
 
 def _metrics(values: Any) -> dict[str, float]:

@@ -199,3 +199,34 @@ def test_models_needs_an_action(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["models"])
     assert exc.value.code == 2
     assert "ACTION" in capsys.readouterr().err
+
+
+def test_show_prints_the_latest_gate_decision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "reg"
+    a, b = _publish(root, 2)
+    reg = Registry(root)
+    figures = {"snips": {"value": 310.5, "low": 250.25, "high": 370.75, "n": 400, "effective_n": 33.0},
+               "dr": {"value": 305.0, "low": 260.0, "high": 350.0, "n": 400, "effective_n": 33.0},
+               "log_loss": 0.61, "calibration_error": 0.02}  # fmt: skip
+    old = {"verdict": "refuse", "promote": False, "reasons": ["FAILED: an older run"], "checks": {"x": False},
+           "challenger": {"version": b, **figures}, "champion": None, "holdout": {"rows_used": 100}}
+    new = {"verdict": "refuse", "promote": False,
+           "reasons": ["FAILED: SNIPS: the challenger's lower bound 250.25 is not above the champion's value 300.00"],
+           "checks": {"beats_snips": False}, "challenger": {"version": b, **figures},
+           "champion": {"version": a, **figures, "log_loss": 0.6}, "holdout": {"rows_used": 400, "logged_value": 280.0}}
+    reg.record_evaluation(b, old)
+    reg.record_evaluation(b, new)
+
+    code, out, _ = run(capsys, "models", "show", b, "--registry", str(root))
+    assert code == 0
+    assert re.search(rf"gate: +refused at \S+Z against {a}, on 400 holdout rows; 1 earlier decision", out)
+    assert "FAILED: SNIPS: the challenger's lower bound 250.25" in out and "an older run" not in out
+    assert re.search(r"challenger +310\.50 \[250\.25, 370\.75\] +305\.00 \[260\.00, 350\.00\] +33\.0 +0\.6100", out)
+    assert re.search(r"champion +310\.50 .* 0\.6000", out) and "logged      280.00" in out
+
+    code, out, _ = run(capsys, "models", "show", b, "--json", "--registry", str(root))
+    shown = json.loads(out)
+    assert shown.pop("gate") == {"at": reg.evaluations(b)[-1]["at"], **new}
+    assert shown == reg.manifest(b).to_dict()
+    code, out, _ = run(capsys, "models", "show", a, "--registry", str(root))
+    assert code == 0 and "gate:" not in out  # no decision about a

@@ -603,3 +603,34 @@ def test_concurrent_readers_only_ever_see_complete_versions(tmp_path: Path) -> N
     assert problems == []
     assert seen and seen <= set(reg.versions())
     assert len(reg.versions()) == 4
+
+
+# -- gate decisions ------------------------------------------------------------------------------
+def test_gate_decisions_are_recorded_for_refused_and_promoted_versions(tmp_path: Path) -> None:
+    clock = Clock()
+    reg = Registry(tmp_path / "reg", clock=clock)
+    a = publish(reg, make_model(tmp_path / "a", b"a"), promote=True).version
+    clock.now += dt.timedelta(hours=1)
+    b = publish(reg, make_model(tmp_path / "b", b"b")).version
+    clock.now += dt.timedelta(hours=1)
+    c = publish(reg, make_model(tmp_path / "c", b"c")).version
+
+    refused = {"verdict": "refuse", "promote": False, "checks": {"beats_snips": False}, "figures": [1.5, None]}
+    line = reg.record_evaluation(b, refused)
+    assert line == {"at": "2026-11-29T09:15:00Z", "action": "evaluate", "version": b, "decision": refused}
+    reg.record_evaluation(c, {"verdict": "promote", "promote": True})
+    reg.promote(c, evidence={"gate": "promote", "against": a})
+
+    assert [e["decision"] for e in reg.evaluations(b)] == [refused] and reg.evaluations(a) == []
+    assert [e["version"] for e in reg.evaluations()] == [b, c]
+    assert [(e["action"], e["version"]) for e in reg.history()] == [
+        ("promote", a), ("evaluate", b), ("evaluate", c), ("promote", c)]
+    assert reg.history()[-1]["evidence"] == {"gate": "promote", "against": a}
+    assert reg.latest_version() == c  # a refusal moves nothing
+    assert reg.rollback().latest == a  # and the rollback stack holds promotions only
+
+    with pytest.raises(RegistryError, match="finite"):
+        reg.record_evaluation(b, {"value": float("nan")})
+    with pytest.raises(RegistryError, match="unknown version"):
+        reg.record_evaluation("v20990101T000000Z-00000000", refused)
+    assert len(reg.history()) == 5  # neither bad call wrote a line
