@@ -71,6 +71,8 @@ class TrainingSet:
     event_time: np.ndarray  # int64 [N], epoch ms
     feature_spec_version: str
     user_ids: np.ndarray | None = None  # object [N], pseudonymous ("": anonymous); the privacy unit of DP training
+    # float64 [N]: the probability the serving policy chose the price (NaN: not logged); the gate's, not training's
+    propensity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.size)
@@ -78,7 +80,8 @@ class TrainingSet:
     def take(self, index: np.ndarray | slice) -> "TrainingSet":
         return TrainingSet(self.features[index], self.prices[index], self.labels[index], self.event_time[index],
                            self.feature_spec_version,
-                           None if self.user_ids is None else self.user_ids[index])  # fmt: skip
+                           None if self.user_ids is None else self.user_ids[index],
+                           None if self.propensity is None else self.propensity[index])  # fmt: skip
 
 
 def load_training_set(
@@ -93,7 +96,7 @@ def load_training_set(
     files = sorted(root.rglob("*.parquet")) if root.is_dir() else [root]
     if not files or not files[0].exists():
         raise ValueError(f"no Parquet files in {root}: make a training set with `pricing backfill` first")
-    columns = ["event_time", "feature_spec_version", "features", "price_minor", "label", "user_id"]
+    columns = ["event_time", "feature_spec_version", "features", "price_minor", "label", "user_id", "propensity"]
     t0 = time.perf_counter()
     tables = []
     for path in files:
@@ -130,6 +133,7 @@ def load_training_set(
         event_time=event_time[order].astype(np.int64),
         feature_spec_version=spec.version,
         user_ids=table.column("user_id").to_numpy(zero_copy_only=False)[order],
+        propensity=table.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)[order],
     )
     note = f" ({int(missing.sum()):,} missing feature values took their defaults)" if missing.any() else ""
     _say(progress, f"read {n:,} rows from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s{note}")

@@ -17,7 +17,9 @@ estimate on the same logs. These are the formulas of the Open Bandit Pipeline's 
 beside TensorFlow 2.20 on Python 3.11), written out; ``tests/pricing/learn/test_off_policy.py`` checks them against
 a simulation whose true policy values are known.
 
-This module is the first part of the learning loop (issue 21); ``pricing learn`` and its gate are not built yet.
+This module is the first part of the learning loop (issue 21): the promotion gate (``pricing.learn.gate``) judges a
+challenger against the champion with it, and ``pricing learn`` (``pricing.learn.loop``) runs that gate on every model
+it trains from the archive.
 """
 
 from __future__ import annotations
