@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     register_models(sub)
     from pricing.training_cli import register as register_training
     register_training(sub)
+    from pricing.learn.cli import register as register_learn
+    register_learn(sub)
     return p
 
 
