@@ -447,7 +447,7 @@ def scoring_config(settings: Settings) -> ScoringConfig:
         anchor_lookback_ms=lookback, anchor_seed_timeout_s=job.anchor_seed_timeout_ms / 1000,
         anchor_history_hours=job.anchor_history_hours,
         recommendations_topic=settings.kafka.topics.recommendations.name if settings.recommend.enabled else None,
-        honour_validity_ms=settings.recommend.honour_validity_ms,
+        honour_validity_ms=settings.recommend.honour_validity_ms, experiment=settings.experiment,
         # only the job's own exactly-once sinks leave transactions that another worker's wait could hold open
         anchor_seed_grace_s=(job.anchor_seed_grace_ms / 1000 if job.anchor_seed_grace_ms is not None
                              and job.delivery_guarantee == "exactly-once" else None),

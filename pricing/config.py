@@ -33,6 +33,7 @@ from pricing_udfs.kafka_client import (
     SaslMechanism,
     SecurityProtocol,
 )
+from pricing_udfs.experiment import ExperimentConfig
 from pricing_udfs.policy import PolicySettings
 from pricing_udfs.privacy import PSEUDONYM_KEY_FILE, PrivacyConfig
 from pricing_udfs.recommend.candidates import CandidateSettings
@@ -520,6 +521,9 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     learn: LearnSettings = LearnSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    experiment: ExperimentConfig | None = Field(
+        default=None, description="a live champion/challenger split ([experiment] id, challenger_version, share; "
+        "pricing_udfs.experiment); None: the registry's latest serves everyone")
 
     @model_validator(mode="before")
     @classmethod

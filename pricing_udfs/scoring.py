@@ -62,6 +62,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pricing_udfs.anchors import DEFAULT_HISTORY_HOURS, Anchors, SeedReport, seed_from_topic
+from pricing_udfs.experiment import CHALLENGER, CHAMPION, ExperimentConfig, challenger_rows
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
 from pricing_udfs.kafka_client import KafkaClient
 from pricing_udfs.model.serving import Device, ModelWatcher
@@ -102,6 +103,8 @@ class ScoringConfig(BaseModel):
     # offers it honours, and for how long an offer holds; None / 0: no offers honoured.
     recommendations_topic: str | None = None
     honour_validity_ms: int = 0
+    # A live champion/challenger split (pricing_udfs.experiment); None: the champion serves everyone.
+    experiment: ExperimentConfig | None = None
 
 
 MAX_EVENTS = 100  # model events a worker keeps for its reports
@@ -126,10 +129,12 @@ class _Timed:
 class ScoringStage:
     """See the module docstring. ``watcher`` may be injected (tests); else it is built from ``config``."""
 
-    def __init__(self, config: ScoringConfig, *, spec: FeatureSpec = FEATURE_SPEC, watcher: ModelWatcher | None = None) -> None:
+    def __init__(self, config: ScoringConfig, *, spec: FeatureSpec = FEATURE_SPEC, watcher: ModelWatcher | None = None,
+                 challenger_watcher: ModelWatcher | None = None) -> None:  # fmt: skip
         self.config = config
         self.spec = spec
         self.watcher = watcher
+        self.challenger_watcher = challenger_watcher  # the experiment's pinned challenger (config.experiment)
         self.anchors = Anchors(config.anchor_history_hours)
         self.seed_report: SeedReport | None = None  # what open() read to rebuild the anchors (None: no rebuild)
         self.counts: Counter[str] = Counter()
@@ -143,6 +148,7 @@ class ScoringStage:
         self._offers_tail: TopicTail | None = None
         self._policy = ModelPolicy.create(None, "none", config.policy, default_price_minor=config.default_price_minor,
                                           currency=config.currency, spec=spec)  # fmt: skip
+        self._challenger: ModelPolicy | None = None  # None until the challenger's model is loaded
 
     def open(self) -> None:
         """Rebuild the anchors from the priced-events topic (when the config names it; raises ``AnchorSeedError``
@@ -159,8 +165,17 @@ class ScoringStage:
                                         interval_s=c.watch_interval_s, device=c.device, spec=self.spec,
                                         intra_op_threads=c.intra_op_threads,
                                         inter_op_threads=c.inter_op_threads)  # fmt: skip
+        experiment = c.experiment
+        if experiment is not None and self.challenger_watcher is None:
+            self.challenger_watcher = ModelWatcher(Path(c.registry_dir) if c.registry_dir else None,
+                                                   version=experiment.challenger_version,
+                                                   interval_s=c.watch_interval_s, device=c.device, spec=self.spec,
+                                                   intra_op_threads=c.intra_op_threads,
+                                                   inter_op_threads=c.inter_op_threads)  # fmt: skip
         self._refresh(force=True)  # the first load: synchronous, before any batch
         self.watcher.start()
+        if self.challenger_watcher is not None:
+            self.challenger_watcher.start()
         if c.kafka is not None and c.recommendations_topic and c.honour_validity_ms > 0:
             offers = self.offers = HonouredPrices(c.honour_validity_ms)
             now_ms = int(time.time() * 1000)
@@ -174,6 +189,8 @@ class ScoringStage:
         """Stop the watcher's background loader."""
         if self.watcher is not None:
             self.watcher.close()
+        if self.challenger_watcher is not None:
+            self.challenger_watcher.close()
         if self._offers_tail is not None:
             self._offers_tail.close()
 
@@ -195,6 +212,17 @@ class ScoringStage:
         if current is not None and current.version != self._policy.model_version:
             self._policy = self._policy.with_model(current.model, current.version,
                                                    trust_region=getattr(current, "trust_region", None))  # fmt: skip
+        chal = self.challenger_watcher
+        if chal is not None:
+            if force:
+                event = chal.check(self._recent, force=True)
+                self.events.extend([f"challenger: {event}"] if event else [])
+            else:
+                self.events.extend(f"challenger: {e}" for e in chal.poll(self._recent))
+            loaded = chal.current
+            if loaded is not None and (self._challenger is None or loaded.version != self._challenger.model_version):
+                self._challenger = self._policy.with_model(loaded.model, loaded.version,
+                                                           trust_region=getattr(loaded, "trust_region", None))  # fmt: skip
 
     def decide(self, batch: pd.DataFrame, *, priced_time_ms: int | None = None, record: bool = True) -> pd.DataFrame:
         """Checked decisions for ``batch`` (request columns plus one column per spec feature).
@@ -210,10 +238,11 @@ class ScoringStage:
         batch = batch.assign(anchor_price_minor=self.anchors.for_batch(batch["product_id"], batch["event_time"]))
         timed = _Timed(self._policy.model) if self._policy.model is not None else None
         policy = self._policy.with_model(timed, self._policy.model_version) if timed else self._policy
-        decisions, replaced = check_decisions(policy, batch, policy.decide(batch))
-        if self.offers is not None and len(batch):
-            with self._offers_tail.lock if self._offers_tail is not None else contextlib.nullcontext():
-                decisions = honour(self.offers, policy, batch, decisions)
+        experiment = self.config.experiment
+        if experiment is None:
+            decisions, replaced = self._checked(policy, batch)
+        else:
+            decisions, replaced = self._split(policy, batch, experiment, timed)
         if record:
             self.anchors.record(batch["product_id"], batch["event_time"], decisions["price_minor"].to_numpy(),
                                 priced_time=priced_time_ms,
@@ -224,6 +253,46 @@ class ScoringStage:
         if len(batch):
             self._recent = batch[list(self.spec.names)].iloc[-32:].to_numpy(dtype=np.float64, copy=True)  # the canary's
         return decisions
+
+    def arms(self, user_ids: list[str]) -> np.ndarray:
+        """The arm that serves each user now (``config.experiment``): the challenger for its share of the users
+        while its model is loaded, else the champion."""
+        experiment = self.config.experiment
+        if experiment is None or self._challenger is None:
+            return np.full(len(user_ids), CHAMPION, dtype=object)
+        return np.where(challenger_rows(user_ids, experiment), CHALLENGER, CHAMPION).astype(object)
+
+    def _checked(self, policy: ModelPolicy, batch: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        decisions, replaced = check_decisions(policy, batch, policy.decide(batch))
+        if self.offers is not None and len(batch):
+            with self._offers_tail.lock if self._offers_tail is not None else contextlib.nullcontext():
+                decisions = honour(self.offers, policy, batch, decisions)
+        return decisions, replaced
+
+    def _split(self, policy: ModelPolicy, batch: pd.DataFrame, experiment: ExperimentConfig,
+               timed: _Timed | None) -> tuple[pd.DataFrame, int]:  # fmt: skip
+        """Champion rows by ``policy``, the challenger's users by the challenger (while its model is not loaded, or
+        was refused, the champion serves them and they are logged as champion), each row's arm in ``arm``."""
+        chal_rows = self.arms(batch["user_id"].tolist()) == CHALLENGER
+        self.counts["experiment_challenger_unavailable"] += 0 if self._challenger is not None else len(batch)
+        if not chal_rows.any():
+            decisions, replaced = self._checked(policy, batch)
+        else:
+            assert self._challenger is not None
+            chal_timed = _Timed(self._challenger.model)
+            parts, replaced = [], 0
+            for rows, arm_policy in ((~chal_rows, policy), (chal_rows, self._challenger.with_model(
+                    chal_timed, self._challenger.model_version))):  # fmt: skip
+                if rows.any():
+                    part, n = self._checked(arm_policy, batch[rows].reset_index(drop=True))
+                    parts.append(part.set_index(np.flatnonzero(rows)))
+                    replaced += n
+            decisions = pd.concat(parts).sort_index().reset_index(drop=True)
+            if timed is not None:
+                timed.seconds += chal_timed.seconds
+        self.counts["experiment_challenger"] += int(chal_rows.sum())
+        return decisions.assign(experiment_id=experiment.id,
+                                arm=np.where(chal_rows, CHALLENGER, CHAMPION).astype(object)), replaced  # fmt: skip
 
     def _count(self, decisions: pd.DataFrame, replaced: int) -> None:
         c = self.counts

@@ -452,6 +452,9 @@ def encode_priced_events(batch: pd.DataFrame, decisions: pd.DataFrame, *, spec: 
         "features": batch[list(spec.names)].to_numpy(dtype=np.float64),
         "explored": decisions["explored"].to_numpy(dtype=bool),
         "propensity": [None if np.isnan(p) else float(p) for p in propensity],
+        # a live experiment's arm (ScoringStage with an experiment); null without one
+        "experiment_id": decisions["experiment_id"].tolist() if "experiment_id" in decisions else None,
+        "arm": decisions["arm"].tolist() if "arm" in decisions else None,
     }
     return pd.Series(encode_columns(Contract.PRICED_EVENT, columns, n), dtype=object)
 

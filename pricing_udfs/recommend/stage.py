@@ -155,8 +155,13 @@ class RecommendStage:
         else:
             batch = rows
             decisions = pd.DataFrame(columns=["fallback_used", "model_version"])
-        return rank(reqs, batch, decisions, self.config.ranking, answered_time_ms=answered_time_ms,
-                    feature_spec_version=self.spec.version)
+        records = rank(reqs, batch, decisions, self.config.ranking, answered_time_ms=answered_time_ms,
+                       feature_spec_version=self.spec.version)
+        experiment = self.scoring.config.experiment
+        if experiment is not None:  # the arm that priced the slate (the same user's arm as in decide)
+            for record, arm in zip(records, self.scoring.arms([r["user_id"] for r in records])):
+                record["experiment_id"], record["arm"] = experiment.id, arm
+        return records
 
 
 def slate_frame(product_ids: Any, currencies: Any, scores: Any, reasons: Any, features: Any, *, spec: FeatureSpec) -> pd.DataFrame:
