@@ -162,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     register_training(sub)
     from pricing.learn.cli import register as register_learn
     register_learn(sub)
+    from pricing.experiments_cli import register as register_experiments
+    register_experiments(sub)
     return p
 
 
