@@ -271,11 +271,14 @@ class MarketState:
         competitor_min: ArrayLike,
         promotion_active: ArrayLike,
         inventory: ArrayLike,
+        sensitivity_scale: ArrayLike = 1.0,
     ) -> np.ndarray:
-        """True purchase probability for these users and products."""
+        """True purchase probability for these users and products (``sensitivity_scale``: the scenario's shift
+        at the moment, ``Scenario.sensitivity_scale``)."""
         return purchase_probability(
             offered_price=offered_price, reference_price=reference_price, competitor_min=competitor_min,
-            sensitivity=self.price_sensitivity(user_idx, product_idx), promotion_active=promotion_active,
+            sensitivity=self.price_sensitivity(user_idx, product_idx) * np.asarray(sensitivity_scale, dtype=np.float64),
+            promotion_active=promotion_active,
             inventory=inventory, coefficients=self.coefficients, base_utility=self.base_utility(user_idx, product_idx),
         )  # fmt: skip
 
@@ -292,11 +295,13 @@ class MarketState:
         guardrails: Guardrails,
         anchor_price: ArrayLike | None = None,
         grid_size: int = 81,
+        sensitivity_scale: ArrayLike = 1.0,
     ) -> np.ndarray:
         """The profit-maximising price per (user, product) row, knowing the ground truth."""
         return oracle_prices(
             reference_price=reference_price, competitor_min=competitor_min, unit_cost=unit_cost,
-            sensitivity=self.price_sensitivity(user_idx, product_idx), promotion_active=promotion_active,
+            sensitivity=self.price_sensitivity(user_idx, product_idx) * np.asarray(sensitivity_scale, dtype=np.float64),
+            promotion_active=promotion_active,
             inventory=inventory, coefficients=self.coefficients, guardrails=guardrails,
             base_utility=self.base_utility(user_idx, product_idx), anchor_price=anchor_price, grid_size=grid_size,
         )  # fmt: skip

@@ -119,6 +119,8 @@ class OraclePolicy:
             guardrails=self.guardrails,
             anchor_price=batch["anchor_price_minor"].to_numpy(),
             grid_size=self.grid_size,
+            sensitivity_scale=(self.market.scenario.sensitivity_scale(batch["state_time_ms"].to_numpy())
+                               if "state_time_ms" in batch else 1.0),
         )
 
 

@@ -241,6 +241,17 @@ class LatenessSpec(_Frozen):
     max_ms: int = Field(default=300_000, ge=0)
 
 
+class ShiftSpec(_Frozen):
+    """A market shift from ``start_day`` on (days after the scenario's start): shoppers' price sensitivity is
+    multiplied by ``sensitivity_factor`` and every competitor price by ``competitor_factor`` (below 1: they
+    undercut). The ground truth of the replayed world (histories, evaluations, the learning benchmark) follows it;
+    the live simulator does not (it has no calendar of its own)."""
+
+    start_day: float = Field(default=3.0, ge=0)
+    sensitivity_factor: float = Field(default=1.5, gt=0)
+    competitor_factor: float = Field(default=0.85, gt=0)
+
+
 class Scenario(_Frozen):
     """One simulated market, complete and reproducible from its ``seed``."""
 
@@ -264,6 +275,17 @@ class Scenario(_Frozen):
     lateness: LatenessSpec = LatenessSpec()
     tastes: TasteSpec | None = Field(
         default=None, description="latent shopper tastes (None: off, every shopper likes every product alike beyond price)")
+    shift: ShiftSpec | None = Field(default=None, description="a market shift at a given day (None: no shift)")
+
+    def sensitivity_scale(self, time_ms: Any) -> Any:
+        """The shift's multiplier of the price sensitivity at ``time_ms`` (1 before the shift or without one)."""
+        import numpy as np
+
+        t = np.asarray(time_ms, dtype=np.int64)
+        if self.shift is None:
+            return np.ones(t.shape)
+        start = self.start_time_ms + int(self.shift.start_day * 86_400_000)
+        return np.where(t >= start, self.shift.sensitivity_factor, 1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Scenario":
@@ -349,7 +371,17 @@ _HIGH_SENSITIVITY = _DEFAULT.with_overrides(
     ),
 )  # fmt: skip
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (_DEFAULT, _PRICE_WAR, _HIGH_SENSITIVITY)}
+_MARKET_SHIFT = _DEFAULT.with_overrides(
+    name="market-shift",
+    description=(
+        "The default market until day 3, then a downturn: shoppers' price sensitivity rises by half and "
+        "competitors undercut by 15%. A model trained on the first days overprices from then on; a pricing "
+        "engine that keeps learning from its own logs should notice (README, 'The learning loop')."
+    ),
+    shift=ShiftSpec(),
+)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (_DEFAULT, _PRICE_WAR, _HIGH_SENSITIVITY, _MARKET_SHIFT)}
 
 
 def get_scenario(name: str) -> Scenario:

@@ -370,6 +370,8 @@ def _dynamics(market: MarketState, *, n_steps: int, step_ms: int) -> dict:
             promo_left[start_promo] = np.ceil(rng.uniform(promo_spec.duration_hours.low, promo_spec.duration_hours.high,
                                                           start_promo.sum()) * steps_per_hour).astype(np.int64)  # fmt: skip
         comp_price = np.where(exists, model.competitor_prices(log_price, war_factor[:, None]), 0).astype(np.int64)
+        if sc.shift is not None and s * step_ms >= sc.shift.start_day * DAY_MS:  # competitors undercut from then on
+            comp_price = np.rint(comp_price * sc.shift.competitor_factor).astype(np.int64)
         out_list[s], out_cost[s], out_comp[s], out_promo[s] = list_price, unit_cost, comp_price, promo_bp
         t = start + s * step_ms + offset[s]
         if s == 0:
@@ -512,6 +514,8 @@ def step_batch(world: World, a: int, b: int, *, inventory: np.ndarray, anchor: n
             "channel": np.asarray(CHANNELS, dtype=object)[v.channel[a:b]],
             "anchor_price_minor": anchor[prod],
             "view_index": np.arange(a, b),  # the view's position: history names its request h<seed>-r<view_index>
+            # the market's state time (the scenario's shift applies by it: Scenario.sensitivity_scale)
+            "state_time_ms": world.start_ms + ks.astype(np.int64) * world.step_ms,
         }
     )
 
@@ -553,7 +557,7 @@ def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, labe
         p_in_stock = m.probability(
             user_idx=v.user[a:b], product_idx=prod, offered_price=p, reference_price=world.list_price[ks, prod],
             competitor_min=world.competitor_min[ks, prod], promotion_active=world.promotion_bp[ks, prod] > 0,
-            inventory=1,
+            inventory=1, sensitivity_scale=m.scenario.sensitivity_scale(world.start_ms + ks.astype(np.int64) * world.step_ms),
         )  # fmt: skip
         intent = (v.u_purchase[a:b] < p_in_stock) & (start_stock > 0)
         before = _exclusive_count_by_group(prod, intent)

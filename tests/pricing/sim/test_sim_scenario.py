@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -53,3 +54,28 @@ def test_funnel_channels_are_the_price_request_channels() -> None:
     assert set(FunnelSpec(channels={c: 1.0 for c in channels}).channels) == set(channels)
     with pytest.raises(ValidationError, match="channels must weigh " + "/".join(channels)):
         FunnelSpec(channels={"tv": 1.0})
+
+
+def test_the_market_shift_changes_the_world_from_its_day_on_and_nothing_before() -> None:
+    from pricing.sim.market import build_market
+    from pricing.sim.policies import OraclePolicy, StaticMultiplierPolicy
+    from pricing.sim.world import build_world, replay
+
+    shifted = get_scenario("market-shift").with_overrides(n_users=300, n_products=20, seed=3)
+    calm = shifted.with_overrides(shift=None)
+    start = shifted.start_time_ms + int(shifted.shift.start_day * 86_400_000)
+    a, b = build_world(build_market(calm), days=4), build_world(build_market(shifted), days=4)
+    step_at = (start - a.start_ms) // a.step_ms
+    assert (a.competitor_price[:step_at] == b.competitor_price[:step_at]).all()
+    expected = np.rint(a.competitor_price[step_at:] * shifted.shift.competitor_factor)
+    assert (b.competitor_price[step_at:] == expected).all() and (a.competitor_price[step_at:] > 0).any()
+    # the same prices sell alike before the shift and less after it (more sensitive shoppers, cheaper rivals)
+    at_list = StaticMultiplierPolicy(1.1)
+    pa, pb = replay(a, at_list.price).probability, replay(b, at_list.price).probability
+    before = a.views.time_ms < start - 3_600_000
+    after = a.views.time_ms >= start + 3_600_000
+    assert np.allclose(pa[before], pb[before])
+    assert pb[after].mean() < 0.9 * pa[after].mean()
+    # the oracle knows: its prices drop after the shift
+    oa, ob = replay(a, OraclePolicy(a.market).price).price, replay(b, OraclePolicy(b.market).price).price
+    assert (oa[before] == ob[before]).all() and ob[after].mean() < 0.97 * oa[after].mean()
