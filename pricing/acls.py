@@ -8,7 +8,11 @@ and the transactional-id prefix come from the settings, so the ACLs follow the c
 |---|---|---|---|---|
 | the job | its inputs, and the priced events and recommendations its workers follow | priced, recommendations, dead letters | prefix ``pricing-`` (its group and its workers' short readers) | prefix ``[job] transactional_id_prefix`` |
 | the storefront (and simulator) | priced, recommendations | requests, recommend requests, behaviour, market, catalogue | prefixes ``pricing-sim-``, ``storefront-`` | none |
+| the archive | every topic it archives (``[archive] topics``; by default all, dead letters included, the recommendation topics while ``[recommend] enabled``) | nothing | prefix ``[archive] consumer_group`` | none |
 | the trainer | every topic but the dead letters | nothing | prefix ``pricing-trainer`` | none |
+
+The trainer is a local principal (``pricing kafka start --secure``, tests reading the topics): on Kubernetes
+training reads the archive, not the topics, so only :data:`KUBERNETES_PRINCIPALS` have KafkaUsers there.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from pricing.config import TopicsSettings
+
 if TYPE_CHECKING:
     from pricing.config import Settings
 
 Resource = Literal["topic", "group", "transactional_id", "cluster"]
 Operation = Literal["read", "write", "describe", "idempotent_write"]
 # The principals' user names (SCRAM users locally, KafkaUsers in Kubernetes).
-JOB, STOREFRONT, TRAINER = "pricing-job", "pricing-storefront", "pricing-trainer"
+JOB, STOREFRONT, ARCHIVE, TRAINER = "pricing-job", "pricing-storefront", "pricing-archive", "pricing-trainer"
+# The principals that have a KafkaUser in k8s/base (the others are local only).
+KUBERNETES_PRINCIPALS = (JOB, STOREFRONT, ARCHIVE)
 # The consumer groups' prefixes each principal may use.
 JOB_GROUP_PREFIX = "pricing-"
 STOREFRONT_GROUP_PREFIXES = ("pricing-sim-", "storefront-")
@@ -39,8 +47,8 @@ class Acl:
 
 
 def principal_acls(settings: Settings) -> list[Acl]:
-    """Every ALLOW rule of the three principals, sorted."""
-    t, job = settings.kafka.topics, settings.job
+    """Every ALLOW rule of the principals, sorted."""
+    t, job, archive = settings.kafka.topics, settings.job, settings.archive
     acls: list[Acl] = []
 
     def topics(principal: str, names: list[str], *ops: Operation) -> None:
@@ -58,6 +66,15 @@ def principal_acls(settings: Settings) -> list[Acl]:
     topics(STOREFRONT, [t.priced.name, t.recommendations.name], "read")
     acls += [Acl(STOREFRONT, "group", p, "prefixed", "read") for p in STOREFRONT_GROUP_PREFIXES]
     acls.append(Acl(STOREFRONT, "cluster", "kafka-cluster", "literal", "idempotent_write"))
+
+    # The archive copies topics to files: it reads, and writes nothing to Kafka (no transactions, no idempotence).
+    # Its topics as jobs.archive.archived_topics chooses them (that module needs pyflink; tests/k8s compare the two).
+    keys = archive.topics if archive.topics is not None else [
+        k for k in TopicsSettings.model_fields
+        if settings.recommend.enabled or k not in ("recommend_requests", "recommendations")]
+    archived = [getattr(t, key).name for key in dict.fromkeys(keys)]
+    topics(ARCHIVE, archived, "read")
+    acls.append(Acl(ARCHIVE, "group", archive.consumer_group, "prefixed", "read"))
 
     topics(TRAINER, [t.behaviour.name, t.market.name, t.requests.name, t.priced.name, t.recommendations.name,
                      t.catalogue.name], "read")  # fmt: skip

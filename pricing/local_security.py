@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pricing.acls import JOB, STOREFRONT, TRAINER
+from pricing.acls import ARCHIVE, JOB, STOREFRONT, TRAINER
 
 ADMIN = "admin"
-USERS = (ADMIN, JOB, STOREFRONT, TRAINER)
+USERS = (ADMIN, JOB, STOREFRONT, ARCHIVE, TRAINER)
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
 _VALIDITY_DAYS = "3650"
 
