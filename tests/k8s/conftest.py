@@ -12,6 +12,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".pricing" / "validate"
 OVERLAYS = ("cpu", "gpu")
+# The FlinkDeployments: the pricing job and the archive (k8s/base/archive-flinkdeployment.yaml).
+JOB, ARCHIVE = "pricing-engine", "pricing-archive"
+DEPLOYMENTS = (JOB, ARCHIVE)
 
 
 @pytest.fixture(scope="session")

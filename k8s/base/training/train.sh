@@ -1,38 +1,20 @@
 #!/bin/sh
-# The nightly training run (the CronJob pricing-training): backfill the training set from the event
-# history, train, and promote the new version only when it beats `latest` on the held-out log-loss
-# (or when there is no `latest` yet). The TaskManagers read the registry read-only.
+# The learning run (CronJob pricing-training, every 6 hours): `pricing learn` reads the last LEARN_WINDOW of
+# the archive's priced events and purchases from object storage, trains a challenger, judges it against the
+# registry's `latest` on off-policy estimates and promotes it only when it wins. The registry is [models]
+# registry_dir, the volume the TaskManagers mount read-only.
 set -eu
-work="${TRAINING_WORK_DIR:-/work}/$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$work"
 
-echo "== backfill from ${HISTORY_DIR}"
-pricing backfill --history "$HISTORY_DIR" --out "$work/training-set"
-
-echo "== train"
-pricing train --data "$work/training-set" | tee "$work/train.log"
-version="$(sed -n 's/^published \(v[^ ]*\).*/\1/p' "$work/train.log")"
-test -n "$version" || { echo "no published version in the training output" >&2; exit 1; }
-
-echo "== evaluate ${version} against latest"
-pricing models show "$version" --json > "$work/candidate.json"
-if pricing models show latest --json > "$work/latest.json" 2>/dev/null; then
-  verdict="$(python - "$work/candidate.json" "$work/latest.json" "${MAX_LOG_LOSS_REGRESSION:-0}" <<'PY'
-import json, sys
-candidate, latest = (json.load(open(p))["metrics"]["log_loss"] for p in sys.argv[1:3])
-print("promote" if candidate <= latest + float(sys.argv[3]) else "keep")
-print(f"candidate log-loss {candidate:.5f}, latest {latest:.5f}", file=sys.stderr)
-PY
-)"
-else
-  echo "no latest version yet"
-  verdict=promote
+# The archive the pricing-archive FlinkDeployment writes: [archive] path of the same mounted pricing.toml,
+# so the two cannot drift apart (ARCHIVE_URI overrides it for a one-off run).
+if [ -z "${ARCHIVE_URI:-}" ]; then
+  ARCHIVE_URI="$(python -c 'from pricing.config import load_settings; s = load_settings(); print(s.archive.root(s.state_dir))')"
 fi
+case "$ARCHIVE_URI" in
+  file:*|/*)
+    echo "the archive is ${ARCHIVE_URI}, a path on the archive's own pods: set [archive] path to object storage (s3://...)" >&2
+    exit 2 ;;
+esac
 
-if [ "$verdict" = promote ]; then
-  pricing models promote "$version"
-  echo "promoted ${version}"
-else
-  echo "kept latest; ${version} stays in the registry unpromoted"
-fi
-rm -rf "$work"
+echo "== learn from ${ARCHIVE_URI}, the last ${LEARN_WINDOW:-24h}"
+exec pricing learn --archive "$ARCHIVE_URI" --last "${LEARN_WINDOW:-24h}"
