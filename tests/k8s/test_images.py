@@ -66,13 +66,18 @@ def test_the_package_list_covers_every_python_package() -> None:
     assert not found - listed, f"packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
 
 
-def test_the_flink_image_and_jars_match_the_project_pins() -> None:
+# Each FlinkDeployment of k8s/base and the job file its PythonDriver runs.
+DEPLOYMENT_JOBS = {"flinkdeployment.yaml": "jobs/pricing_job.py", "archive-flinkdeployment.yaml": "jobs/archive.py"}
+
+
+@pytest.mark.parametrize("manifest", sorted(DEPLOYMENT_JOBS))
+def test_the_flink_image_and_jars_match_the_project_pins(manifest: str) -> None:
     flink = _pins(PYPROJECT["dependencies"])["apache-flink"].split("==")[1]
     pom = (ROOT / "deploy" / "jvm" / "pom.xml").read_text()
     assert f"<flink.version>{flink}</flink.version>" in pom
     for dockerfile in (DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"):
         assert f"ARG FLINK_IMAGE=flink:{flink}-scala_2.12-java17" in dockerfile.read_text()
-    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "flinkdeployment.yaml").read_text())["spec"]
+    deployment = yaml.safe_load((ROOT / "k8s" / "base" / manifest).read_text())["spec"]
     assert deployment["flinkVersion"] == "v" + "_".join(flink.split(".")[:2])
     assert deployment["job"]["jarURI"] == f"local:///opt/flink/opt/flink-python-{flink}.jar"
     # the PythonDriver runs the file the images put in usrlib, with the images' venv
@@ -80,10 +85,14 @@ def test_the_flink_image_and_jars_match_the_project_pins() -> None:
     job_file = args[args.index("-py") + 1]
     for dockerfile in (DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"):
         copies = [a for i, a in instructions(dockerfile) if i == "COPY" and a[-1] == job_file]
-        assert copies and copies[0][-2] == "jobs/pricing_job.py", dockerfile.name
+        assert copies and copies[0][-2] == DEPLOYMENT_JOBS[manifest], dockerfile.name
         assert "/opt/venv/bin/python" in dockerfile.read_text()
     assert args[args.index("-pyclientexec") + 1] == deployment["flinkConfiguration"]["python.executable"] \
         == "/opt/venv/bin/python"
+    # the S3 plugins the pods enable are the pinned Flink's (the image ships them in opt/)
+    [container] = deployment["podTemplate"]["spec"]["containers"]
+    plugins = {e["value"] for e in container["env"] if e["name"] == "ENABLE_BUILT_IN_PLUGINS"}
+    assert plugins and all(p.endswith(f"-{flink}.jar") for p in plugins)
 
 
 @pytest.mark.parametrize("extra", ["serving", "training"])
@@ -142,9 +151,10 @@ print(json.dumps(sorted(d for d in needed if d.lower().replace("_", "-") not in 
 
 
 @pytest.mark.parametrize("extra,modules", [
-    ("serving", ["jobs.pricing_job", "pricing_udfs.udfs", "pricing_udfs.model"]),
+    ("serving", ["jobs.pricing_job", "jobs.archive", "pricing_udfs.udfs", "pricing_udfs.model"]),
     ("training", ["pricing.training_cli", "jobs.training_set", "pricing.training", "pricing.model_report",
-                  "pricing.models_cli", "pricing.sim.scenario"]),
+                  "pricing.models_cli", "pricing.sim.scenario",
+                  "pricing.learn.cli", "pricing.learn.loop"]),  # `pricing learn`: what the CronJob runs
 ])
 def test_each_extra_covers_what_its_image_imports(extra: str, modules: list[str]) -> None:
     names = [extra_requirements.project_name(r) for r in PYPROJECT["optional-dependencies"][extra]]
@@ -154,10 +164,11 @@ def test_each_extra_covers_what_its_image_imports(extra: str, modules: list[str]
     assert json.loads(out.stdout) == [], f"{extra} images import distributions outside the extra"
 
 
-def test_the_entry_point_command_works_in_the_venv() -> None:
-    """What the PythonDriver runs (python -py jobs/pricing_job.py), here with --help."""
+@pytest.mark.parametrize("job_file", sorted(DEPLOYMENT_JOBS.values()))
+def test_the_entry_point_command_works_in_the_venv(job_file: str) -> None:
+    """What the PythonDriver runs (python -py jobs/pricing_job.py, jobs/archive.py), here with --help."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the image installs the package; here it is the checkout
-    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "pricing_job.py"), "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / job_file), "--help"], capture_output=True,
                          text=True, cwd=ROOT, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--config" in out.stdout
