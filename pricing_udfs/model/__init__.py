@@ -11,6 +11,9 @@ policy. Two implementations behind one seam (after Beam's ``ModelHandler``):
 - :class:`FakeModelHandler` / :class:`FakeDemandModel`: a numpy logistic curve in
   price / reference (and, optionally, price / competitor minimum), for tests where
   TensorFlow is not the point.
+- :class:`EnsembleModelHandler` / :class:`EnsembleDemandModel`: B of the above in one folder
+  (a bootstrap ensemble, ``pricing_udfs.model.ensemble``): ``score`` is the members' mean,
+  ``score_members`` returns ``[B, N, K]`` for Thompson sampling.
 
 Both score the same inputs and return the same thing:
 
@@ -71,6 +74,7 @@ from pricing_udfs.model.handler import (
     ModelHandler,
     check_inputs,
 )
+from pricing_udfs.model.ensemble import EnsembleDemandModel, EnsembleModelHandler
 from pricing_udfs.model.tf_handler import TFDemandModel, TFModelHandler
 
 __all__ = [
@@ -82,6 +86,8 @@ __all__ = [
     "SIGNATURE_NAME",
     "SLOPE_SIGNATURE_NAME",
     "DemandModel",
+    "EnsembleDemandModel",
+    "EnsembleModelHandler",
     "FakeDemandModel",
     "FakeModelHandler",
     "ModelHandler",

@@ -10,7 +10,8 @@ worker's recent rows, taken on the hot path):
 * its feature spec version is the job's;
 * ``score`` returns ``[N, K]`` for the canary's ``[N, F]`` / ``[N, K]``;
 * every probability is finite and in [0, 1];
-* probabilities never rise with the price (monotone non-increasing along each row).
+* probabilities never rise with the price (monotone non-increasing along each row);
+* for an ensemble (``pricing_udfs.model.ensemble``): all of the above for every member too.
 
 Only then does the watcher swap it in (one reference assignment: a batch is scored by the old
 or the new model, never by a mix). A version that fails is remembered with its reason, counted,
@@ -46,6 +47,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from pricing_udfs.features import FEATURE_SPEC, FeatureSpec
+from pricing_udfs.model.ensemble import MEMBERS_DIR, EnsembleDemandModel, is_ensemble
 from pricing_udfs.model.handler import FAKE_FILE, REFERENCE_FEATURE, FakeModelHandler
 from pricing_udfs.model.registry import LATEST, Registry, RegistryError, TrustRegion
 
@@ -102,13 +104,21 @@ def configure_threads(intra_op_threads: int, inter_op_threads: int) -> None:
 
 
 def load_model(path: Path, *, device: Device = "auto", intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
-    """The model in a registry version's ``model/`` folder: a saved fake (tests) or a TF SavedModel."""
-    if (path / FAKE_FILE).is_file():
+    """The model in a registry version's ``model/`` folder: a saved fake (tests), a TF SavedModel, or an ensemble
+    of either (``ensemble.json``, ``pricing_udfs.model.ensemble``: its members loaded one by one)."""
+    path = Path(path)
+    ensemble = is_ensemble(path)
+    if not ensemble and (path / FAKE_FILE).is_file():
         return FakeModelHandler().load(path)
+    needs_tf = not ensemble or any(not (member / FAKE_FILE).is_file()
+                                   for member in (path / MEMBERS_DIR).glob("*") if member.is_dir())  # fmt: skip
+    if needs_tf:
+        configure_threads(intra_op_threads, inter_op_threads)
+        configure_device(device)
+    if ensemble:
+        return EnsembleDemandModel.load(path)
     from pricing_udfs.model.tf_handler import TFModelHandler
 
-    configure_threads(intra_op_threads, inter_op_threads)
-    configure_device(device)
     return TFModelHandler().load(path)
 
 
@@ -135,6 +145,25 @@ def validate(model: Any, spec: FeatureSpec, recent: np.ndarray | None = None) ->
         probs = np.asarray(model.score(features, prices), dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - a model that cannot score is rejected, not fatal
         return f"scoring the canary batch failed: {type(exc).__name__}: {exc}"[:500]
+    reason = _check_probabilities(probs, prices)
+    if reason is not None or not hasattr(model, "score_members"):
+        return reason
+    # An ensemble: every member must pass too (a member's rising curve can hide in the mean; Thompson sampling
+    # prices by single members).
+    try:
+        members = np.asarray(model.score_members(features, prices), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001
+        return f"scoring the canary batch member by member failed: {type(exc).__name__}: {exc}"[:500]
+    if members.ndim != 3 or members.shape[1:] != prices.shape or members.shape[0] < 1:
+        return f"score_members returned shape {members.shape} for prices {prices.shape}"
+    for b, member in enumerate(members):
+        reason = _check_probabilities(member, prices)
+        if reason is not None:
+            return f"ensemble member {b} of {len(members)}: {reason}"
+    return None
+
+
+def _check_probabilities(probs: np.ndarray, prices: np.ndarray) -> str | None:
     if probs.shape != prices.shape:
         return f"returned shape {probs.shape} for prices {prices.shape}"
     if not np.all(np.isfinite(probs)):
