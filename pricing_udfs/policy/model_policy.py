@@ -9,15 +9,34 @@ For each row with a known list price (the reference) and unit cost:
 3. one ``model.score(features [N, F], candidates [N, K])`` call for the whole batch;
 4. the objective ``(price - profit_weight * unit_cost) * p(buy | price)``: ``profit_weight`` 1 is
    expected profit, 0 expected revenue; the best candidate wins (the first on ties);
-5. with ``exploration_rate`` > 0, that share of requests (chosen by a hash of the request id, so a
-   replay chooses the same) gets a uniformly drawn candidate instead: epsilon-greedy. Every
-   model-priced row logs its propensity, the probability that the policy would choose this price
-   for this row: ``(1 - rate) * [greedy] + rate / K`` (1.0 without exploration).
+5. exploration, by ``exploration``:
+
+   * ``"epsilon-greedy"`` (the default): with ``exploration_rate`` > 0, that share of requests
+     (chosen by a hash of the request id, so a replay chooses the same) gets a uniformly drawn
+     candidate instead. Every model-priced row logs its propensity, the probability that the
+     policy would choose this price for this row: ``(1 - rate) * [greedy] + rate / K`` (1.0
+     without exploration);
+   * ``"thompson"``, with a model that has ``score_members(features, prices) -> [B, N, K]`` (a
+     bootstrap ensemble, ``pricing_udfs.model.ensemble``): one ``score_members`` call per batch;
+     each request draws ONE member from its request id (the same hash as epsilon-greedy:
+     member ``floor(u * B)``, so a replay draws the same member and gets the same price) and
+     gets that member's best candidate. Its ``propensity`` is exact: the number of members whose
+     best candidate is the chosen one, divided by B, the probability of this price under a
+     uniformly drawn member. ``explored`` is true when the price differs from the mean model's
+     best candidate; ``expected_conversion`` and ``expected_profit_minor`` are the mean model's
+     at the chosen price. Members that agree never explore (propensity 1.0). Exploration thus
+     shrinks as the members learn to agree, instead of a fixed share. ``exploration_rate`` is
+     not used. With a model without ``score_members`` (a single model), ``"thompson"`` behaves
+     exactly as ``"epsilon-greedy"`` (with ``exploration_rate``).
+
+   Whatever the exploration, the chosen price is one of the K candidates: inside the guardrails
+   (and the trust region's narrowed range), the fallback taking over as without exploration.
 
 A limit "binds" when the best candidate sits on the range end that the limit set (the optimum
 lies at or beyond it): its code joins the row's reason codes (``model`` always, ``exploration``
 when explored). Rows without a list price or unit cost, and all rows when the model is missing,
-raises, or returns anything but finite probabilities in [0, 1] for a row, are priced by
+raises, or returns anything but finite probabilities in [0, 1] for a row (under Thompson sampling:
+any member), are priced by
 :class:`ReferencePriceFallback` with the reason as the first code.
 
 With a **trust region** (the served model's manifest records what it saw in training, and
@@ -32,7 +51,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -68,9 +87,16 @@ class PolicySettings(BaseModel):
     )
     exploration_rate: float = Field(
         default=0.0, ge=0, le=MAX_EXPLORATION_RATE,
-        description=f"share of requests priced by a uniformly drawn candidate (epsilon-greedy), at most {MAX_EXPLORATION_RATE}",
+        description=f"share of requests priced by a uniformly drawn candidate (epsilon-greedy only), at most "
+        f"{MAX_EXPLORATION_RATE}",
     )  # fmt: skip
-    exploration_seed: int = Field(default=0, ge=0, description="salts the request-id hash that picks explored requests")
+    exploration: Literal["epsilon-greedy", "thompson"] = Field(
+        default="epsilon-greedy",
+        description="'thompson': each request is priced by one member of an ensemble model, drawn by its request id "
+        "(exact propensity: the share of members choosing that price); a single model explores epsilon-greedy",
+    )  # fmt: skip
+    exploration_seed: int = Field(default=0, ge=0, description="salts the request-id hash that picks explored requests "
+                                  "(epsilon-greedy) or the member (thompson)")  # fmt: skip
     guardrails: Guardrails = Guardrails()
     trust_region: TrustRegionSettings = TrustRegionSettings()
 
@@ -93,7 +119,9 @@ class ModelPolicy:
     """Expected-profit maximisation over a candidate grid with a demand model (see the module docstring).
 
     ``model`` is anything with ``score(features, prices) -> probs`` (a handler's loaded model); None prices
-    everything with the fallback. ``model_version`` goes into every model-priced event. ``trust_region``:
+    everything with the fallback. With ``settings.exploration == "thompson"``, a model that also has
+    ``score_members(features, prices) -> [B, N, K]`` (an ensemble) is Thompson-sampled; any other explores
+    epsilon-greedy. ``model_version`` goes into every model-priced event. ``trust_region``:
     what the model saw in training (a manifest's ``TrustRegion`` record, its dict, or the arrays), or None.
     """
 
@@ -123,6 +151,11 @@ class ModelPolicy:
         region = self.trust_region if trust_region is _KEEP else trust_region
         return ModelPolicy(model=model, model_version=model_version, settings=self.settings, fallback=self.fallback,
                            spec=self.spec, trust_region=region)  # fmt: skip
+
+    @property
+    def thompson(self) -> bool:
+        """Whether requests are priced by Thompson sampling: ``exploration = "thompson"`` and a model with members."""
+        return self.settings.exploration == "thompson" and hasattr(self.model, "score_members")
 
     @property
     def active_trust_region(self) -> TrustRegion | None:
@@ -194,23 +227,48 @@ class ModelPolicy:
         if region is not None:
             features = region.clip(features)
         failed = np.full(n, "", dtype=object)
+        thompson = self.thompson
         try:
-            probs = np.asarray(self.model.score(features, cand.astype(np.float64)), dtype=np.float64)
+            if thompson:  # one call: each member's probabilities; the mean model is their mean
+                members = np.asarray(self.model.score_members(features, cand.astype(np.float64)), dtype=np.float64)
+            else:
+                probs = np.asarray(self.model.score(features, cand.astype(np.float64)), dtype=np.float64)
         except Exception:  # noqa: BLE001 - any model failure is priced by the fallback, counted by the caller
             failed[:] = MODEL_ERROR
             return pd.DataFrame(index=rows.index), failed
-        if probs.shape != (n, k):
+        if thompson:
+            if members.ndim != 3 or members.shape[0] < 1 or members.shape[1:] != (n, k):
+                failed[:] = MODEL_INVALID_OUTPUT
+                return pd.DataFrame(index=rows.index), failed
+            valid = np.all(np.isfinite(members) & (members >= 0) & (members <= 1), axis=(0, 2))
+            members = np.where(valid[None, :, None], members, 0.0)
+            # the mean model exactly as the ensemble's score() gives it (float64 mean, float32 result)
+            probs = members.mean(axis=0).astype(np.float32).astype(np.float64)
+        elif probs.shape != (n, k):
             failed[:] = MODEL_INVALID_OUTPUT
             return pd.DataFrame(index=rows.index), failed
-        valid = np.all(np.isfinite(probs) & (probs >= 0) & (probs <= 1), axis=1)
+        else:
+            valid = np.all(np.isfinite(probs) & (probs >= 0) & (probs <= 1), axis=1)
         failed[~valid] = MODEL_INVALID_OUTPUT
         probs = np.where(valid[:, None], probs, 0.0)
-        objective = (cand - s.profit_weight * cost[:, None]) * probs
+        margin = cand - s.profit_weight * cost[:, None]
+        objective = margin * probs
         greedy = np.argmax(objective, axis=1)
         chosen = greedy.copy()
         explored = np.zeros(n, dtype=bool)
         propensity = np.ones(n)
-        if s.exploration_rate > 0:
+        if thompson:
+            b_size = members.shape[0]
+            u, _ = unit_hashes(rows["request_id"] if "request_id" in rows else range(n), s.exploration_seed)
+            drawn = np.minimum((u * b_size).astype(np.int64), b_size - 1)  # a uniform member per request
+            best = np.argmax(margin[None, :, :] * members, axis=2)  # [B, N]: each member's best candidate
+            chosen = best[drawn, np.arange(n)]
+            best_price = cand[np.arange(n)[None, :], best]  # [B, N]
+            price_chosen = cand[np.arange(n), chosen]
+            # P(this price | x) under a uniformly drawn member: the share of members whose best is this price
+            propensity = (best_price == price_chosen[None, :]).sum(axis=0) / b_size
+            explored = price_chosen != cand[np.arange(n), greedy]
+        elif s.exploration_rate > 0:
             u, v = unit_hashes(rows["request_id"] if "request_id" in rows else range(n), s.exploration_seed)
             explored = u < s.exploration_rate
             pick = np.minimum((v * k).astype(np.int64), k - 1)
