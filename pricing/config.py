@@ -440,6 +440,9 @@ class LearnSettings(_Section):
         "(|a - b| / list price) counts, by a triangular kernel; 0: exact matches only")
     epochs: int = Field(default=20, ge=1, le=1_000, description="at most this many epochs per challenger")
     seed: int = Field(default=0, ge=0, description="the challenger's training seed")
+    ensemble_size: int = Field(
+        default=1, ge=1, le=32, description="B > 1: the challenger is a bootstrap ensemble of B networks (one registry "
+        "version), for [policy] exploration = 'thompson'; 1: a single network")
 
 
 class SecretsSettings(_Section):

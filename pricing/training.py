@@ -26,6 +26,14 @@ on the offered price, so exploration gives it price variation and needs no rewei
 
 The training window is the ``event_time`` range (ms) of every row used (train and holdout).
 
+An **ensemble** (``ensemble_size`` B > 1; ``pricing train --ensemble B``, ``[learn] ensemble_size``): B networks,
+each fitted on its own bootstrap resample of the train slice (rows drawn with replacement, seeded by the seed and
+the member: ``bootstrap_rows``, ``member_seed``), each with its own early stopping and temperature, saved as one
+model folder (``ensemble.json`` and ``members/0..B-1``, ``pricing_udfs.model.ensemble``) that the registry stores
+as one version. Its metrics and trust region are those of the ensemble's mean (the members' mean probability),
+what ``score`` serves; the members' spread is what Thompson sampling explores with
+(``pricing_udfs.policy.model_policy``). B = 1 (the default) is the single model, exactly as before.
+
 The **trust region** (``trust_region_of``, published as the manifest's ``trust_region``) records what
 the model saw, from the rows it was fitted on (the train slice): each spec feature's range, and the
 traffic windows' quantiles; the serving policy narrows prices outside it
@@ -345,6 +353,8 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 32)
     slope_hidden: tuple[int, ...] = (16,)
     dp: DPConfig | None = None  # differentially private per user (pricing.dp_training); None: plain training
+    # B > 1: a bootstrap ensemble of B networks, saved as one model folder (pricing_udfs.model.ensemble)
+    ensemble_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -360,6 +370,8 @@ class TrainedModel:
     epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, holdout_loss, seconds
     trust_region: TrustRegion | None = None  # what the model saw (the train slice): the manifest's trust_region
     privacy: PrivacySpent | None = None  # the DP guarantee (per user), when trained with TrainConfig.dp
+    # an ensemble (config.ensemble_size > 1): per member its temperature, epochs and own test log-loss; else empty
+    members: list[dict[str, float]] = field(default_factory=list)
 
     def registry_metadata(self) -> dict[str, Any]:
         """Keyword arguments for ``Registry.publish(model_dir, ...)``. Under DP the metrics hold the ``dp_*``
@@ -369,6 +381,9 @@ class TrainedModel:
                  "epochs": self.epochs}  # fmt: skip
         if self.privacy is not None:
             extra["privacy"] = self.privacy.extra()
+        if self.members:
+            extra["ensemble"] = {"size": len(self.members), "members": self.members,
+                                 "score": "mean of the members' probabilities"}  # fmt: skip
         return {
             "feature_spec_version": self.feature_spec_version,
             "training_window": self.training_window,
@@ -397,6 +412,10 @@ class TrainedModel:
         ]
         if self.privacy is not None:
             lines[2:2] = [*self.privacy.report_lines(), ""]
+        if self.members:
+            lines[2:2] = [f"An ensemble of {len(self.members)} networks, each fitted on a bootstrap resample of the "
+                          "training rows; every figure here is the mean model's (the members' mean probability; the "
+                          "temperature is the members' mean).", ""]  # fmt: skip
         for b in self.calibration:
             mp = "" if b.mean_predicted is None else f"{b.mean_predicted:.4f}"
             ob = "" if b.observed_rate is None else f"{b.observed_rate:.4f}"
@@ -417,6 +436,7 @@ def train(
     hidden: tuple[int, ...] = (64, 32),
     slope_hidden: tuple[int, ...] = (16,),
     dp: DPConfig | None = None,
+    ensemble_size: int = 1,
     out_dir: Path | str | None = None,
     spec: FeatureSpec = FEATURE_SPEC,
     progress: TextIO | None = sys.stdout,
@@ -426,10 +446,12 @@ def train(
     The SavedModel goes to ``out_dir`` (created; must not hold anything yet), else to a new
     temporary folder; ``TrainedModel.model_dir`` says where. ``progress`` gets one line per
     epoch (None: quiet). ``dp``: differentially private training, per user (``pricing.dp_training``).
+    ``ensemble_size`` B > 1: a bootstrap ensemble of B networks in one folder (``train_on``).
     """
     config = TrainConfig(seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          patience=patience, holdout=holdout, holdout_fraction=holdout_fraction,
-                         hidden=tuple(hidden), slope_hidden=tuple(slope_hidden), dp=dp)  # fmt: skip
+                         hidden=tuple(hidden), slope_hidden=tuple(slope_hidden), dp=dp,
+                         ensemble_size=ensemble_size)  # fmt: skip
     data = load_training_set(data_dir, spec=spec, progress=progress)
     return train_on(data, config=config, out_dir=out_dir, spec=spec, progress=progress)
 
@@ -443,15 +465,25 @@ def train_on(
     progress: TextIO | None = sys.stdout,
 ) -> TrainedModel:
     """``train`` on rows already in memory. With ``config.dp`` the weights are fitted by DP-SGD per user
-    (``pricing.dp_training.fit_private``) instead of Keras' ``fit``; everything else is the same."""
-    import keras
+    (``pricing.dp_training.fit_private``) instead of Keras' ``fit``; everything else is the same.
+
+    With ``config.ensemble_size`` B > 1: B networks, member b fitted on :func:`bootstrap_rows` of the train slice
+    (its own seed for the resample and the initial weights), each with its own early stopping and temperature on
+    the (shared) calibration slice, exported as one ensemble folder (``pricing_udfs.model.ensemble``); the metrics
+    and the trust region are the ensemble's mean's (the ``temperature`` metric is the members' mean temperature)."""
     import tensorflow as tf
 
-    from pricing_udfs.model.network import DemandNet
+    from pricing_udfs.model.ensemble import EnsembleDemandModel, member_dir, write_ensemble_file
     from pricing_udfs.model.tf_handler import TFDemandModel
 
     if data.feature_spec_version != spec.version:
         raise ValueError(f"rows are {data.feature_spec_version}, the spec is {spec.version}")
+    size = config.ensemble_size
+    if size < 1:
+        raise ValueError(f"ensemble_size must be at least 1, got {size}")
+    if size > 1 and config.dp is not None:
+        raise ValueError("differentially private training of an ensemble is not supported (B members on the same "
+                         "users would spend B times the privacy budget): use ensemble_size 1 with dp")  # fmt: skip
     target = _prepare_out_dir(out_dir)
     t_start = time.perf_counter()
     train_set, cal, test = split(data, holdout=config.holdout, holdout_fraction=config.holdout_fraction,
@@ -463,42 +495,32 @@ def train_on(
     _say(progress, f"training on {len(train_set):,} rows (purchase rate {base_rate:.4f}), "
                    f"holdout {len(cal):,} calibration + {len(test):,} test rows, by {config.holdout}")  # fmt: skip
 
-    keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    net = DemandNet(spec, hidden=config.hidden, slope_hidden=config.slope_hidden)
-    start_a, start_b = marginal_price_slopes(train_set.features, train_set.prices, train_set.labels, spec=spec)
-    net.adapt(train_set.features, base_rate=base_rate, slope=max(start_a, 0.05), competitor_slope=max(start_b, 0.05))
-    _say(progress, f"marginal price sensitivity {start_a:.3f} to the list price, {start_b:.3f} to the cheapest "
-                   "competitor's where known (the slopes start there)")  # fmt: skip
-    log = _epoch_log(progress, config.epochs, len(train_set))
-    privacy = None
-    if config.dp is None:
-        net.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                    loss=keras.losses.BinaryCrossentropy(from_logits=True))  # fmt: skip
-        net.fit(
-            x=(train_set.features, train_set.prices[:, None]), y=train_set.labels[:, None],
-            batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-            validation_data=((cal.features, cal.prices[:, None]), cal.labels[:, None]),
-            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                                     restore_best_weights=True), log],
-        )  # fmt: skip
+    if size == 1:
+        fits = [_fit_member(train_set, cal, test, config=config, seed=config.seed, spec=spec, progress=progress)]
     else:
-        from pricing.dp_training import fit_private
-
-        privacy = fit_private(net, train_set, cal, config=config, log=log, progress=progress)
-    fit_seconds = sum(e["seconds"] for e in log.epochs)
-
-    def logits(part: TrainingSet) -> np.ndarray:  # in float64 like serving (Keras' predict would cast to float32)
-        chunks = [net((tf.constant(part.features[i:i + 65536]), tf.constant(part.prices[i:i + 65536, None])))
-                  for i in range(0, len(part), 65536)]  # fmt: skip
-        return np.concatenate([c.numpy()[:, 0] for c in chunks])
-
-    temperature = fit_temperature(logits(cal), cal.labels)
-    z_test = logits(test)
-    raw = sigmoid(z_test)
-    probs = sigmoid(z_test / temperature)
-    net.set_temperature(temperature)
-    slope = net.effective_slope(tf.constant(test.features)).numpy()
+        fits = []
+        for b in range(size):
+            rows = bootstrap_rows(len(train_set), seed=config.seed, member=b)
+            _say(progress, f"ensemble member {b + 1}/{size}: a bootstrap resample of the {len(train_set):,} train "
+                           f"rows ({np.unique(rows).size:,} distinct)")  # fmt: skip
+            fits.append(_fit_member(train_set.take(rows), cal, test, config=config, seed=member_seed(config.seed, b),
+                                    spec=spec, progress=progress))  # fmt: skip
+    privacy = fits[0].privacy
+    epochs = fits[0].epochs if size == 1 else [{**e, "member": float(b)} for b, f in enumerate(fits) for e in f.epochs]
+    fit_seconds = sum(e["seconds"] for e in epochs)
+    if size == 1:
+        fit = fits[0]
+        raw, probs, slope, temperature = fit.raw, fit.probs, fit.slope, fit.temperature
+    else:
+        # the mean model: the mean of the members' (calibrated) probabilities, float32 as it serves
+        member_probs = np.stack([f.probs for f in fits])
+        probs = member_probs.astype(np.float32).mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+        raw = np.mean([f.raw for f in fits], axis=0)
+        temperature = float(np.mean([f.temperature for f in fits]))
+        # -d logit(mean p) / d log(price) = mean_b(s_b p_b (1 - p_b)) / (p (1 - p)), exact at the test prices
+        spread = np.clip(probs * (1 - probs), 1e-12, None)
+        slope = np.mean([f.slope * f.probs * (1 - f.probs) for f in fits], axis=0) / spread
 
     metrics = {
         "log_loss": log_loss(test.labels, probs),
@@ -517,34 +539,124 @@ def train_on(
         "train_rows": float(len(train_set)),
         "calibration_rows": float(len(cal)),
         "test_rows": float(len(test)),
-        "epochs": float(len(log.epochs)),
+        "epochs": float(len(epochs)),
         "fit_seconds": fit_seconds,
-        "train_rows_per_second": len(train_set) * len(log.epochs) / fit_seconds if fit_seconds > 0 else 0.0,
+        "train_rows_per_second": len(train_set) * len(epochs) / fit_seconds if fit_seconds > 0 else 0.0,
     }
+    if size > 1:
+        metrics["ensemble_size"] = float(size)
     if privacy is not None:
         metrics.update(privacy.metrics())
     metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
     table = calibration_table(test.labels, probs)
     window = (int(data.event_time.min()), int(data.event_time.max()))
+    members = [] if size == 1 else [f.summary(test.labels) | {"member": b} for b, f in enumerate(fits)]
     trained = TrainedModel(model_dir=target, metrics=metrics, calibration=table, training_window=window,
-                           feature_spec_version=spec.version, config=config, epochs=log.epochs,
-                           trust_region=trust_region_of(train_set.features, spec=spec), privacy=privacy)  # fmt: skip
+                           feature_spec_version=spec.version, config=config, epochs=epochs,
+                           trust_region=trust_region_of(train_set.features, spec=spec), privacy=privacy,
+                           members=members)  # fmt: skip
     info = {"metrics": metrics, "training_window": {"start_ms": window[0], "end_ms": window[1]},
-            "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": log.epochs}  # fmt: skip
+            "calibration": [asdict(b) for b in table], "config": _config_json(config), "epochs": epochs}  # fmt: skip
     if privacy is not None:
         info["privacy"] = privacy.extra()
-    net.export_saved_model(target, extra_info={"training": json_safe(info)})
+    sample = slice(0, min(len(test), 2048))
+    if size == 1:
+        fits[0].net.export_saved_model(target, extra_info={"training": json_safe(info)})
+        exported = TFDemandModel.load(target).score(test.features[sample], test.prices[sample, None])[:, 0]
+    else:
+        for b, f in enumerate(fits):
+            member_info = {**info, "ensemble_member": members[b], "bootstrap_seed": config.seed}
+            f.net.export_saved_model(member_dir(target, b), extra_info={"training": json_safe(member_info)})
+        write_ensemble_file(target, size, feature_spec_version=spec.version, extra={
+            "bootstrap": "each member fitted on n rows of the train slice drawn with replacement "
+                         "(pricing.training.bootstrap_rows)",
+            "training": json_safe({**info, "members": members})})  # fmt: skip
+        exported = EnsembleDemandModel.load(target).score(test.features[sample], test.prices[sample, None])[:, 0]
 
     # The export must score exactly what was evaluated.
-    sample = slice(0, min(len(test), 2048))
-    exported = TFDemandModel.load(target).score(test.features[sample], test.prices[sample, None])[:, 0]
     worst = float(np.max(np.abs(exported - probs[sample].astype(np.float32)), initial=0.0))
     if worst > 1e-6:
         raise RuntimeError(f"the exported model differs from the trained one by {worst:.2e} on the test rows")
     metrics_line = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("log_loss", "base_rate_log_loss", "auc",
                                                               "calibration_error", "temperature"))  # fmt: skip
-    _say(progress, f"done in {time.perf_counter() - t_start:.1f} s: {metrics_line}; SavedModel in {target}")
+    what = "SavedModel" if size == 1 else f"ensemble of {size} SavedModels"
+    _say(progress, f"done in {time.perf_counter() - t_start:.1f} s: {metrics_line}; {what} in {target}")
     return trained
+
+
+def bootstrap_rows(n: int, *, seed: int, member: int) -> np.ndarray:
+    """Ensemble member ``member``'s bootstrap resample of ``n`` rows: ``n`` row indices drawn uniformly with
+    replacement (seeded by ``seed`` and ``member``; about 63 % of the rows distinct), sorted (time order kept)."""
+    return np.sort(np.random.default_rng([seed, member, 0xB007]).integers(0, n, n))
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The training seed (initial weights, batch shuffling) of ensemble member ``member``."""
+    return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
+
+
+@dataclass(frozen=True, eq=False)
+class _MemberFit:
+    """One network fitted and calibrated: its scores on the test slice."""
+
+    net: Any
+    epochs: list[dict[str, float]]
+    temperature: float
+    raw: np.ndarray  # test slice, before the temperature
+    probs: np.ndarray  # test slice, after it
+    slope: np.ndarray  # effective price slope on the test slice (temperature in)
+    privacy: PrivacySpent | None
+
+    def summary(self, labels: np.ndarray) -> dict[str, float]:
+        return {"temperature": self.temperature, "epochs": float(len(self.epochs)),
+                "log_loss": log_loss(labels, self.probs)}  # fmt: skip
+
+
+def _fit_member(rows: TrainingSet, cal: TrainingSet, test: TrainingSet, *, config: TrainConfig, seed: int,
+                spec: FeatureSpec, progress: TextIO | None) -> _MemberFit:  # fmt: skip
+    """Seed, build, fit (early stopping on ``cal``), calibrate a temperature on ``cal``, score ``test``."""
+    import keras
+    import tensorflow as tf
+
+    from pricing_udfs.model.network import DemandNet
+
+    base_rate = float(rows.labels.mean())
+    keras.utils.set_random_seed(seed)
+    net = DemandNet(spec, hidden=config.hidden, slope_hidden=config.slope_hidden)
+    start_a, start_b = marginal_price_slopes(rows.features, rows.prices, rows.labels, spec=spec)
+    net.adapt(rows.features, base_rate=base_rate, slope=max(start_a, 0.05), competitor_slope=max(start_b, 0.05))
+    _say(progress, f"marginal price sensitivity {start_a:.3f} to the list price, {start_b:.3f} to the cheapest "
+                   "competitor's where known (the slopes start there)")  # fmt: skip
+    log = _epoch_log(progress, config.epochs, len(rows))
+    privacy = None
+    if config.dp is None:
+        net.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                    loss=keras.losses.BinaryCrossentropy(from_logits=True))  # fmt: skip
+        net.fit(
+            x=(rows.features, rows.prices[:, None]), y=rows.labels[:, None],
+            batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
+            validation_data=((cal.features, cal.prices[:, None]), cal.labels[:, None]),
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                     restore_best_weights=True), log],
+        )  # fmt: skip
+    else:
+        from pricing.dp_training import fit_private
+
+        privacy = fit_private(net, rows, cal, config=config, log=log, progress=progress)
+
+    def logits(part: TrainingSet) -> np.ndarray:  # in float64 like serving (Keras' predict would cast to float32)
+        chunks = [net((tf.constant(part.features[i:i + 65536]), tf.constant(part.prices[i:i + 65536, None])))
+                  for i in range(0, len(part), 65536)]  # fmt: skip
+        return np.concatenate([c.numpy()[:, 0] for c in chunks])
+
+    temperature = fit_temperature(logits(cal), cal.labels)
+    z_test = logits(test)
+    raw = sigmoid(z_test)
+    probs = sigmoid(z_test / temperature)
+    net.set_temperature(temperature)
+    slope = net.effective_slope(tf.constant(test.features)).numpy()
+    return _MemberFit(net=net, epochs=log.epochs, temperature=temperature, raw=raw, probs=probs, slope=slope,
+                      privacy=privacy)
 
 
 def save(trained: TrainedModel, out_dir: Path | str) -> Path:
@@ -586,6 +698,8 @@ def json_safe(value: Any) -> Any:
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
     out = json.loads(json.dumps(asdict(config)))
+    if out["ensemble_size"] == 1:  # a single model is described as before ensembles existed
+        del out["ensemble_size"]
     if out["dp"] is None:  # a model trained without DP is described as before DP existed
         del out["dp"]
     elif out["dp"]["noise_seed"] is not None:

@@ -55,6 +55,9 @@ def register(sub: Any) -> None:
     train.add_argument("--promote", action="store_true", help="make the new version latest")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping)")
+    train.add_argument("--ensemble", type=int, default=1, metavar="N",
+                       help="a bootstrap ensemble of N networks, published as one version (for [policy] exploration = "
+                       "'thompson'); default 1: a single network")  # fmt: skip
     train.add_argument("--threads", type=int, default=0, metavar="N",
                        help="TensorFlow's intra- and inter-op threads (0: its default, one per core); 1 makes a run "
                        "repeatable on one machine, whatever else runs beside it")  # fmt: skip
@@ -166,12 +169,17 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads < 0:
         raise SystemExit("pricing train: --threads must be 0 or more")
     dp = _dp_config(args)
+    if args.ensemble < 1:
+        raise SystemExit("pricing train: --ensemble must be 1 or more")
+    if args.ensemble > 1 and dp is not None:
+        raise SystemExit("pricing train: --ensemble and --dp-epsilon cannot be combined")
     if args.threads:
         from pricing_udfs.model.serving import configure_threads
 
         configure_threads(args.threads, args.threads)
     with tempfile.TemporaryDirectory(prefix="pricing-train-") as scratch:  # the registry keeps its own copy
-        trained = train(args.data, seed=args.seed, epochs=args.epochs, dp=dp, out_dir=Path(scratch) / "model")
+        trained = train(args.data, seed=args.seed, epochs=args.epochs, dp=dp, ensemble_size=args.ensemble,
+                        out_dir=Path(scratch) / "model")  # fmt: skip
         report = _write_report(args, trained)  # inside the model folder, so the version holds it (immutable)
         manifest = Registry(args.registry or registry_dir(settings)).publish(
             trained.model_dir, **trained.registry_metadata(), promote=args.promote
@@ -207,6 +215,7 @@ def _write_report(args: argparse.Namespace, trained: Any) -> Path:
     from pricing.model_report import load_row_ids, write_report
     from pricing.sim.scenario import get_scenario
     from pricing.training import load_training_set, split
+    from pricing_udfs.model.ensemble import EnsembleDemandModel, is_ensemble
     from pricing_udfs.model.tf_handler import TFDemandModel
 
     scenario = get_scenario(args.scenario) if args.scenario else None
@@ -217,6 +226,7 @@ def _write_report(args: argparse.Namespace, trained: Any) -> Path:
     products = users = None
     if scenario is not None:
         products, users = load_row_ids(args.data, test)
-    model = TFDemandModel.load(trained.model_dir)
+    loader = EnsembleDemandModel.load if is_ensemble(trained.model_dir) else TFDemandModel.load  # --ensemble: the mean
+    model = loader(trained.model_dir)
     return write_report(model, test, trained.model_dir / "report", scenario=scenario, trained=trained,
                         baseline_data=train_rows, product_ids=products, user_ids=users)

@@ -120,7 +120,7 @@ def run_cycle(archive: Path | str, registry: Registry, settings: Settings, time_
                 f"the gate needs {learn.min_holdout_rows:,} ([learn] min_holdout_rows). Priced events log one from "
                 "PricedEvent v3 on, when the model (not the fallback) priced them: run the job with a model and "
                 "[policy] exploration_rate > 0, or widen the range")  # fmt: skip
-        config = TrainConfig(seed=learn.seed, epochs=learn.epochs)
+        config = TrainConfig(seed=learn.seed, epochs=learn.epochs, ensemble_size=learn.ensemble_size)
         try:
             trained = train_on(train_rows, config=config, out_dir=Path(scratch) / "model", spec=spec,
                                progress=progress)  # fmt: skip

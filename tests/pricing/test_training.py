@@ -283,3 +283,29 @@ def test_the_temperature_is_folded_into_the_export() -> None:
     model = TFDemandModel.load(trained.model_dir)
     assert model.info["temperature"] == pytest.approx(trained.metrics["temperature"])
     assert trained.metrics["temperature"] != 1.0
+
+
+# ------------------------------------------------------------------------------ ensembles
+def test_bootstrap_rows_are_seeded_resamples_with_replacement() -> None:
+    from pricing.training import bootstrap_rows, member_seed
+
+    rows = bootstrap_rows(10_000, seed=3, member=1)
+    assert rows.shape == (10_000,) and np.all(np.diff(rows) >= 0) and rows.min() >= 0 and rows.max() < 10_000
+    np.testing.assert_array_equal(rows, bootstrap_rows(10_000, seed=3, member=1))  # deterministic
+    assert np.unique(rows).size / 10_000 == pytest.approx(1 - np.exp(-1), abs=0.02)  # with replacement: ~63 % distinct
+    others = [bootstrap_rows(10_000, seed=s, member=m) for s, m in ((3, 0), (3, 2), (4, 1))]
+    assert all(not np.array_equal(rows, o) for o in others)
+    assert len({member_seed(3, m) for m in range(5)} | {member_seed(4, 0)}) == 6
+
+
+def test_an_ensemble_is_recorded_in_the_config_and_refused_with_dp(tmp_path: Path) -> None:
+    from pricing.dp_training import DPConfig
+    from pricing.training import _config_json
+
+    assert "ensemble_size" not in _config_json(TrainConfig())  # a single model is described as before
+    assert _config_json(TrainConfig(ensemble_size=3))["ensemble_size"] == 3
+    rows = load_training_set(synthetic.write(synthetic.generate(200, seed=1), tmp_path / "set"), progress=None)
+    with pytest.raises(ValueError, match="at least 1"):
+        train_on(rows, config=TrainConfig(ensemble_size=0), progress=None)
+    with pytest.raises(ValueError, match="ensemble"):
+        train_on(rows, config=TrainConfig(ensemble_size=2, dp=DPConfig(epsilon=1.0)), progress=None)
