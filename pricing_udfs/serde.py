@@ -21,6 +21,7 @@ makes a backward-compatible change safe to roll out.
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import io
 import json
 import re
@@ -448,11 +449,24 @@ def money_kinds() -> frozenset[str]:
 
 def read_container(path: Path | BinaryIO, contract: Contract) -> list[dict[str, Any]]:
     """Read an Avro object container file (a path, or a binary file open for reading) written with one of the
-    contract's schemas."""
+    contract's schemas. Timestamps are epoch millis, as ``decode`` gives them, also where the file's writer schema
+    declares ``timestamp-millis`` (fastavro would make datetimes of them: the archive's files, which Java writes
+    with the published schema)."""
     if not isinstance(path, Path):
-        return list(fastavro.reader(path, reader_schema=_current(contract).fast))
+        return [_epoch_millis(r) for r in fastavro.reader(path, reader_schema=_current(contract).fast)]
     with path.open("rb") as f:
-        return list(fastavro.reader(f, reader_schema=_current(contract).fast))
+        return [_epoch_millis(r) for r in fastavro.reader(f, reader_schema=_current(contract).fast)]
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def _epoch_millis(record: dict[str, Any]) -> dict[str, Any]:
+    for key, value in record.items():
+        if isinstance(value, _dt.datetime):
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=_dt.timezone.utc)
+            record[key] = (aware - _EPOCH) // _dt.timedelta(milliseconds=1)
+    return record
 
 
 def write_container(path: Path, contract: Contract, records: Any, *, codec: str = "deflate") -> None:

@@ -224,6 +224,13 @@ def test_the_archive_holds_every_good_record_exactly_once_after_a_kill_9_and_a_p
         assert priced[key]["features"] is None and priced[key]["propensity"] is None
     some_new = next(k for k in priced if k.startswith("q"))
     assert priced[some_new]["features"] == [1.0, 2.5] and priced[some_new]["propensity"] == 0.05
+    # What the training set reads (jobs.training_set.read_events): epoch millis, not fastavro's datetimes.
+    from jobs.training_set import read_events
+
+    requests_topic = settings.kafka.topics.requests.name
+    frame = read_events(archive_layout.files(root, requests_topic)[0], Contract.PRICE_REQUEST)
+    assert frame["event_time"].dtype == "int64"
+    assert set(zip(frame["request_id"], frame["event_time"])) <= set(traffic.sent[requests_topic])
     # The files declare the current contract (readers need no other schema).
     with archive_layout.open_file(archive_layout.files(root, settings.kafka.topics.priced.name)[0]) as f:
         declared = fastavro.reader(f).writer_schema

@@ -45,6 +45,7 @@ SAMPLES = {
         "currency": "EUR", "model_version": "m/1", "expected_conversion": 0.25, "expected_profit_minor": 123,
         "reason_codes": ["a", "b"], "fallback_used": False, "request_time": T, "priced_time": T + 7,
         "feature_spec_version": "features/1", "features": [1.5, 0.0, -1.0], "explored": True, "propensity": 0.0125,
+        "experiment_id": "exp-1", "arm": "challenger",
     },
     Contract.DEAD_LETTER: {
         "source_topic": "t", "partition": 3, "offset": 99, "record_time": T, "raw": b"\x00\xff", "error_kind": "bad_payload",
@@ -60,6 +61,7 @@ SAMPLES = {
         "items": [{"product_id": "p-2", "price_minor": 2149, "reference_price_minor": 1999, "currency": "EUR",
                    "expected_conversion": 0.125, "expected_profit_minor": 77, "reason_codes": ["co_view", "model"],
                    "explored": False, "propensity": 1.0}],
+        "experiment_id": None, "arm": None,
     },
     Contract.CATALOGUE_ENTRY: {
         "product_id": "p-1", "category": "home/kitchen", "attributes": {"brand": "Zoë"}, "active": True, "event_time": T,
@@ -276,3 +278,17 @@ def test_container_files_round_trip(tmp_path) -> None:
     rows = [SAMPLES[Contract.PRICE_REQUEST] | {"request_id": f"r-{i}"} for i in range(100)]
     serde.write_container(path, Contract.PRICE_REQUEST, rows)
     assert serde.read_container(path, Contract.PRICE_REQUEST) == rows
+
+
+def test_a_container_written_with_the_published_schema_reads_timestamps_as_millis() -> None:
+    """The archive's files are written by Java Avro with the published schema (timestamp-millis declared):
+    read_container must give epoch millis, as decode does, not fastavro's datetimes."""
+    import io
+
+    import fastavro
+
+    record = {"request_id": "r", "user_id": "u", "product_id": "p", "channel": "web", "event_time": 1_796_514_721_549}
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(serde.published_schema(Contract.PRICE_REQUEST)), [record])
+    buffer.seek(0)
+    assert serde.read_container(buffer, Contract.PRICE_REQUEST) == [record]
