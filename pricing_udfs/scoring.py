@@ -117,11 +117,20 @@ class _Timed:
         self.model = model
         self.seconds = 0.0
         self.feature_spec_version = getattr(model, "feature_spec_version", None)
+        if hasattr(model, "score_members"):  # an ensemble: Thompson sampling calls its members (model_policy)
+            self.score_members = self._score_members
 
     def score(self, features: np.ndarray, prices: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         try:
             return self.model.score(features, prices)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _score_members(self, features: np.ndarray, prices: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.model.score_members(features, prices)
         finally:
             self.seconds += time.perf_counter() - t0
 

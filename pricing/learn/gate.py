@@ -13,7 +13,7 @@ For each model the gate computes, on the same rows (:class:`PolicyFigures`):
   policy the job runs, with the job's settings (``Settings.policy``: grid, guardrails, trust region, objective;
   ``Settings.job``: fallback price and currency), exploration switched off: both policies are judged by the price
   they would serve to the ``1 - exploration_rate`` share of traffic that is not explored (exploration costs both the
-  same). The holdout carries no product anchors, so ``max_change`` does not bind here;
+  same); an ensemble is judged by its mean's greedy price, not by Thompson's draws (the same model, less noise). The holdout carries no product anchors, so ``max_change`` does not bind here;
 * **its off-policy value** per request, by SNIPS and by doubly robust (``pricing.learn.off_policy``), 95 % intervals
   and Kish's effective sample size. A deterministic policy's probability of the logged price is 1 where its price
   equals the logged one and 0 elsewhere. Prices recomputed offline may sit a few minor units off the logged ones
@@ -278,9 +278,10 @@ def kernel_probabilities(policy_prices: np.ndarray, logged_prices: np.ndarray, l
 
 def policy_decisions(contestant: Contestant, logs: LoggedDecisions, settings: Settings) -> pd.DataFrame:
     """What ``contestant``'s policy would serve for each logged request: ``ModelPolicy.decide`` with the job's
-    policy and fallback settings, exploration off."""
+    policy and fallback settings, exploration off (an ensemble: its mean's greedy price)."""
     policy = ModelPolicy.create(
-        contestant.model, contestant.version, settings.policy.model_copy(update={"exploration_rate": 0.0}),
+        contestant.model, contestant.version,
+        settings.policy.model_copy(update={"exploration_rate": 0.0, "exploration": "epsilon-greedy"}),
         default_price_minor=settings.job.default_price_minor, currency=settings.job.currency, spec=logs.spec,
         trust_region=contestant.trust_region)  # fmt: skip
     batch = pd.DataFrame(logs.features, columns=list(logs.spec.names))

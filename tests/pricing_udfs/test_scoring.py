@@ -116,3 +116,20 @@ def test_the_stage_applies_the_served_versions_trust_region_and_counts_it(tmp_pa
     c = stage.counts
     assert (c["trust_narrowed"], c["trust_out_of_range"], c["trust_cold_product"], c["fallbacks"]) == (3, 2, 1, 2)
     assert {"trust_narrowed", "trust_out_of_range", "trust_cold_product"} <= set(STAGE_COUNTERS)
+
+
+def test_the_stage_samples_an_ensembles_members_when_the_policy_says_thompson() -> None:
+    """The stage times its model through a wrapper: the wrapper must still offer the members to the policy, or
+    Thompson sampling would quietly become epsilon-greedy in the job."""
+    from pricing_udfs.model.ensemble import EnsembleDemandModel
+    from pricing_udfs.model.serving import ModelWatcher, ServedModel
+
+    members = [FakeDemandModel(intercept=-1.0, slope=s) for s in (0.5, 1.5, 3.0, 6.0)]
+    served = ServedModel("v-ens", EnsembleDemandModel(members), 0, None)
+    config = ScoringConfig(registry_dir=None, policy=PolicySettings(exploration="thompson"))
+    stage = ScoringStage(config, watcher=ModelWatcher.serving(served))
+    stage.open()
+    decisions = stage.decide(requests(400))
+    stage.close()
+    assert decisions["explored"].any() and (decisions["propensity"] < 1).any()
+    assert decisions["price_minor"].nunique() > 1
