@@ -520,11 +520,17 @@ def step_batch(world: World, a: int, b: int, *, inventory: np.ndarray, anchor: n
     )
 
 
-def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, label: str = "policy") -> Outcome:
+StepHook = Callable[[int, int, np.ndarray, np.ndarray], None]
+
+
+def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, label: str = "policy",
+           on_step: StepHook | None = None) -> Outcome:  # fmt: skip
     """Run one policy through the world: price each step's views, decide purchases, track stock.
 
     Within a step, shoppers are served in time order: a purchase happens iff the
     shopper's draw is below the true probability and stock is left when they look.
+    ``on_step(a, b, prices, bought)`` sees each step's outcome (views ``a:b``) as it happens, before the next
+    step is priced: a policy that learns from its own sales reads them there.
     """
     m = world.market
     v = world.views
@@ -581,6 +587,8 @@ def replay(world: World, pricer: Pricer, *, progress: TextIO | None = None, labe
             st_v.append(stock[changed].copy())
         rev_prod, rev_idx = np.unique(prod[::-1], return_index=True)
         anchor[rev_prod] = p[::-1][rev_idx]
+        if on_step is not None:
+            on_step(a, b, p, buy)
     status.clear()
     empty = np.zeros(0, np.int64)
     return Outcome(
