@@ -112,17 +112,22 @@ class TimeRange:
         return (self.since_ms is None or t_ms >= self.since_ms) and (self.until_ms is None or t_ms < self.until_ms)
 
 
-def _filesystem(root: Path | str) -> tuple[Any, str, str]:
-    """``(pyarrow filesystem, path inside it, prefix that turns such a path back into what readers open)``: a local
-    folder or ``file:`` URI gives plain paths; ``s3://`` (and whatever else pyarrow knows) gives URIs again."""
+def _filesystem(root: Path | str) -> tuple[Any, str, str, str]:
+    """``(pyarrow filesystem, path inside it, prefix and suffix that turn such a path back into what readers
+    open)``: a local folder or ``file:`` URI gives plain paths; ``s3://`` (and whatever else pyarrow knows) gives
+    URIs again, with the root's query (``s3://bucket/prefix?endpoint_override=minio:9000&scheme=http``: pyarrow takes
+    an S3-compatible store's endpoint from there, not from ``AWS_ENDPOINT_URL``)."""
     import pyarrow.fs as pafs
 
     text = str(root)
     if "://" not in text:
-        return pafs.LocalFileSystem(), str(Path(text).resolve()), ""
+        return pafs.LocalFileSystem(), str(Path(text).resolve()), "", ""
     fs, path = pafs.FileSystem.from_uri(text)
     scheme = text.split("://", 1)[0]
-    return fs, path.rstrip("/"), "" if scheme == "file" else f"{scheme}://"
+    if scheme == "file":
+        return fs, path.rstrip("/"), "", ""
+    query = text.split("?", 1)[1] if "?" in text else ""
+    return fs, path.rstrip("/"), f"{scheme}://", f"?{query}" if query else ""
 
 
 def _hour_start(day: str, hour: str) -> int:
@@ -142,7 +147,7 @@ def files(root: Path | str, topic: str, time_range: TimeRange = TimeRange()) -> 
     outside it: filter them by their time field."""
     import pyarrow.fs as pafs
 
-    fs, base, prefix = _filesystem(root)
+    fs, base, prefix, suffix = _filesystem(root)
     topic_dir = f"{base}/{topic}"
     if fs.get_file_info(topic_dir).type != pafs.FileType.Directory:
         return []
@@ -158,7 +163,7 @@ def files(root: Path | str, topic: str, time_range: TimeRange = TimeRange()) -> 
             start = _hour_start(day.group(1), hour.group(1))
             if time_range.overlaps_hour(start):
                 found.setdefault(start, []).append((info.mtime_ns or 0, info.path))
-    return [prefix + path for start in sorted(found) for _, path in sorted(found[start])]
+    return [prefix + path + suffix for start in sorted(found) for _, path in sorted(found[start])]
 
 
 def open_file(path: Path | str) -> BinaryIO:
@@ -166,7 +171,7 @@ def open_file(path: Path | str) -> BinaryIO:
     text = str(path)
     if "://" not in text:
         return open(text, "rb")  # noqa: SIM115 - the caller closes it
-    fs, inner, _ = _filesystem(text)
+    fs, inner, _, _ = _filesystem(text)
     return fs.open_input_file(inner)
 
 
@@ -174,7 +179,7 @@ def topics(root: Path | str) -> list[str]:
     """The topics an archive holds (folders with at least one committed file in a partition)."""
     import pyarrow.fs as pafs
 
-    fs, base, _ = _filesystem(root)
+    fs, base, _, _ = _filesystem(root)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return []
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(base)) if i.type == pafs.FileType.Directory]

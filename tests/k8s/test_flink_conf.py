@@ -261,7 +261,15 @@ def test_the_training_cronjob_learns_from_the_archive_the_archive_writes(rendere
     assert done.returncode == 0, done.stderr
     args = (work / "args").read_text().splitlines()
     uri = written.archive.root(written.state_dir)
-    assert args == ["learn", "--archive", uri, "--last", env["LEARN_WINDOW"]]
+    endpoint = env.get("AWS_ENDPOINT_URL")  # in-cluster object store: pyarrow wants it in the URI's query
+    query = "" if endpoint is None else (f"?endpoint_override={endpoint.split('://', 1)[1]}"
+                                         f"&scheme={endpoint.split('://', 1)[0]}")  # fmt: skip
+    assert args == ["learn", "--archive", uri + query, "--last", env["LEARN_WINDOW"]]
+    if endpoint is not None:
+        import pyarrow.fs
+
+        store, path = pyarrow.fs.FileSystem.from_uri(uri + query)  # what archive_layout opens: S3 at the endpoint
+        assert type(store).__name__ == "S3FileSystem" and not path.endswith(query)
     assert uri == tomllib.loads(config["data"]["pricing.toml"])["archive"]["path"]
     # a local archive is a folder on the archive's pods, which the CronJob cannot see: refused
     local = subprocess.run([shell, str(work / "train.sh")], env=env | {"ARCHIVE_URI": "/var/lib/pricing/archive"},

@@ -90,3 +90,11 @@ def test_files_are_the_committed_ones_of_the_hours_in_range_in_commit_order(tmp_
     assert al.files(base, "absent") == [] and al.topics(base) == ["t"]
     with al.open_file(al.files(base, "t")[0]) as f:
         assert f.read() == b"part-z"
+
+
+def test_an_object_store_uri_keeps_its_endpoint_query_for_the_files_it_lists() -> None:
+    """pyarrow takes an S3-compatible store's endpoint from the URI's query: listed files must carry it along."""
+    fs, base, prefix, suffix = al._filesystem("s3://bucket/archive?endpoint_override=minio:9000&scheme=http")
+    assert type(fs).__name__ == "S3FileSystem" and base == "bucket/archive"
+    assert (prefix, suffix) == ("s3://", "?endpoint_override=minio:9000&scheme=http")
+    assert al._filesystem("s3://bucket/archive")[2:] == ("s3://", "")

@@ -16,5 +16,14 @@ case "$ARCHIVE_URI" in
     exit 2 ;;
 esac
 
+# An S3-compatible store in the cluster (AWS_ENDPOINT_URL, e.g. MinIO): pyarrow, which reads the archive, takes
+# the endpoint from the URI's query, not from that variable.
+if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
+  case "$ARCHIVE_URI" in
+    *\?*) ;;
+    *) ARCHIVE_URI="${ARCHIVE_URI}?endpoint_override=${AWS_ENDPOINT_URL#*://}&scheme=${AWS_ENDPOINT_URL%%://*}" ;;
+  esac
+fi
+
 echo "== learn from ${ARCHIVE_URI}, the last ${LEARN_WINDOW:-24h}"
 exec pricing learn --archive "$ARCHIVE_URI" --last "${LEARN_WINDOW:-24h}"
