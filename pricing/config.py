@@ -435,6 +435,9 @@ class LearnSettings(_Section):
     min_effective_rows: float = Field(
         default=20.0, ge=1, description="each policy's off-policy estimates must rest on at least this many "
         "logs (Kish's effective sample size of the weights)")
+    max_unsupported_share: float = Field(
+        default=0.05, ge=0, le=1, description="at most this share of the holdout may have been served with "
+        "certainty (propensity 1) at a price the challenger would not serve: the logs say nothing of it there")
     kernel_bandwidth: float = Field(
         default=0.02, ge=0, lt=1, description="a logged price within this relative distance of the policy's price "
         "(|a - b| / list price) counts, by a triangular kernel; 0: exact matches only")

@@ -39,6 +39,11 @@ The verdict (:class:`GateDecision`) promotes the challenger only when every chec
   price);
 * the holdout has at least ``min_holdout_rows`` usable rows (a propensity, a list price and a unit cost);
 * each policy's SNIPS and DR estimates rest on at least ``min_effective_rows`` effective rows;
+* the logs **support** the challenger: at most ``max_unsupported_share`` of the holdout rows were logged with
+  propensity 1 (nothing else could have been served there: no exploration, or an ensemble whose members all agreed)
+  at a price the challenger would not serve. Off-policy estimates know nothing of such rows; SNIPS would silently
+  judge the challenger on the rows where it agrees with what was served (found by the learning benchmark, where a
+  challenger judged on logs without exploration was promoted and lost money);
 * with a champion: the challenger **beats** it (``off_policy.beats``: its lower bound above the champion's value)
   by SNIPS **and** by DR, and its log-loss is at most the champion's plus ``log_loss_tolerance``;
 * without a champion: its log-loss is below the base rate's (a constant at the holdout's purchase rate) by more
@@ -152,6 +157,7 @@ class PolicyFigures:
     snips: dict[str, Any]  # an off_policy.Estimate as a dict: value, low, high, n, effective_n
     dr: dict[str, Any]
     matched_rows: int  # rows whose logged price the policy would serve (weight > 0)
+    unsupported_rows: int  # rows logged with propensity 1 at a price the policy would not serve: no evidence there
     fallback_rows: int  # rows its policy priced with the fallback (the model failed, or the trust region said so)
     mean_price_ratio: float  # mean of the policy's price / list price
     log_loss: float
@@ -218,6 +224,11 @@ def judge(holdout: LoggedDecisions, challenger: Contestant, champion: Contestant
                 f"({'>=' if ess >= learn.min_effective_rows else '<'} {learn.min_effective_rows:g}, "
                 f"{fig[0].matched_rows} rows matched)")  # fmt: skip
     c_fig, c_est = ch
+    unsupported = c_fig.unsupported_rows / max(len(logs), 1)
+    checks["support"] = (
+        unsupported <= learn.max_unsupported_share,
+        f"the logs support the challenger: {unsupported:.1%} of the rows were served with certainty at another "
+        f"price ({'<=' if unsupported <= learn.max_unsupported_share else '>'} {learn.max_unsupported_share:.0%})")
     problem = validate(challenger.model, holdout.spec)
     checks["serves"] = (problem is None, "the job would serve it (canary batch: shape, probabilities in [0, 1], "
                         "monotone in price)" if problem is None else f"the job would refuse to serve it: {problem}")
@@ -256,6 +267,7 @@ def judge(holdout: LoggedDecisions, challenger: Contestant, champion: Contestant
         champion=None if cp is None else cp[0],
         holdout=holdout_info,
         settings={"log_loss_tolerance": learn.log_loss_tolerance, "min_effective_rows": learn.min_effective_rows,
+                  "max_unsupported_share": learn.max_unsupported_share,
                   "kernel_bandwidth": learn.kernel_bandwidth, "max_calibration_error": learn.max_calibration_error,
                   "min_holdout_rows": learn.min_holdout_rows, "grid_size": settings.policy.grid_size,
                   "profit_weight": settings.policy.profit_weight,
@@ -303,6 +315,7 @@ def _figures(contestant: Contestant, logs: LoggedDecisions, rewards: np.ndarray,
     figures = PolicyFigures(
         version=contestant.version, snips=asdict(est["snips"]), dr=asdict(est["dr"]),
         matched_rows=int((target > 0).sum()), fallback_rows=int(decisions["fallback_used"].sum()),
+        unsupported_rows=int(((logs.propensity >= 1.0) & (target == 0)).sum()),
         mean_price_ratio=float(np.mean(price / ref)), log_loss=log_loss(logs.labels, probs),
         calibration_error=expected_calibration_error(logs.labels, probs))  # fmt: skip
     return figures, est

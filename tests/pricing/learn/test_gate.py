@@ -147,3 +147,20 @@ def test_logs_without_propensities_are_refused_clearly(holdout, fitted) -> None:
         judge(none, Contestant("fitted", fitted), None, settings=SETTINGS)
     with pytest.raises(GateError, match="one value per row"):
         LoggedDecisions(holdout.features, holdout.prices[:-1], holdout.labels, holdout.propensity)
+
+
+def test_logs_without_exploration_do_not_support_another_policy(fitted) -> None:  # noqa: ANN001
+    """Logged with exploration off, every row's propensity is 1: off-policy estimates only see the rows where the
+    challenger would serve what was served, and SNIPS over those is a selection, not the policy's value. The support
+    check refuses and names the cause (here the challenger never agrees with the logger, so its evidence checks fail
+    too; where it agrees often enough they would pass, as in the learning benchmark that found this)."""
+    quiet = SETTINGS.model_copy(update={"policy": SETTINGS.policy.model_copy(update={"exploration_rate": 0.0})})
+    logged = simulate(20_000, seed=3, model=WEAK, settings=quiet).logged()
+    assert (logged.propensity == 1.0).all()
+    d = judge(logged, Contestant("fitted", fitted), Contestant("weak", WEAK), settings=SETTINGS)
+    assert not d.promote and not d.checks["support"], d.reasons
+    assert d.challenger.unsupported_rows > 0.05 * len(logged) and d.champion.unsupported_rows == 0
+    # the same challenger on logs with exploration: supported
+    explored = judge(simulate(20_000, seed=3, model=WEAK).logged(), Contestant("fitted", fitted),
+                     Contestant("weak", WEAK), settings=SETTINGS)  # fmt: skip
+    assert explored.checks["support"] and explored.challenger.unsupported_rows == 0
