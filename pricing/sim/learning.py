@@ -5,6 +5,8 @@ replayed under four pricers, with the same shoppers and the same random draws (c
 
 * **frozen**: the job's scoring stage (``pricing.sim.engine``) with the first model, trained on the history before
   the evaluation (the historical policy's logs, as ``pricing backfill`` builds them) and never replaced;
+  a Thompson arm starts from the same history's bootstrap ensemble (``[learn] ensemble_size``), so that it explores
+  from its first request;
 * **learning**: the same start, but every ``cycle_hours`` of simulated time the loop runs one cycle of
   ``pricing learn``'s own code (``pricing.learn.loop.run_cycle``) on the engine's own logs: the priced events and
   the purchases so far are written into an archive in the archive's layout, the cycle builds the training set
@@ -193,24 +195,28 @@ class LoopSetup:
 
 
 def first_model(scenario: Scenario, days: int, history_days: int, registry: Registry, *, epochs: int,
-                progress: TextIO | None) -> tuple[np.ndarray, str]:  # fmt: skip
+                progress: TextIO | None, ensemble_sizes: tuple[int, ...] = (1,)) -> tuple[np.ndarray, dict[int, str]]:  # fmt: skip
     """The backfilled features of every view of the world, and the first model trained on the history's days
-    (published and promoted)."""
+    (published to ``registry``, the single one promoted), one per ensemble size the arms need (Thompson sampling
+    explores only with an ensemble)."""
     from pricing.training import train
 
     history = generate_history(scenario, days=days, progress=None)
     features, table = backfill(scenario, days=days, history=history)
     cut = scenario.start_time_ms + history_days * DAY_MS
     first = table.filter(pa.array(table.column("event_time").to_numpy() < cut))
+    versions: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="pricing-first-") as tmp:
         pq.write_table(first.drop(["view_index"]), Path(tmp) / "rows.parquet")
-        trained = train(tmp, seed=0, epochs=epochs, out_dir=Path(tmp) / "model", progress=None)
-        # kept beside the registry: the arms copy the version out of this one
-        version = registry.publish(trained.model_dir, **trained.registry_metadata(), promote=True).version
+        for size in sorted(set(ensemble_sizes) | {1}):
+            trained = train(tmp, seed=0, epochs=epochs, out_dir=Path(tmp) / f"model-{size}", progress=None,
+                            ensemble_size=size)  # fmt: skip
+            versions[size] = registry.publish(trained.model_dir, **trained.registry_metadata(),
+                                              promote=size == 1).version  # fmt: skip
     if progress is not None:
-        print(f"first model {version}: trained on {first.num_rows:,} history rows before day {history_days}",
+        print(f"first model(s) {versions}: trained on {first.num_rows:,} history rows before day {history_days}",
               file=progress, flush=True)  # fmt: skip
-    return features, version
+    return features, versions
 
 
 def run(setup: LoopSetup, arms: dict[str, Settings], work: Path, *, progress: TextIO | None = sys.stdout) -> list[ArmResult]:
@@ -222,7 +228,9 @@ def run(setup: LoopSetup, arms: dict[str, Settings], work: Path, *, progress: Te
     world = build_world(market, days=days)
     eval_start = sc.start_time_ms + setup.history_days * DAY_MS
     seed_registry = Registry(work / "first-model")
-    features, first = first_model(sc, days, setup.history_days, seed_registry, epochs=setup.epochs, progress=progress)
+    sizes = tuple(a.learn.ensemble_size for a in arms.values())
+    features, firsts = first_model(sc, days, setup.history_days, seed_registry, epochs=setup.epochs,
+                                   progress=progress, ensemble_sizes=sizes)  # fmt: skip
 
     def historical(batch: pd.DataFrame) -> np.ndarray:  # the days before the evaluation: the list price, every arm
         return batch["reference_price_minor"].to_numpy(dtype=np.int64)
@@ -231,6 +239,7 @@ def run(setup: LoopSetup, arms: dict[str, Settings], work: Path, *, progress: Te
 
     def pricer_arm(name: str, settings: Settings, learn: bool) -> ArmResult:
         registry = Registry(work / name / "models")
+        first = firsts[settings.learn.ensemble_size if learn else 1]  # frozen: the single first model
         registry.publish(seed_registry.model_dir(first), **_metadata(seed_registry, first), promote=True)
         pricer = LearningPricer(world, features, registry, settings, work / name / "archive", eval_start_ms=eval_start,
                                 cycle_ms=int(setup.cycle_hours * HOUR_MS) if learn else None,
