@@ -173,7 +173,8 @@ def test_the_archive_holds_every_good_record_exactly_once_after_a_kill_9_and_a_p
     create_topics(settings.kafka)
     root = tmp_path / "archive"
     config = write_config_file(settings, tmp_path / "pricing.toml", job=[], extra=[
-        "[archive]", f'path = "{root}"', "checkpoint_interval_ms = 1000", 'codec = "deflate"'])  # fmt: skip
+        "[archive]", f'path = "{root}"', "checkpoint_interval_ms = 1000", 'codec = "deflate"',
+        f'consumer_group = "{settings.job.consumer_group}-archive"'])  # fmt: skip
     log = tmp_path / "archive.log"
     _aborted_transaction(settings)
     traffic = _Traffic(settings).start()

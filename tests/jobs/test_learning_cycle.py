@@ -75,7 +75,9 @@ def test_the_loop_learns_from_its_own_logs_and_the_running_job_serves_the_winner
                                 metrics={}, promote=True).version  # fmt: skip
     root = tmp_path / "archive"
     config = write_config_file(settings, tmp_path / "pricing.toml", job=[], extra=[
-        "[archive]", f'path = "{root}"', "checkpoint_interval_ms = 1000", "[recommend]", "enabled = false",
+        "[archive]", f'path = "{root}"', "checkpoint_interval_ms = 1000",
+        f'consumer_group = "{settings.job.consumer_group}-archive"',  # its own checkpoints, not another test's
+        "[recommend]", "enabled = false",
         "[models]", f'registry_dir = "{tmp_path / "models"}"', "[policy]", "exploration_rate = 0.2", "grid_size = 4",
         "[policy.guardrails]", "max_multiplier = 3.0", "max_change = 10.0",
         "[learn]", "min_rows = 300", "min_holdout_rows = 100", "epochs = 40", "min_effective_rows = 5.0",
@@ -124,5 +126,6 @@ def test_the_loop_learns_from_its_own_logs_and_the_running_job_serves_the_winner
         assert all(r["model_version"] != champion for r in versions if r["request_time"] > first_new + 5_000)
     finally:
         result.get_job_client().cancel().result()
-        os.killpg(archive.pid, signal.SIGKILL)
+        if archive.poll() is None:
+            os.killpg(archive.pid, signal.SIGKILL)
         archive.wait(30)
