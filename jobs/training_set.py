@@ -192,15 +192,6 @@ class _Opts:
         return cls(o.allowance_ms, o.attribution_window_ms, o.dedupe_window_ms, o.buckets, o.show_progress,
                    time.time(), privacy, TimeRange(o.since_ms, o.until_ms))  # fmt: skip
 
-    def in_range(self, event_time: np.ndarray) -> np.ndarray:
-        r = self.rows_range
-        keep = np.ones(len(event_time), dtype=bool)
-        if r.since_ms is not None:
-            keep &= event_time >= r.since_ms
-        if r.until_ms is not None:
-            keep &= event_time < r.until_ms
-        return keep
-
     def pseudonymise(self, contract: Contract, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the user ids of a raw input replaced by the job's pseudonyms (no privacy: as it is)."""
         if self.privacy is None or contract not in USER_FIELDS or frame.empty:
@@ -809,7 +800,7 @@ class _ReadTopic(beam.DoFn):
             frame["late"] = late  # left out of the features, kept for offers and labels
             frame = frame[~invalid]
         elif contract is Contract.PRICE_REQUEST:  # the rows asked for; the late rule saw every request before
-            outside = ~self._opts.in_range(frame["event_time"].to_numpy())
+            outside = ~self._opts.rows_range.contains(frame["event_time"].to_numpy())
             _counter("price_request_outside_range").inc(int((outside & ~invalid & ~late).sum()))
             frame = frame[~invalid & ~late & ~outside]
         else:
@@ -1050,7 +1041,7 @@ class _ReadServing(beam.DoFn):
         else:
             frame = frame.rename(columns={"request_time": "event_time"})
             frame["event_time"] = frame["event_time"].astype(np.int64)
-            inside = self._opts.in_range(frame["event_time"].to_numpy())
+            inside = self._opts.rows_range.contains(frame["event_time"].to_numpy())
             _counter("priced_outside_range").inc(int((~inside).sum()))
             frame = frame[inside].reset_index(drop=True)
             name = "priced"

@@ -108,8 +108,17 @@ class TimeRange:
         return ((self.since_ms is None or hour_start_ms + HOUR_MS > self.since_ms)
                 and (self.until_ms is None or hour_start_ms < self.until_ms))  # fmt: skip
 
-    def contains(self, t_ms: int) -> bool:
-        return (self.since_ms is None or t_ms >= self.since_ms) and (self.until_ms is None or t_ms < self.until_ms)
+    def contains(self, t_ms: Any) -> Any:
+        """Whether each time (epoch ms; a number or an array) lies in the range: a bool, or a bool array."""
+        import numpy as np
+
+        t = np.asarray(t_ms, dtype=np.int64)
+        keep = np.ones(t.shape, dtype=bool)
+        if self.since_ms is not None:
+            keep &= t >= self.since_ms
+        if self.until_ms is not None:
+            keep &= t < self.until_ms
+        return keep
 
 
 def _filesystem(root: Path | str) -> tuple[Any, str, str, str]:

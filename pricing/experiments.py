@@ -183,12 +183,7 @@ def load_outcomes(archive: Path | str, priced_topic: str, behaviour_topic: str, 
                                                           attribution_window_ms=attribution_window_ms)  # fmt: skip
     priced = pd.concat([read_events(p, Contract.PRICED_EVENT) for p in priced_files], ignore_index=True)
     priced = priced[priced["experiment_id"] == experiment_id]
-    t = priced["request_time"].astype(np.int64)
-    inside = np.ones(len(priced), dtype=bool)
-    if time_range.since_ms is not None:
-        inside &= (t >= time_range.since_ms).to_numpy()
-    if time_range.until_ms is not None:
-        inside &= (t < time_range.until_ms).to_numpy()
+    inside = time_range.contains(priced["request_time"].to_numpy(np.int64))
     priced = priced[inside].drop_duplicates("request_id").reset_index(drop=True)  # at-least-once replays
     if priced.empty:
         raise ValueError(f"no priced events of experiment {experiment_id} in the archive for {time_range}")

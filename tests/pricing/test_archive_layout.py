@@ -7,6 +7,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -99,3 +100,9 @@ def test_an_object_store_uri_keeps_its_endpoint_query_for_the_files_it_lists() -
     assert (prefix, suffix) == ("s3://", "?endpoint_override=minio:9000&scheme=http")
     # (a URI without endpoint or region would ask AWS for the bucket's region: no network in unit tests)
     assert al._filesystem("s3://bucket/archive?region=eu-west-1")[2:] == ("s3://", "?region=eu-west-1")
+
+
+def test_a_range_contains_numbers_and_arrays_alike() -> None:
+    r = TimeRange(10, 20)
+    assert r.contains(10) and not r.contains(20) and TimeRange().contains(-5)
+    assert r.contains(np.array([9, 10, 19, 20])).tolist() == [False, True, True, False]
