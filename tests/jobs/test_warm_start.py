@@ -5,7 +5,9 @@ run through them would have); jobs B start without state at the 40th hour (``sta
 timestamp``) with the default warm start, so their behaviour input starts 24 h before that and their
 market input at its earliest record (the list prices and costs were published at the start, 40 h before).
 For every request B prices, its served vector must be A's (but for a user's all-history values, which
-a warm start covers for its 24 h only): exactly in event-time mode; in arrival mode for every request
+a warm start covers for its 24 h only): exactly in event-time mode, but for requests whose 24 h hold an event
+that one run dead-lettered as late and the other kept (periodic watermarks are not replayed exactly; such
+requests must stay under 2%); in arrival mode for every request
 with no event of its product or user within the arrival horizon before it (a job reading a backlog
 may see those after the request, a live one before), and the list price and unit cost for all.
 Mutations tried: ``warm_start_ms = 0`` (the windows of B's first requests are empty) and
@@ -54,6 +56,38 @@ def _job(settings: Settings, name: str, **job: object) -> Settings:
     return s
 
 
+def _late_events(settings: Settings) -> dict[tuple[str, int, int], bytes]:
+    """The input records a run dead-lettered as late: (topic, partition, offset) -> their bytes."""
+    out = {}
+    for msg in read_topic(settings, settings.kafka.topics.dead_letters.name):
+        d = serde.decode(Contract.DEAD_LETTER, msg.value()).record
+        if d["error_kind"] == "late":
+            out[(d["source_topic"], d["partition"], d["offset"])] = d["raw"]
+    return out
+
+
+def _late_in_one(a: dict[tuple[str, int, int], bytes], b: dict[tuple[str, int, int], bytes]) -> list[tuple]:
+    """(product, user or None, event time) of each event late in one of the two runs only."""
+    events = []
+    for key in a.keys() ^ b.keys():
+        contract = Contract.BEHAVIOUR_EVENT if key[0].startswith("behaviour") else Contract.MARKET_EVENT
+        rec = serde.decode(contract, a.get(key, b.get(key))).record
+        events.append((rec["product_id"], rec.get("user_id"), int(rec["event_time"])))
+    return events
+
+
+def _disputed(history: object, request_ids: pd.Index, events: list[tuple]) -> pd.Series:
+    """Per request: whether one of ``events`` (of its product or, for behaviour, its user) lies in its 24 h."""
+    requests = history.requests.set_index("request_id").loc[request_ids]  # type: ignore[attr-defined]
+    hit = np.zeros(len(requests), dtype=bool)
+    t = requests["event_time"].to_numpy(np.int64)
+    for product, user, when in events:
+        near = (t - 24 * HOUR <= when) & (when <= t)
+        hit |= near & ((requests["product_id"].to_numpy(object) == product)
+                       | (user is not None) & (requests["user_id"].to_numpy(object) == user))
+    return pd.Series(hit, index=request_ids)
+
+
 def _served(settings: Settings) -> pd.DataFrame:
     rows = {}
     for msg in read_topic(settings, settings.kafka.topics.priced.name):
@@ -88,8 +122,14 @@ def test_a_fresh_job_with_a_warm_start_serves_what_a_job_that_ran_through_serves
     later = history.requests.loc[history.requests["event_time"] >= middle, "request_id"]
     assert set(served.index) == set(later) - late_requests, "the warm job prices exactly the requests from its start on"
     same = _equal(served, expected.loc[served.index])
-    print(f"\nwarm start, event time: {len(served):,} requests from hour 40, {int(same.sum()):,} with the ran-through vector")
-    assert same.all(), served.loc[~same].head(3).compare(expected.loc[served.loc[~same].head(3).index])
+    # Periodic watermarks are not replayed exactly: an event a little behind the watermark may be late in one run and
+    # kept in the other (README, "Delivery guarantees"), so the requests whose windows hold such an event may differ.
+    disputed = _disputed(history, served.index, _late_in_one(_late_events(ran_through), _late_events(warm)))
+    print(f"\nwarm start, event time: {len(served):,} requests from hour 40, {int(same.sum()):,} with the ran-through "
+          f"vector; {int(disputed.sum())} with an event late in one run only")  # fmt: skip
+    assert disputed.mean() < 0.02
+    assert same[~disputed].all(), served.loc[~same & ~disputed].head(3).compare(
+        expected.loc[served.loc[~same & ~disputed].head(3).index])
 
     arrival = _job(kafka_settings, "c", serving_mode="arrival", startup_mode="timestamp", startup_timestamp_ms=middle)
     pricing_job.run(arrival, wait=True)
